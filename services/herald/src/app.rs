@@ -1,0 +1,166 @@
+//! Building the application: settings in, a bound server out. Building binds
+//! the listener and exposes the bound port, so tests can ask for port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::auth::{Claims, HeraldClaims, Minter, Verifier, VerifierSettings};
+use crate::bus::{Bus, LocalBus, Sink};
+use crate::config::{Secret, ServeArgs};
+use crate::event::Encoded;
+use crate::http::{self, AppState};
+use crate::store::{self, Committer, CommitterSettings, Retention};
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    server: actix_web::dev::Server,
+    port: u16,
+    pruner: tokio::task::JoinHandle<()>,
+}
+
+/// Placeholder sink until real-time delivery registers its hubs.
+struct NoSubscribers;
+
+impl Sink for NoSubscribers {
+    fn deliver(&self, _event: Arc<Encoded>) {}
+}
+
+impl Application {
+    /// Validates settings, opens the store (migrating it unless told not to),
+    /// and binds the listener.
+    pub async fn build(mut settings: ServeArgs) -> anyhow::Result<Application> {
+        settings.validate()?;
+        if settings.dev && !settings.keys.any() {
+            let secret: [u8; 32] = rand::random();
+            settings.keys.jwt_secret = Some(Secret::new(hex(&secret).into_bytes()));
+        }
+        let verifier = Arc::new(load_verifier(&settings)?);
+
+        let store = store::open(&settings.database.database_url)
+            .await
+            .context("opening the store")?;
+        if !settings.no_migrate {
+            store.migrate().await.context("migrating the store")?;
+        }
+        let mut committer_settings = CommitterSettings::for_store(&*store);
+        if store.kind() == "postgres" {
+            committer_settings.writers = settings.store_writers;
+        }
+        let committer = Committer::start(store.clone(), committer_settings);
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::new(NoSubscribers)));
+        let pruner = store::spawn_pruner(
+            store.clone(),
+            Retention {
+                max_age: Duration::from_secs(settings.retention_secs),
+                max_events_per_topic: settings.retention_events,
+                interval: Duration::from_secs(settings.prune_interval_secs),
+            },
+        );
+
+        let state = web::Data::new(AppState {
+            store,
+            committer,
+            bus,
+            verifier,
+            limits: crate::publish::Limits {
+                max_data_bytes: settings.max_data_bytes,
+                max_batch_events: settings.max_batch_events,
+            },
+            max_body_bytes: settings.max_body_bytes,
+        });
+
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::QueryConfig::default().error_handler(http::query_error))
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?;
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server.run();
+
+        if settings.dev {
+            print_dev_banner(&settings, addr)?;
+        }
+        println!("listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+        Ok(Application {
+            server,
+            port: addr.port(),
+            pruner,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server stops (SIGINT or SIGTERM).
+    pub async fn run(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.pruner.abort();
+        result
+    }
+}
+
+fn load_verifier(settings: &ServeArgs) -> anyhow::Result<Verifier> {
+    let mut public_keys_pem = Vec::new();
+    for (kid, path) in settings.keys.public_keys() {
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("reading HERALD_JWT_PUBLIC_KEY file {}", path.display()))?;
+        public_keys_pem.push((kid, pem));
+    }
+    Ok(Verifier::new(&VerifierSettings {
+        secret: settings
+            .keys
+            .jwt_secret
+            .as_ref()
+            .map(|s| s.expose().to_vec()),
+        public_keys_pem,
+        leeway_secs: settings.keys.jwt_leeway_secs,
+        audience: settings.keys.jwt_audience.clone(),
+        issuer: settings.keys.jwt_issuer.clone(),
+    })?)
+}
+
+fn print_dev_banner(settings: &ServeArgs, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let Some(secret) = &settings.keys.jwt_secret else {
+        println!("development mode: tokens are checked against the configured public key");
+        return Ok(());
+    };
+    let claims = Claims {
+        sub: "dev".into(),
+        exp: crate::auth::token::now_secs() + 24 * 3600,
+        iat: Some(crate::auth::token::now_secs()),
+        herald: HeraldClaims {
+            subscribe: vec![">".into()],
+            publish: vec![">".into()],
+            admin: true,
+        },
+        ..Claims::default()
+    };
+    let token = Minter::hs256(secret.expose()).mint(&claims)?;
+    println!(
+        "\nHerald is running in development mode. Admin token (24 h, every topic):\n\n\
+         export TOKEN={token}\n\n\
+         Publish:\n  curl -i http://{addr}/v1/publish -H \"Authorization: Bearer $TOKEN\" \\\n    \
+         -H 'Content-Type: application/json' -d '{{\"topic\":\"demo\",\"data\":{{\"hello\":\"world\"}}}}'\n\
+         Read everything retained on a topic:\n  curl \"http://{addr}/v1/poll?topic=demo&since=demo:0\" -H \"Authorization: Bearer $TOKEN\"\n"
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

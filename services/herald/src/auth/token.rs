@@ -1,0 +1,375 @@
+//! JWT verification and minting: which keys and algorithms are accepted, and
+//! what a verified token grants.
+
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use super::pattern::PatternSet;
+use crate::topic::Topic;
+
+/// Longest token accepted, in bytes; longer ones are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The claims Herald reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Claims {
+    /// Subject: substituted for `{sub}` in patterns, and the unit of revocation.
+    #[serde(default)]
+    pub sub: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Token id, for revocation of one token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Audience, checked when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    /// Issuer, checked when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Herald's own claims.
+    #[serde(default)]
+    pub herald: HeraldClaims,
+}
+
+/// The `herald` claim: what the bearer may do.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HeraldClaims {
+    /// Patterns of topics the bearer may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Patterns of topics the bearer may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Whether the bearer may call the admin endpoints.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A verified token: who it is and what it allows.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The `sub` claim.
+    pub sub: Arc<str>,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch (0 when absent).
+    pub iat: u64,
+    /// The `jti` claim, if any.
+    pub jti: Option<Arc<str>>,
+    /// Topics the bearer may subscribe to.
+    pub subscribe: Arc<PatternSet>,
+    /// Topics the bearer may publish to.
+    pub publish: Arc<PatternSet>,
+    /// Whether the bearer is an administrator.
+    pub admin: bool,
+}
+
+impl Principal {
+    fn from_claims(claims: Claims) -> Principal {
+        let (subscribe, _) = PatternSet::compile(
+            claims.herald.subscribe.iter().map(String::as_str),
+            &claims.sub,
+        );
+        let (publish, _) = PatternSet::compile(
+            claims.herald.publish.iter().map(String::as_str),
+            &claims.sub,
+        );
+        Principal {
+            sub: Arc::from(claims.sub),
+            exp: claims.exp,
+            iat: claims.iat.unwrap_or(0),
+            jti: claims.jti.map(Arc::from),
+            subscribe: Arc::new(subscribe),
+            publish: Arc::new(publish),
+            admin: claims.herald.admin,
+        }
+    }
+
+    /// Whether the bearer may subscribe to `topic`.
+    pub fn may_subscribe(&self, topic: &Topic) -> bool {
+        self.subscribe.allows(topic)
+    }
+
+    /// Whether the bearer may publish to `topic`.
+    pub fn may_publish(&self, topic: &Topic) -> bool {
+        self.publish.allows(topic)
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
+}
+
+/// One verification key.
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verification settings.
+#[derive(Clone, Default)]
+pub struct VerifierSettings {
+    /// HS256 shared secret.
+    pub secret: Option<Vec<u8>>,
+    /// PEM public keys (RS256 or ES256), each with an optional key id.
+    pub public_keys_pem: Vec<(Option<String>, Vec<u8>)>,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Accepted audiences; empty means `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Accepted issuers; empty means `iss` is not checked.
+    pub issuer: Vec<String>,
+}
+
+/// Why verification keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("public key {index}: not an RSA or EC (P-256) public key in PEM form")]
+    UnreadablePem { index: usize },
+    #[error("no verification key is configured")]
+    NoKey,
+}
+
+/// Verifies tokens against the configured keys. Only the algorithms of
+/// configured keys are accepted; `none` never is.
+pub struct Verifier {
+    keys: Vec<Key>,
+    leeway_secs: u64,
+    audience: Vec<String>,
+    issuer: Vec<String>,
+}
+
+impl Verifier {
+    /// Loads the keys named by `settings`.
+    pub fn new(settings: &VerifierSettings) -> Result<Verifier, KeyError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &settings.secret {
+            keys.push(Key {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret),
+            });
+        }
+        for (index, (kid, pem)) in settings.public_keys_pem.iter().enumerate() {
+            let (algorithm, key) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                (Algorithm::RS256, key)
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                (Algorithm::ES256, key)
+            } else {
+                return Err(KeyError::UnreadablePem { index });
+            };
+            keys.push(Key {
+                kid: kid.clone(),
+                algorithm,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::NoKey);
+        }
+        Ok(Verifier {
+            keys,
+            leeway_secs: settings.leeway_secs,
+            audience: settings.audience.clone(),
+            issuer: settings.issuer.clone(),
+        })
+    }
+
+    /// The clock leeway, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
+    }
+
+    /// Verifies `token` and returns what it grants.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Invalid("token too large"));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Invalid("malformed token"))?;
+        let candidates = self.keys.iter().filter(|k| {
+            k.algorithm == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(wanted), Some(have)) => wanted == have,
+                    _ => true,
+                }
+        });
+        let mut last = TokenError::Invalid("algorithm not accepted");
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.algorithm)) {
+                Ok(data) => return Ok(Principal::from_claims(data.claims)),
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(TokenError::Expired),
+                        ErrorKind::ImmatureSignature => {
+                            return Err(TokenError::Invalid("token not yet valid"));
+                        }
+                        ErrorKind::InvalidAudience => {
+                            return Err(TokenError::Invalid("wrong audience"));
+                        }
+                        ErrorKind::InvalidIssuer => {
+                            return Err(TokenError::Invalid("wrong issuer"));
+                        }
+                        ErrorKind::MissingRequiredClaim(_) => {
+                            return Err(TokenError::Invalid("missing required claim"));
+                        }
+                        ErrorKind::InvalidSignature => TokenError::Invalid("bad signature"),
+                        ErrorKind::Json(_) | ErrorKind::InvalidClaimFormat(_) => {
+                            return Err(TokenError::Invalid("malformed claims"));
+                        }
+                        _ => TokenError::Invalid("malformed token"),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut v = Validation::new(algorithm);
+        v.leeway = self.leeway_secs;
+        v.validate_nbf = true;
+        v.validate_aud = !self.audience.is_empty();
+        if !self.audience.is_empty() {
+            v.set_audience(&self.audience);
+            v.set_required_spec_claims(&["exp", "aud"]);
+        }
+        if !self.issuer.is_empty() {
+            v.set_issuer(&self.issuer);
+        }
+        v
+    }
+}
+
+/// Signs tokens: for `herald token`, `--dev` and tests.
+pub struct Minter {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    key: EncodingKey,
+}
+
+/// Why a signing key could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("not an RSA or EC (P-256) private key in PEM form")]
+    UnreadablePem,
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+impl Minter {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Minter {
+        Minter {
+            algorithm: Algorithm::HS256,
+            kid: None,
+            key: EncodingKey::from_secret(secret),
+        }
+    }
+
+    /// RS256 or ES256 from a PEM private key (the kind is detected).
+    pub fn from_private_pem(pem: &[u8], kid: Option<String>) -> Result<Minter, MintError> {
+        let (algorithm, key) = if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
+            (Algorithm::RS256, key)
+        } else if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+            (Algorithm::ES256, key)
+        } else {
+            return Err(MintError::UnreadablePem);
+        };
+        Ok(Minter {
+            algorithm,
+            kid,
+            key,
+        })
+    }
+
+    /// Signs `claims`.
+    pub fn mint(&self, claims: &Claims) -> Result<String, MintError> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| MintError::Sign(e.to_string()))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "7".into(),
+            exp,
+            herald: HeraldClaims {
+                publish: vec!["orders.>".into()],
+                subscribe: vec!["user.{sub}.>".into()],
+                admin: false,
+            },
+            ..Claims::default()
+        }
+    }
+
+    fn verifier(secret: &[u8]) -> Verifier {
+        Verifier::new(&VerifierSettings {
+            secret: Some(secret.to_vec()),
+            ..VerifierSettings::default()
+        })
+        .expect("a secret is a key")
+    }
+
+    #[test]
+    fn a_valid_hs256_token_grants_its_patterns() {
+        let token = Minter::hs256(b"k")
+            .mint(&claims(now_secs() + 60))
+            .expect("mint");
+        let p = verifier(b"k").verify(&token).expect("valid token");
+        assert!(p.may_publish(&Topic::parse("orders.1").expect("valid")));
+        assert!(!p.may_publish(&Topic::parse("user.7.x").expect("valid")));
+        assert!(p.may_subscribe(&Topic::parse("user.7.x").expect("valid")));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_a_reason() {
+        let v = verifier(b"k");
+        let expired = Minter::hs256(b"k")
+            .mint(&claims(now_secs() - 10))
+            .expect("mint");
+        assert_eq!(v.verify(&expired).err(), Some(TokenError::Expired));
+        let other = Minter::hs256(b"other")
+            .mint(&claims(now_secs() + 60))
+            .expect("mint");
+        assert_eq!(
+            v.verify(&other).err(),
+            Some(TokenError::Invalid("bad signature"))
+        );
+        assert!(v.verify("not.a.token").is_err());
+        assert!(v.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+        // alg none: header {"alg":"none","typ":"JWT"}, no signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI3IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(v.verify(none).is_err());
+    }
+}

@@ -1,0 +1,39 @@
+//! The bus: carries committed events to every node's hubs. In-process on one
+//! node; NATS across a cluster.
+//!
+//! The bus is a fast path, never the truth: a node that sees a gap in a
+//! topic's seqs repairs it from the store.
+
+mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use local::LocalBus;
+
+use crate::event::{Encoded, Event};
+
+/// Receives the events a bus carries to this node.
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers one committed event, encoded once for every local connection.
+    fn deliver(&self, event: Arc<Encoded>);
+}
+
+/// Why a bus publish failed (the events are committed regardless).
+#[derive(Debug, thiserror::Error)]
+#[error("bus publish failed: {0}")]
+pub struct BusError(pub String);
+
+/// Carries committed events to every node with interested subscribers.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// `"local"` or `"nats"`.
+    fn kind(&self) -> &'static str;
+
+    /// Sends committed events, in seq order per topic.
+    async fn publish(&self, events: &[Event]) -> Result<(), BusError>;
+
+    /// Whether the bus can currently carry events.
+    fn healthy(&self) -> bool;
+}

@@ -1,0 +1,440 @@
+//! Settings: every one a command-line flag with a `HERALD_*` environment twin,
+//! defaults as named constants, validated before anything binds.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db";
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 25;
+pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
+pub const DEFAULT_RETENTION_EVENTS: u64 = 10_000;
+pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
+pub const DEFAULT_DRAIN_SECS: u64 = 20;
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
+pub const DEFAULT_TICKET_SECS: u64 = 30;
+pub const DEFAULT_AUTH_COOKIE: &str = "herald_token";
+pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 256;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+pub const DEFAULT_QUEUE_EVENTS: usize = 1_024;
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_DATA_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1_000;
+pub const DEFAULT_STORE_WRITERS: usize = 4;
+pub const DEFAULT_NATS_PREFIX: &str = "herald";
+
+/// Herald: a real-time notification service.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate(MigrateArgs),
+    /// Mint a token from the configured key (for development and scripts).
+    Token(TokenArgs),
+    /// Publish one event to a running server.
+    Publish(PublishArgs),
+    /// Print a topic's events as JSON lines.
+    Subscribe(SubscribeArgs),
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Wraps bytes as a secret.
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the secret must not be empty".into());
+        }
+        Ok(Secret(s.as_bytes().to_vec()))
+    }
+}
+
+/// Token verification keys.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// HS256 shared secret for tokens.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key file(s) for RS256 or ES256 tokens; several (comma-separated)
+    /// for key rotation. `KID=PATH` binds a key id.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Vec<String>,
+    /// Clock leeway for token `exp` and `nbf`, in seconds.
+    #[arg(long, env = "HERALD_JWT_LEEWAY_SECS", default_value_t = DEFAULT_JWT_LEEWAY_SECS)]
+    pub jwt_leeway_secs: u64,
+    /// Required token audience (`aud`); unset: not checked.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Required token issuer (`iss`); unset: not checked.
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+}
+
+impl KeyArgs {
+    /// The public key files as `(kid, path)`.
+    pub fn public_keys(&self) -> Vec<(Option<String>, PathBuf)> {
+        self.jwt_public_key
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.split_once('=') {
+                Some((kid, path)) if !kid.contains('/') => {
+                    (Some(kid.trim().to_owned()), PathBuf::from(path.trim()))
+                }
+                _ => (None, PathBuf::from(s.trim())),
+            })
+            .collect()
+    }
+
+    /// Whether any key is configured.
+    pub fn any(&self) -> bool {
+        self.jwt_secret.is_some() || !self.public_keys().is_empty()
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://relative.db`, `sqlite:///absolute.db` (embedded, one node) or `postgres://...`.
+    #[arg(long, env = "HERALD_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when standard error is not a terminal, human text when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `herald serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve on (port 0: any free port).
+    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// NATS server URL; unset: in-process fan-out (one node).
+    #[arg(long, env = "HERALD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Prefix of the NATS subjects Herald uses.
+    #[arg(long, env = "HERALD_NATS_PREFIX", default_value = DEFAULT_NATS_PREFIX)]
+    pub nats_prefix: String,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Development mode: without a configured key, make a random one and print a ready admin token.
+    #[arg(long, env = "HERALD_DEV")]
+    pub dev: bool,
+    /// Do not apply pending migrations at start-up.
+    #[arg(long, env = "HERALD_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Heartbeat and token re-check interval, in seconds.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS)]
+    pub heartbeat_secs: u64,
+    /// How long events stay replayable, in seconds.
+    #[arg(long, env = "HERALD_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS)]
+    pub retention_secs: u64,
+    /// At most this many events are kept per topic.
+    #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = DEFAULT_RETENTION_EVENTS)]
+    pub retention_events: u64,
+    /// How often retention pruning runs, in seconds.
+    #[arg(long, env = "HERALD_PRUNE_INTERVAL_SECS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECS)]
+    pub prune_interval_secs: u64,
+    /// How long a draining node spreads its clients' reconnects, in seconds.
+    #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_secs: u64,
+    /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
+    #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
+    pub ticket_secs: u64,
+    /// Name of the session cookie that may carry a token.
+    #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = DEFAULT_AUTH_COOKIE)]
+    pub auth_cookie: String,
+    /// Most topics one connection may hold.
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_CONNECTION", default_value_t = DEFAULT_MAX_TOPICS_PER_CONNECTION)]
+    pub max_topics_per_connection: usize,
+    /// Largest inbound WebSocket frame, in bytes.
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Most WebSocket and SSE connections (and pending long polls) per node.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Events a connection's outbound queue holds before it is closed as a slow consumer.
+    #[arg(long, env = "HERALD_QUEUE_EVENTS", default_value_t = DEFAULT_QUEUE_EVENTS)]
+    pub queue_events: usize,
+    /// Bytes a connection's outbound queue holds before it is closed as a slow consumer.
+    #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = DEFAULT_QUEUE_BYTES)]
+    pub queue_bytes: usize,
+    /// Largest publish request body, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Largest `data` of one event (its JSON text), in bytes.
+    #[arg(long, env = "HERALD_MAX_DATA_BYTES", default_value_t = DEFAULT_MAX_DATA_BYTES)]
+    pub max_data_bytes: usize,
+    /// Most events in one publish batch.
+    #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS)]
+    pub max_batch_events: usize,
+    /// Concurrent group-commit transactions on Postgres (SQLite always uses one).
+    #[arg(long, env = "HERALD_STORE_WRITERS", default_value_t = DEFAULT_STORE_WRITERS)]
+    pub store_writers: usize,
+    /// HTTP worker threads; 0: one per core.
+    #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+/// Why settings were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+fn check(ok: bool, name: &'static str, reason: &str) -> Result<(), SettingError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(SettingError {
+            name,
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Rejects settings that cannot work, before anything binds.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        check(
+            self.heartbeat_secs >= 1,
+            "HERALD_HEARTBEAT_SECS",
+            "must be at least 1",
+        )?;
+        check(
+            self.retention_secs >= 1,
+            "HERALD_RETENTION_SECS",
+            "must be at least 1",
+        )?;
+        check(
+            self.retention_events >= 1,
+            "HERALD_RETENTION_EVENTS",
+            "must be at least 1",
+        )?;
+        check(
+            self.prune_interval_secs >= 1,
+            "HERALD_PRUNE_INTERVAL_SECS",
+            "must be at least 1",
+        )?;
+        check(
+            self.ticket_secs >= 1,
+            "HERALD_TICKET_SECS",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=4096).contains(&self.max_topics_per_connection),
+            "HERALD_MAX_TOPICS_PER_CONNECTION",
+            "must be from 1 to 4096",
+        )?;
+        check(
+            self.max_frame_bytes >= 1024,
+            "HERALD_MAX_FRAME_BYTES",
+            "must be at least 1024",
+        )?;
+        check(
+            self.max_connections >= 1,
+            "HERALD_MAX_CONNECTIONS",
+            "must be at least 1",
+        )?;
+        check(
+            self.queue_events >= 1,
+            "HERALD_QUEUE_EVENTS",
+            "must be at least 1",
+        )?;
+        check(
+            self.queue_bytes >= self.max_data_bytes,
+            "HERALD_QUEUE_BYTES",
+            "must be at least HERALD_MAX_DATA_BYTES, or one large event would close every connection",
+        )?;
+        check(
+            self.max_body_bytes >= 1024,
+            "HERALD_MAX_BODY_BYTES",
+            "must be at least 1024",
+        )?;
+        check(
+            self.max_data_bytes >= 1,
+            "HERALD_MAX_DATA_BYTES",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=100_000).contains(&self.max_batch_events),
+            "HERALD_MAX_BATCH_EVENTS",
+            "must be from 1 to 100000",
+        )?;
+        check(
+            self.store_writers >= 1,
+            "HERALD_STORE_WRITERS",
+            "must be at least 1",
+        )?;
+        check(
+            !self.auth_cookie.is_empty(),
+            "HERALD_AUTH_COOKIE",
+            "must not be empty",
+        )?;
+        check(
+            self.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "HERALD_LISTEN",
+            "must be IP:PORT, such as 127.0.0.1:8080",
+        )?;
+        check(
+            self.keys.any() || self.dev,
+            "HERALD_JWT_SECRET",
+            "no token key is configured: set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY, or run with --dev",
+        )?;
+        Ok(())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+}
+
+/// `herald migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `herald token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The token's subject (`sub`).
+    #[arg(long, default_value = "dev")]
+    pub sub: String,
+    /// Topic patterns the token may subscribe to (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+    /// Topic patterns the token may publish to (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// Whether the token is an administrator's.
+    #[arg(long)]
+    pub admin: bool,
+    /// Lifetime, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+    /// A token id (`jti`), for revocation of this one token.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Audience (`aud`).
+    #[arg(long)]
+    pub aud: Option<String>,
+    /// Issuer (`iss`).
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// Sign with this PEM private key (RS256 or ES256) instead of HERALD_JWT_SECRET.
+    #[arg(long, env = "HERALD_JWT_PRIVATE_KEY")]
+    pub private_key: Option<PathBuf>,
+    /// Key id (`kid`) to put in the header.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// HS256 shared secret.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+/// Where a client command finds the server and its credentials.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token. Without one, a short-lived token is minted from HERALD_JWT_SECRET.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// HS256 shared secret, used to mint a token when none is given.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+/// `herald publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The topic.
+    pub topic: String,
+    /// The event's data, as JSON; read from standard input when absent or `-`.
+    pub data: Option<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Event type.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Transports for `herald subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+/// `herald subscribe`.
+#[derive(Debug, Clone, Args)]
+pub struct SubscribeArgs {
+    /// Topics to watch.
+    #[arg(required = true)]
+    pub topics: Vec<String>,
+    /// Resume after this cursor (`topic:seq,...`); absent: live events only.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Transport to use.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

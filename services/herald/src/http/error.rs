@@ -1,0 +1,139 @@
+//! The one table of error codes: every error the HTTP API answers, its status
+//! and machine-readable `code`, rendered as `application/problem+json`
+//! (RFC 9457). Internal causes are logged here and never sent.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+/// An error the HTTP API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidEvent(String),
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    InvalidCursor(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    TooManyTopics(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the store is unavailable; nothing was stored, and retrying with the same id is safe")]
+    Store(#[source] Arc<StoreError>),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("this node is draining; retry on another node")]
+    Draining { retry_after_secs: u64 },
+}
+
+impl ApiError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Auth(e) => e.code(),
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidEvent(_) => "invalid_event",
+            ApiError::InvalidTopic(_) => "invalid_topic",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
+            ApiError::TooManyTopics(_) => "too_many_topics",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
+            ApiError::Draining { .. } => "draining",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status_code() {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+            _ => "Bad request",
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(e) => e.status(),
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidEvent(_)
+            | ApiError::InvalidTopic(_)
+            | ApiError::InvalidCursor(_)
+            | ApiError::InvalidParameter(_)
+            | ApiError::TooManyTopics(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Store(e) = self {
+            tracing::error!(error = %e, "store failure answered 503");
+        }
+        let code = self.code();
+        let problem = Problem {
+            kind: format!("urn:herald:problem:{code}"),
+            title: self.title(),
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+            code,
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        match self {
+            ApiError::Draining { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Store(_) | ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Auth(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(problem)
+    }
+}

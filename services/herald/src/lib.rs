@@ -1,0 +1,29 @@
+//! Herald: a real-time notification service. Product services publish events
+//! over HTTP; browsers and apps receive them over WebSocket, Server-Sent
+//! Events or polling, and resume after a dropped connection without loss.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags and `HERALD_*` variables
+//! - [`topic`]: topic names and cursors
+//! - [`event`]: events and their one wire encoding
+//! - [`auth`]: tokens, topic patterns
+//! - [`store`]: the durable event log (SQLite, Postgres), group commit, retention
+//! - [`bus`]: carries committed events to every node (in-process, NATS)
+//! - [`publish`]: the publish path: parse, check, commit, fan out
+//! - [`http`]: routes and the table of error codes
+//! - [`app`]: building and running the server
+//! - [`cli`]: the `herald` command line
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod publish;
+pub mod store;
+pub mod telemetry;
+pub mod topic;

@@ -1,0 +1,303 @@
+//! Publishing: turn a request body into events, check them in the order the
+//! contract sets (size, shape and topic, permission), commit them durably and
+//! hand the new ones to the bus.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::Principal;
+use crate::bus::Bus;
+use crate::event::{Event, NewEvent, format_time_ms};
+use crate::http::error::ApiError;
+use crate::store::{Appended, Committer};
+use crate::topic::Topic;
+
+/// Longest publisher-chosen `id` or `type`, in bytes.
+pub const MAX_LABEL_BYTES: usize = 255;
+
+/// Publish limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest `data` JSON text of one event.
+    pub max_data_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+}
+
+/// One event of a request body, loosely typed so each check can say exactly
+/// what is wrong.
+#[derive(Deserialize)]
+struct Loose<'a> {
+    #[serde(borrow, default)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// `Some` whenever the field is present, `null` included.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The answer for one event.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    pub topic: Topic,
+    pub seq: u64,
+    pub id: String,
+    pub time: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The answer to a publish request.
+#[derive(Debug)]
+pub struct Published {
+    /// One receipt per input event, in input order.
+    pub receipts: Vec<Receipt>,
+    /// Whether the body was an array.
+    pub batch: bool,
+    /// Whether anything new was stored.
+    pub created: bool,
+}
+
+/// Parses and checks a publish body (already within the body size limit).
+pub fn parse(body: &[u8], limits: Limits) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    let raw: &RawValue = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+    let text = raw.get().trim_start();
+    let (elements, batch): (Vec<&RawValue>, bool) = if text.starts_with('[') {
+        let elements: Vec<&RawValue> = serde_json::from_str(raw.get())
+            .map_err(|e| ApiError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+        (elements, true)
+    } else {
+        (vec![raw], false)
+    };
+    if elements.len() > limits.max_batch_events {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a batch holds at most {} events; this one has {}",
+            limits.max_batch_events,
+            elements.len()
+        )));
+    }
+    if elements.is_empty() {
+        return Err(ApiError::InvalidEvent(
+            "an empty batch publishes nothing".into(),
+        ));
+    }
+    let loose: Vec<Result<Loose, serde_json::Error>> = elements
+        .iter()
+        .map(|e| serde_json::from_str(e.get()))
+        .collect();
+    // Size comes before shape.
+    for (i, event) in loose.iter().enumerate() {
+        if let Ok(Loose {
+            data: Some(data), ..
+        }) = event
+            && data.get().len() > limits.max_data_bytes
+        {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{}data is {} bytes of JSON; at most {} are accepted",
+                at(batch, i),
+                data.get().len(),
+                limits.max_data_bytes
+            )));
+        }
+    }
+    let events = loose
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| shape(event, batch, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((events, batch))
+}
+
+fn at(batch: bool, i: usize) -> String {
+    if batch {
+        format!("event [{i}]: ")
+    } else {
+        String::new()
+    }
+}
+
+fn shape(
+    event: Result<Loose, serde_json::Error>,
+    batch: bool,
+    i: usize,
+) -> Result<NewEvent, ApiError> {
+    let invalid = |msg: &str| ApiError::InvalidEvent(format!("{}{msg}", at(batch, i)));
+    let event = event.map_err(|_| {
+        invalid(r#"an event is an object: {"topic":"...","data":...,"id":"optional","type":"optional"}"#)
+    })?;
+    let topic = event
+        .topic
+        .ok_or_else(|| invalid("\"topic\" is required"))?;
+    let topic: String =
+        serde_json::from_str(topic.get()).map_err(|_| invalid("\"topic\" must be a string"))?;
+    let topic =
+        Topic::parse(&topic).map_err(|e| ApiError::InvalidTopic(format!("{}{e}", at(batch, i))))?;
+    let data = event
+        .data
+        .ok_or_else(|| invalid("\"data\" is required (any JSON value, null included)"))?;
+    let id = label(event.id, "id").map_err(|m| invalid(&m))?;
+    let kind = label(event.kind, "type").map_err(|m| invalid(&m))?;
+    Ok(NewEvent {
+        topic,
+        id: id.unwrap_or_else(server_id),
+        kind,
+        data: data.to_owned(),
+    })
+}
+
+/// An optional `id` or `type`: a string of 1 to 255 bytes with no control characters.
+fn label(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let text: String =
+        serde_json::from_str(raw.get()).map_err(|_| format!("\"{name}\" must be a string"))?;
+    if text.is_empty() || text.len() > MAX_LABEL_BYTES {
+        return Err(format!("\"{name}\" must be 1 to {MAX_LABEL_BYTES} bytes"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("\"{name}\" must not contain control characters"));
+    }
+    Ok(Some(text))
+}
+
+/// A server-made unique id: 128 random bits.
+fn server_id() -> String {
+    format!("h-{:032x}", rand::random::<u128>())
+}
+
+/// Checks that `principal` may publish to every topic of `events`.
+pub fn authorize(principal: &Principal, events: &[NewEvent]) -> Result<(), ApiError> {
+    let mut refused: Vec<&str> = events
+        .iter()
+        .filter(|e| !principal.may_publish(&e.topic))
+        .map(|e| e.topic.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    refused.sort_unstable();
+    refused.dedup();
+    Err(crate::auth::AuthError::Forbidden(format!(
+        "the token may not publish to {}",
+        refused.join(", ")
+    ))
+    .into())
+}
+
+/// Commits `events` and hands the new ones to the bus.
+pub async fn commit(
+    committer: &Committer,
+    bus: &Arc<dyn Bus>,
+    events: Vec<NewEvent>,
+) -> Result<Vec<(NewEvent, Appended)>, ApiError> {
+    let outcome = committer.append(events).await.map_err(ApiError::Store)?;
+    let fresh: Vec<Event> = outcome
+        .iter()
+        .filter(|(_, a)| !a.duplicate)
+        .map(|(e, a)| Event {
+            topic: e.topic.clone(),
+            seq: a.seq,
+            id: a.id.clone(),
+            kind: e.kind.clone(),
+            time_ms: a.time_ms,
+            data: e.data.clone(),
+        })
+        .collect();
+    if !fresh.is_empty()
+        && let Err(e) = bus.publish(&fresh).await
+    {
+        // Committed regardless: subscribers repair the gap from the store.
+        tracing::warn!(error = %e, events = fresh.len(), "bus publish failed after commit");
+    }
+    Ok(outcome)
+}
+
+/// The whole publish path after authentication: parse, authorize, commit.
+pub async fn publish(
+    principal: &Principal,
+    body: &[u8],
+    limits: Limits,
+    committer: &Committer,
+    bus: &Arc<dyn Bus>,
+) -> Result<Published, ApiError> {
+    let (events, batch) = parse(body, limits)?;
+    authorize(principal, &events)?;
+    let outcome = commit(committer, bus, events).await?;
+    let created = outcome.iter().any(|(_, a)| !a.duplicate);
+    let receipts = outcome
+        .into_iter()
+        .map(|(e, a)| Receipt {
+            topic: e.topic,
+            seq: a.seq,
+            id: a.id,
+            time: format_time_ms(a.time_ms),
+            duplicate: a.duplicate,
+        })
+        .collect();
+    Ok(Published {
+        receipts,
+        batch,
+        created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_data_bytes: 64 * 1024,
+        max_batch_events: 1000,
+    };
+
+    fn code(body: &str) -> &'static str {
+        parse(body.as_bytes(), LIMITS)
+            .err()
+            .map(|e| e.code())
+            .unwrap_or("ok")
+    }
+
+    #[test]
+    fn bodies_are_checked_size_first_then_shape() {
+        assert_eq!(code(r#"{"topic":"a","data":null}"#), "ok");
+        assert_eq!(code(r#"{"topic":"a","data":1"#), "invalid_json");
+        assert_eq!(code("[]"), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a"}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a b","data":1}"#), "invalid_topic");
+        assert_eq!(code(r#"{"topic":7,"data":1}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a","data":1,"id":""}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a","data":1,"id":7}"#), "invalid_event");
+        assert_eq!(
+            code(r#"{"topic":"a","data":1,"type":"a\u0000"}"#),
+            "invalid_event"
+        );
+        assert_eq!(code("42"), "invalid_event");
+        let big = format!(
+            r#"[{{"topic":"a b"}},{{"topic":"a","data":"{}"}}]"#,
+            "x".repeat(70_000)
+        );
+        assert_eq!(code(&big), "payload_too_large");
+        let many = format!("[{}]", vec![r#"{"topic":"a","data":1}"#; 1001].join(","));
+        assert_eq!(code(&many), "payload_too_large");
+    }
+
+    #[test]
+    fn null_data_is_data_and_absent_id_gets_a_server_id() {
+        let (events, batch) = parse(br#"{"topic":"a","data":null}"#, LIMITS).expect("valid");
+        assert!(!batch);
+        assert_eq!(events[0].data.get(), "null");
+        assert!(events[0].id.starts_with("h-"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Group commit: concurrent publishes share one transaction, so durable
+//! throughput grows with concurrency instead of with fsyncs.
+//!
+//! Requests queue on a bounded channel; each writer takes whatever is waiting
+//! (up to a cap), appends it in one transaction and answers every request.
+//! One writer for SQLite (it has one write lock); several for Postgres, where
+//! groups on different topics commit in parallel.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Appended, Store, StoreError};
+use crate::event::{NewEvent, now_ms};
+
+/// Group commit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitterSettings {
+    /// Concurrent writer transactions.
+    pub writers: usize,
+    /// Requests that may wait for a writer; a publisher waits beyond that.
+    pub queue_requests: usize,
+    /// A group stops growing once it holds this many events.
+    pub max_group_events: usize,
+}
+
+impl CommitterSettings {
+    /// Settings suited to `store`'s kind.
+    pub fn for_store(store: &dyn Store) -> CommitterSettings {
+        CommitterSettings {
+            writers: if store.kind() == "sqlite" { 1 } else { 4 },
+            queue_requests: 16_384,
+            max_group_events: 4_000,
+        }
+    }
+}
+
+/// Each event of a request with its outcome, in input order.
+type Answer = Result<Vec<(NewEvent, Appended)>, Arc<StoreError>>;
+
+struct Request {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// A handle to the group committer. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    /// Starts the writers on the current Tokio runtime.
+    pub fn start(store: Arc<dyn Store>, settings: CommitterSettings) -> Committer {
+        let (tx, rx) = mpsc::channel(settings.queue_requests.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..settings.writers.max(1) {
+            tokio::spawn(writer(store.clone(), rx.clone(), settings.max_group_events));
+        }
+        Committer { tx }
+    }
+
+    /// Appends `events` atomically (all or none), sharing the transaction
+    /// with whatever other requests are waiting. Answers each event with its
+    /// outcome, in input order.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request { events, reply })
+            .await
+            .map_err(|_| Arc::new(StoreError::Closed))?;
+        answer.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    max_group_events: usize,
+) {
+    loop {
+        let group = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut count = first.events.len();
+            let mut group = vec![first];
+            while count < max_group_events {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        count += next.events.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        commit(&*store, group).await;
+    }
+}
+
+async fn commit(store: &dyn Store, group: Vec<Request>) {
+    let (events, replies): (Vec<_>, Vec<_>) =
+        group.into_iter().map(|r| (r.events, r.reply)).unzip();
+    match store.append_group(&events, now_ms()).await {
+        Ok(answers) => {
+            for ((reply, events), answer) in replies.into_iter().zip(events).zip(answers) {
+                let _ = reply.send(Ok(events.into_iter().zip(answer).collect()));
+            }
+        }
+        // A statement failed (a lock conflict, or something about one request):
+        // commit each request on its own so one cannot fail the others.
+        Err(StoreError::Unavailable(sqlx::Error::Database(e))) if events.len() > 1 => {
+            tracing::warn!(error = %e, requests = events.len(), "group commit failed; committing its requests one by one");
+            for (events, reply) in events.into_iter().zip(replies) {
+                let answer = store
+                    .append_group(std::slice::from_ref(&events), now_ms())
+                    .await
+                    .map(|mut a| {
+                        events
+                            .into_iter()
+                            .zip(a.pop().unwrap_or_default())
+                            .collect()
+                    })
+                    .map_err(Arc::new);
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, requests = events.len(), "group commit failed");
+            let e = Arc::new(e);
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The durable event log: the `Store` trait, its SQLite and Postgres
+//! implementations, group commit and retention.
+//!
+//! The store is the truth. A publish is answered only after its transaction
+//! commits; every transport resumes from it.
+
+mod committer;
+mod plan;
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use committer::{Committer, CommitterSettings};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::event::{Event, NewEvent};
+use crate::topic::Topic;
+
+/// The outcome of appending one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's seq (the original one for a duplicate).
+    pub seq: u64,
+    /// The event's id.
+    pub id: String,
+    /// Commit time, milliseconds since the epoch (the original one for a duplicate).
+    pub time_ms: i64,
+    /// Whether an event with this id was already stored on the topic.
+    pub duplicate: bool,
+}
+
+/// Events of one topic after a position.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// Events with seq above the requested one, in seq order.
+    pub events: Vec<Event>,
+    /// The topic's head when the read began (0 for a topic never published to).
+    pub head: u64,
+}
+
+impl Read {
+    /// If events after `after` are no longer retained, the first seq still
+    /// available (what a `reset` announces).
+    pub fn reset_from(&self, after: u64) -> Option<u64> {
+        match self.events.first() {
+            Some(first) if first.seq > after + 1 => Some(first.seq),
+            None if self.head > after => Some(self.head + 1),
+            _ => None,
+        }
+    }
+}
+
+/// A store failure: the operation did not happen (transactions roll back).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("the store's migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("the store's URL is not understood: {0}")]
+    Url(String),
+}
+
+/// A durable per-topic event log.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn kind(&self) -> &'static str;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Appends every request's events in one transaction: all of them are
+    /// stored, or none. Seqs are given in input order; an event whose
+    /// `(topic, id)` is already stored (or appears earlier in the group) is a
+    /// duplicate and takes the original seq. `time_ms` is the commit time.
+    async fn append_group(
+        &self,
+        requests: &[Vec<NewEvent>],
+        time_ms: i64,
+    ) -> Result<Vec<Vec<Appended>>, StoreError>;
+
+    /// Up to `limit` events of `topic` with seq above `after`, in order,
+    /// and the head the read was bounded by.
+    async fn read_since(&self, topic: &Topic, after: u64, limit: usize)
+    -> Result<Read, StoreError>;
+
+    /// The head (latest seq, 0 when empty) of each topic, in input order.
+    async fn heads(&self, topics: &[Topic]) -> Result<Vec<u64>, StoreError>;
+
+    /// Deletes up to `batch` events older than `older_than_ms`, or beyond the
+    /// newest `keep_per_topic` of their topic. Returns how many went.
+    async fn prune(
+        &self,
+        older_than_ms: i64,
+        keep_per_topic: u64,
+        batch: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url` (`sqlite://...` or `postgres://...`).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::Url(
+            "expected sqlite://PATH or postgres://USER@HOST/DB".to_owned(),
+        ))
+    }
+}
+
+/// Retention limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events older than this are pruned.
+    pub max_age: Duration,
+    /// At most this many events are kept per topic.
+    pub max_events_per_topic: u64,
+    /// How often the pruner runs.
+    pub interval: Duration,
+}
+
+/// Events deleted per prune statement: small enough that no publish waits long.
+const PRUNE_BATCH: u64 = 2_000;
+
+/// Prunes the store in the background, in small batches so publishes never
+/// wait long behind it. Runs until the returned task is dropped or aborted.
+pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(retention.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            prune_once(&*store, retention).await;
+        }
+    })
+}
+
+/// Runs prune batches until nothing is left to prune (or the store fails).
+pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
+    let mut total = 0;
+    loop {
+        let cutoff = crate::event::now_ms()
+            - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        match store
+            .prune(cutoff, retention.max_events_per_topic, PRUNE_BATCH)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < PRUNE_BATCH {
+                    if total > 0 {
+                        tracing::debug!(pruned = total, "retention pruned events");
+                    }
+                    return total;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pruning failed; will retry");
+                return total;
+            }
+        }
+    }
+}

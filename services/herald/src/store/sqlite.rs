@@ -1,0 +1,215 @@
+//! The embedded store: one SQLite file in WAL mode, for a single node.
+//!
+//! Writes are serialised by the committer (one writer), so SQLite's single
+//! write lock is never contended by Herald itself; reads run concurrently.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::plan::{plan, topics};
+use super::{Appended, Read, Store, StoreError};
+use crate::event::{Event, NewEvent};
+use crate::topic::Topic;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://relative.db`
+    /// or `sqlite:///absolute/path.db`).
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a 201 means the event survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../../migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn append_group(
+        &self,
+        requests: &[Vec<NewEvent>],
+        time_ms: i64,
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut heads = HashMap::new();
+        for topic in topics(requests) {
+            let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
+                .bind(topic.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            heads.insert(topic, to_u64(head.unwrap_or(0)));
+        }
+        let mut existing = HashMap::new();
+        for e in requests.iter().flatten() {
+            let row = sqlx::query("SELECT seq, time_ms FROM events WHERE topic = ? AND id = ?")
+                .bind(e.topic.as_str())
+                .bind(e.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                existing.insert(
+                    (&e.topic, e.id.as_str()),
+                    (to_u64(row.try_get(0)?), row.try_get(1)?),
+                );
+            }
+        }
+        let plan = plan(requests, heads, &existing, time_ms);
+        for row in &plan.rows {
+            sqlx::query(
+                "INSERT INTO events (topic, seq, id, type, time_ms, data) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.topic.as_str())
+            .bind(to_i64(row.seq))
+            .bind(row.event.id.as_str())
+            .bind(row.event.kind.as_deref())
+            .bind(time_ms)
+            .bind(row.event.data.get())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (topic, head) in &plan.heads {
+            sqlx::query(
+                "INSERT INTO topics (topic, head) VALUES (?, ?) \
+                 ON CONFLICT (topic) DO UPDATE SET head = excluded.head",
+            )
+            .bind(topic.as_str())
+            .bind(to_i64(*head))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.answers)
+    }
+
+    async fn read_since(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+    ) -> Result<Read, StoreError> {
+        // One read transaction: the head and the events come from one snapshot.
+        let mut tx = self.pool.begin().await?;
+        let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
+            .bind(topic.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = to_u64(head.unwrap_or(0));
+        let mut events = Vec::new();
+        if head > after && limit > 0 {
+            let rows = sqlx::query(
+                "SELECT seq, id, type, time_ms, data FROM events \
+                 WHERE topic = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            )
+            .bind(topic.as_str())
+            .bind(to_i64(after))
+            .bind(to_i64(head))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            events.reserve(rows.len());
+            for row in rows {
+                events.push(event_from_row(topic, &row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(Read { events, head })
+    }
+
+    async fn heads(&self, topics: &[Topic]) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut heads = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
+                .bind(topic.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            heads.push(to_u64(head.unwrap_or(0)));
+        }
+        Ok(heads)
+    }
+
+    async fn prune(
+        &self,
+        older_than_ms: i64,
+        keep_per_topic: u64,
+        batch: u64,
+    ) -> Result<u64, StoreError> {
+        let by_age = sqlx::query(
+            "DELETE FROM events WHERE rowid IN \
+             (SELECT rowid FROM events WHERE time_ms < ? LIMIT ?)",
+        )
+        .bind(older_than_ms)
+        .bind(to_i64(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let by_count = sqlx::query(
+            "DELETE FROM events WHERE rowid IN \
+             (SELECT e.rowid FROM topics t JOIN events e ON e.topic = t.topic \
+              WHERE e.seq <= t.head - ? LIMIT ?)",
+        )
+        .bind(to_i64(keep_per_topic))
+        .bind(to_i64(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(by_age + by_count)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn event_from_row(topic: &Topic, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+    let data: String = row.try_get(4)?;
+    Ok(Event {
+        topic: topic.clone(),
+        seq: to_u64(row.try_get(0)?),
+        id: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        time_ms: row.try_get(3)?,
+        data: RawValue::from_string(data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
