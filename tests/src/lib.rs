@@ -1,0 +1,13 @@
+//! Black-box test support for Herald: the real `herald` binary started as a
+//! process on a free port, against a private SQLite file or a fresh database
+//! on a private Postgres, with helpers to publish, subscribe and poll.
+//!
+//! - [`app`]: start and drive a Herald process
+//! - [`pg`]: a throwaway Postgres cluster
+//! - [`nats`]: a throwaway `nats-server`
+//! - [`procs`]: ports, processes, watchdogs
+
+pub mod app;
+pub mod nats;
+pub mod pg;
+pub mod procs;

@@ -1,0 +1,23 @@
+//! Black-box tests: the real `herald` binary against real SQLite and Postgres.
+
+mod cli;
+mod publish;
+mod store;
+mod store_outage;
+
+/// Runs an `async fn(Backend)` test once per store: `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(herald_tests::app::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(herald_tests::app::Backend::Postgres).await
+            }
+        }
+    )*};
+}
