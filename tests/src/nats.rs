@@ -167,12 +167,12 @@ impl NatsServer {
         if let Err(error) = ready {
             procs::kill_child(&mut server);
             self.watchdog.unwatch()?;
-            return Err(error.context(format!(
-                "NATS on port {} did not start; the end of {}:\n{}",
+            return Err(anyhow::anyhow!(
+                "NATS on port {} did not start: {error:#}\nThe end of {}:\n{}",
                 self.port,
                 self.log_path().display(),
                 procs::tail(&self.log_path(), LOG_LINES)
-            )));
+            ));
         }
         self.server = Some(server);
         Ok(())

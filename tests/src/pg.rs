@@ -282,12 +282,12 @@ impl PgServer {
                 // Another process may hold the port, so do not wait for it.
                 let _ = self.crash(postmaster, false);
             }
-            return Err(error.context(format!(
-                "Postgres on port {} did not start; the end of {}:\n{}",
+            return Err(anyhow::anyhow!(
+                "Postgres on port {} did not start: {error:#}\nThe end of {}:\n{}",
                 self.port,
                 self.log_path().display(),
                 procs::tail(&self.log_path(), LOG_LINES)
-            )));
+            ));
         }
         Ok(())
     }
@@ -334,14 +334,18 @@ impl PgServer {
         let pid = postmaster.id();
         // Backends make themselves process-group leaders, so a group kill
         // would miss them; find them as children instead. Stopping the
-        // postmaster first means it cannot fork more while we look.
-        procs::signal(&[pid], "STOP")?;
-        let mut exited = false;
-        let stopped = procs::wait_until("the postmaster to stop", STOP_TIMEOUT, || {
-            exited = postmaster.try_wait()?.is_some();
-            Ok(exited || procs::is_stopped(pid))
-        });
-        // Once reaped, `pid` may name some other process: leave it alone.
+        // postmaster first means it cannot fork more while we look. Until we
+        // reap it, `pid` names the postmaster even if it has exited; once
+        // reaped it may name some other process, which we leave alone.
+        let mut exited = postmaster.try_wait()?.is_some();
+        let mut stopped = Ok(());
+        if !exited {
+            procs::signal(&[pid], "STOP")?;
+            stopped = procs::wait_until("the postmaster to stop", STOP_TIMEOUT, || {
+                exited = postmaster.try_wait()?.is_some();
+                Ok(exited || procs::is_stopped(pid))
+            });
+        }
         if !exited {
             let children = procs::children_of(pid);
             let mut victims = vec![pid];

@@ -22,13 +22,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// A port on 127.0.0.1 that was free a moment ago: bound to port 0, read
 /// back, released. Another process may take it before the caller binds it;
 /// callers that cannot bind it should pick another.
+///
+/// # Panics
+///
+/// If no port can be bound at all (no loopback interface, no file handles).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("binding 127.0.0.1:0 cannot fail while the loopback interface is up");
-    listener
-        .local_addr()
-        .expect("a bound listener always has a local address")
-        .port()
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|error| panic!("no free port on 127.0.0.1: {error}"))
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port` right now.

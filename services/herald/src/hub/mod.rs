@@ -1,0 +1,228 @@
+//! The hub: which local connections want which topic, one registry per
+//! worker thread.
+//!
+//! Each HTTP worker thread has its own `Hub` actor and its own topic map, so
+//! fan-out runs on every core without a shared lock. Connections live on the
+//! worker that accepted them and register with that worker's hub
+//! synchronously (the map is the thread's own), which is what makes
+//! "register first, then replay" hold: once `register` returns, every later
+//! event reaches the connection.
+//!
+//! The bus hands each committed event to [`Hubs`], which forwards it to every
+//! worker's hub with a bounded `try_send`. A hub whose mailbox is full loses
+//! that event for its connections; it then asks all of them to resync from
+//! the store, so the loss is repaired, never silent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use actix::prelude::*;
+use parking_lot::RwLock;
+
+use crate::bus::Sink;
+use crate::event::Encoded;
+use crate::topic::Topic;
+
+/// Events waiting for one hub before the bus gives up on it and resyncs it.
+const HUB_MAILBOX: usize = 65_536;
+
+/// A committed event for a connection.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Arc<Encoded>);
+
+/// Tells a connection that events may have been lost on the way to it: it
+/// re-reads its topics from the store after its cursor.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+/// Tells a connection that it could not keep up and is being closed.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SlowConsumer;
+
+/// A connection's handles, as the hub holds them.
+#[derive(Clone)]
+pub struct Member {
+    pub deliver: Recipient<Deliver>,
+    pub resync: Recipient<Resync>,
+    pub slow: Recipient<SlowConsumer>,
+}
+
+#[derive(Default)]
+struct Registry {
+    topics: HashMap<Topic, Vec<(u64, Member)>>,
+    /// Connections marked slow: no further deliveries.
+    slow: Vec<u64>,
+}
+
+thread_local! {
+    static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
+    static HUB: RefCell<Option<Addr<Hub>>> = const { RefCell::new(None) };
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id, unique in this process.
+pub fn connection_id() -> u64 {
+    NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Registers `member` for `topics` with this thread's hub. Effective at once.
+pub fn register(hubs: &Hubs, id: u64, topics: &[Topic], member: &Member) {
+    ensure_hub(hubs);
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        for topic in topics {
+            let members = r.topics.entry(topic.clone()).or_default();
+            if !members.iter().any(|(m, _)| *m == id) {
+                members.push((id, member.clone()));
+            }
+        }
+    });
+}
+
+/// Removes connection `id` from `topics` on this thread's hub.
+pub fn unregister(id: u64, topics: &[Topic]) {
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        for topic in topics {
+            if let Some(members) = r.topics.get_mut(topic) {
+                members.retain(|(m, _)| *m != id);
+                if members.is_empty() {
+                    r.topics.remove(topic);
+                }
+            }
+        }
+        r.slow.retain(|m| *m != id);
+    });
+}
+
+/// Topics with at least one connection on this thread.
+pub fn local_topic_count() -> usize {
+    REGISTRY.with(|r| r.borrow().topics.len())
+}
+
+fn ensure_hub(hubs: &Hubs) {
+    HUB.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.is_none() {
+            let shared = Arc::new(HubShared::default());
+            let addr = Hub {
+                shared: shared.clone(),
+            }
+            .start();
+            hubs.add(addr.clone(), shared);
+            *h = Some(addr);
+        }
+    });
+}
+
+#[derive(Default)]
+struct HubShared {
+    /// Set when the bus could not hand this hub an event.
+    lost: AtomicBool,
+}
+
+/// One worker thread's hub.
+struct Hub {
+    shared: Arc<HubShared>,
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(HUB_MAILBOX);
+        // Repairs losses even when no further event arrives.
+        ctx.run_interval(std::time::Duration::from_secs(1), |hub, _| {
+            hub.repair_if_lost()
+        });
+    }
+}
+
+impl Hub {
+    fn repair_if_lost(&self) {
+        if !self.shared.lost.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!("hub mailbox overflowed; resyncing its connections from the store");
+        REGISTRY.with(|r| {
+            let r = r.borrow();
+            let mut seen = std::collections::HashSet::new();
+            for (id, member) in r.topics.values().flatten() {
+                if seen.insert(*id) {
+                    let _ = member.resync.try_send(Resync);
+                }
+            }
+        });
+    }
+}
+
+impl Handler<Deliver> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+        self.repair_if_lost();
+        REGISTRY.with(|r| {
+            let mut r = r.borrow_mut();
+            let Registry { topics, slow } = &mut *r;
+            let Some(members) = topics.get_mut(&msg.0.topic) else {
+                return;
+            };
+            members.retain(|(id, member)| match member.deliver.try_send(msg.clone()) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    // Once per connection: it stops receiving and is closed.
+                    if !slow.contains(id) {
+                        slow.push(*id);
+                        member.slow.do_send(SlowConsumer);
+                    }
+                    false
+                }
+                Err(SendError::Closed(_)) => false,
+            });
+            if members.is_empty() {
+                topics.remove(&msg.0.topic);
+            }
+        });
+    }
+}
+
+/// Every worker's hub: the node's [`Sink`] for the bus.
+#[derive(Default)]
+pub struct Hubs {
+    hubs: RwLock<Vec<(Addr<Hub>, Arc<HubShared>)>>,
+}
+
+impl Hubs {
+    /// An empty set; hubs join as worker threads get their first connection.
+    pub fn new() -> Arc<Hubs> {
+        Arc::new(Hubs::default())
+    }
+
+    fn add(&self, addr: Addr<Hub>, shared: Arc<HubShared>) {
+        self.hubs.write().push((addr, shared));
+    }
+
+    /// Asks every connection on every hub to resync from the store (after a
+    /// bus outage).
+    pub fn resync_all(&self) {
+        for (_, shared) in self.hubs.read().iter() {
+            shared.lost.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Sink for Hubs {
+    fn deliver(&self, event: Arc<Encoded>) {
+        for (addr, shared) in self.hubs.read().iter() {
+            if addr.try_send(Deliver(event.clone())).is_err() {
+                shared.lost.store(true, Ordering::Release);
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! A connection's subscriptions: for each topic, how far the client has been
+//! sent, and whether the store must be read before live events can flow.
+//!
+//! One state machine serves every transport and every way of falling behind:
+//! resuming from a cursor, a gap in the bus's seqs, events committed while a
+//! replay ran, a hub that lost events. Live events are delivered straight
+//! through when they are the next seq; anything else records how far the
+//! topic is known to reach and reads the store from the client's position
+//! until it gets there. Delivery is therefore in order, with no gap and no
+//! duplicate, and without buffering live events during a read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event::Encoded;
+use crate::store::Read;
+use crate::topic::{Cursor, Topic};
+
+/// Events read from the store per request.
+pub const PAGE_EVENTS: usize = 256;
+
+/// What the connection should send.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// An event.
+    Event(Arc<Encoded>),
+    /// Events of `topic` before `from` are gone.
+    Reset { topic: Topic, from: u64 },
+}
+
+/// A store read the connection should make: events of `topic` after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub topic: Topic,
+    pub after: u64,
+}
+
+#[derive(Debug, Clone)]
+struct TopicState {
+    /// The last seq sent to the client (its cursor).
+    position: u64,
+    /// The highest seq known to exist (from live events or store heads).
+    known: u64,
+    /// Whether the starting position is known yet.
+    started: bool,
+    /// Whether a store read is under way; live events wait for it.
+    reading: bool,
+}
+
+/// Every subscribed topic of one connection.
+#[derive(Debug, Default)]
+pub struct Subs {
+    topics: HashMap<Topic, TopicState>,
+}
+
+impl Subs {
+    /// No topics.
+    pub fn new() -> Subs {
+        Subs::default()
+    }
+
+    /// Number of topics.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Whether there is no topic.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// Whether `topic` is subscribed.
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// The subscribed topics.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.keys()
+    }
+
+    /// Adds `topic`, registered with the hub but waiting for its head.
+    /// Live events for it are noted, not delivered, until [`Subs::start`].
+    pub fn add(&mut self, topic: Topic) {
+        self.topics.entry(topic).or_insert(TopicState {
+            position: 0,
+            known: 0,
+            started: false,
+            reading: false,
+        });
+    }
+
+    /// Removes `topic`.
+    pub fn remove(&mut self, topic: &Topic) -> bool {
+        self.topics.remove(topic).is_some()
+    }
+
+    /// Starts `topic` once its head is known: at `since` when the client
+    /// gave one, else at the head (live only). A `since` beyond the head
+    /// (a cursor from another deployment, say) is answered with a reset.
+    pub fn start(
+        &mut self,
+        topic: &Topic,
+        head: u64,
+        since: Option<u64>,
+    ) -> (Vec<Action>, Option<ReadRequest>) {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return (Vec::new(), None);
+        };
+        let mut actions = Vec::new();
+        state.started = true;
+        state.known = state.known.max(head);
+        state.position = match since {
+            Some(since) if since > head => {
+                actions.push(Action::Reset {
+                    topic: topic.clone(),
+                    from: head + 1,
+                });
+                head
+            }
+            Some(since) => since,
+            None => head,
+        };
+        (actions, Self::read_if_behind(topic, state))
+    }
+
+    fn read_if_behind(topic: &Topic, state: &mut TopicState) -> Option<ReadRequest> {
+        if state.started && !state.reading && state.position < state.known {
+            state.reading = true;
+            Some(ReadRequest {
+                topic: topic.clone(),
+                after: state.position,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// A live event from the hub.
+    pub fn on_live(&mut self, event: &Arc<Encoded>) -> (Option<Action>, Option<ReadRequest>) {
+        let Some(state) = self.topics.get_mut(&event.topic) else {
+            return (None, None);
+        };
+        state.known = state.known.max(event.seq);
+        if !state.started || state.reading || event.seq <= state.position {
+            return (None, None);
+        }
+        if event.seq == state.position + 1 {
+            state.position = event.seq;
+            return (Some(Action::Event(event.clone())), None);
+        }
+        (None, Self::read_if_behind(&event.topic, state))
+    }
+
+    /// The answer to a [`ReadRequest`]; `read` is `None` when the read
+    /// failed (the caller retries later with [`Subs::retry`]).
+    pub fn on_read(
+        &mut self,
+        request: &ReadRequest,
+        read: Option<Read>,
+    ) -> (Vec<Action>, Option<ReadRequest>) {
+        let Some(state) = self.topics.get_mut(&request.topic) else {
+            return (Vec::new(), None);
+        };
+        let Some(read) = read else {
+            return (Vec::new(), None);
+        };
+        state.reading = false;
+        if request.after != state.position {
+            // Stale: the topic was restarted meanwhile; read again from where it is.
+            return (Vec::new(), Self::read_if_behind(&request.topic, state));
+        }
+        let mut actions = Vec::with_capacity(read.events.len() + 1);
+        state.known = state.known.max(read.head);
+        let full_page = read.events.len() >= PAGE_EVENTS;
+        if read.events.is_empty() && read.head > state.position {
+            // Everything after the position has been pruned.
+            actions.push(Action::Reset {
+                topic: request.topic.clone(),
+                from: read.head + 1,
+            });
+            state.position = read.head;
+        }
+        for event in read.events {
+            if event.seq <= state.position {
+                continue;
+            }
+            if event.seq > state.position + 1 {
+                actions.push(Action::Reset {
+                    topic: request.topic.clone(),
+                    from: event.seq,
+                });
+            }
+            state.position = event.seq;
+            actions.push(Action::Event(event.encode()));
+        }
+        if full_page && state.known <= state.position {
+            // The page was full: there may be more than the head we knew of.
+            state.known = state.position + 1;
+        }
+        (actions, Self::read_if_behind(&request.topic, state))
+    }
+
+    /// After a failed read: the same request again.
+    pub fn retry(&mut self, request: &ReadRequest) -> Option<ReadRequest> {
+        let state = self.topics.get_mut(&request.topic)?;
+        state.reading = false;
+        Self::read_if_behind(&request.topic, state)
+    }
+
+    /// Events may have been lost on the way here: each started topic that is
+    /// not already reading re-reads from its position. A topic with nothing
+    /// new gets an empty answer.
+    pub fn resync(&mut self) -> Vec<ReadRequest> {
+        let mut requests = Vec::new();
+        for (topic, state) in &mut self.topics {
+            if state.started && !state.reading {
+                state.known = state.known.max(state.position + 1);
+                if let Some(r) = Self::read_if_behind(topic, state) {
+                    requests.push(r);
+                }
+            }
+        }
+        requests
+    }
+
+    /// Each started topic's position.
+    pub fn cursor(&self) -> Cursor {
+        let mut cursor = Cursor::new();
+        for (topic, state) in &self.topics {
+            if state.started {
+                cursor.set(topic.clone(), state.position);
+            }
+        }
+        cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use serde_json::value::RawValue;
+
+    fn t() -> Topic {
+        Topic::parse("orders.1").expect("valid")
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            topic: t(),
+            seq,
+            id: format!("e{seq}"),
+            kind: None,
+            time_ms: 0,
+            data: RawValue::from_string("null".into()).expect("valid"),
+        }
+    }
+
+    fn live(seq: u64) -> Arc<Encoded> {
+        event(seq).encode()
+    }
+
+    fn seqs(actions: &[Action]) -> Vec<i64> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Event(e) => e.seq as i64,
+                Action::Reset { from, .. } => -(*from as i64),
+            })
+            .collect()
+    }
+
+    fn read(events: std::ops::RangeInclusive<u64>, head: u64) -> Read {
+        Read {
+            events: events.map(event).collect(),
+            head,
+        }
+    }
+
+    #[test]
+    fn live_only_delivers_what_comes_after_the_head() {
+        let mut s = Subs::new();
+        s.add(t());
+        assert!(s.on_live(&live(5)).0.is_none(), "nothing before the start");
+        let (actions, read) = s.start(&t(), 5, None);
+        assert!(actions.is_empty() && read.is_none());
+        assert!(s.on_live(&live(5)).0.is_none(), "the head itself is old");
+        assert!(matches!(s.on_live(&live(6)).0, Some(Action::Event(_))));
+        assert_eq!(s.cursor().to_string(), "orders.1:6");
+    }
+
+    #[test]
+    fn resume_replays_then_catches_up_with_events_published_during_the_replay() {
+        let mut s = Subs::new();
+        s.add(t());
+        let (_, req) = s.start(&t(), 10, Some(7));
+        let req = req.expect("behind the head: read");
+        assert_eq!(req.after, 7);
+        // Events 11 and 12 arrive live while the replay is under way.
+        for seq in [11, 12] {
+            let (action, read) = s.on_live(&live(seq));
+            assert!(action.is_none() && read.is_none(), "waits for the replay");
+        }
+        let (actions, next) = s.on_read(&req, Some(read(8..=10, 10)));
+        assert_eq!(seqs(&actions), vec![8, 9, 10]);
+        let next = next.expect("11 and 12 are known: read on");
+        let (actions, next) = s.on_read(&next, Some(read(11..=12, 12)));
+        assert_eq!(seqs(&actions), vec![11, 12]);
+        assert!(next.is_none());
+        assert!(matches!(s.on_live(&live(13)).0, Some(Action::Event(_))));
+    }
+
+    #[test]
+    fn a_gap_in_live_events_is_filled_from_the_store() {
+        let mut s = Subs::new();
+        s.add(t());
+        s.start(&t(), 3, None);
+        let (action, req) = s.on_live(&live(5));
+        assert!(action.is_none());
+        let req = req.expect("gap: read");
+        let (actions, next) = s.on_read(&req, Some(read(4..=5, 5)));
+        assert_eq!(seqs(&actions), vec![4, 5]);
+        assert!(next.is_none());
+    }
+
+    #[test]
+    fn a_cursor_older_than_retention_resets_to_the_oldest_event() {
+        let mut s = Subs::new();
+        s.add(t());
+        let (_, req) = s.start(&t(), 130, Some(17));
+        let (actions, _) = s.on_read(&req.expect("read"), Some(read(120..=130, 130)));
+        assert_eq!(seqs(&actions)[..2], [-120, 120]);
+        // Everything pruned: the reset points past the head.
+        let mut s = Subs::new();
+        s.add(t());
+        let (_, req) = s.start(&t(), 50, Some(10));
+        let (actions, _) = s.on_read(&req.expect("read"), Some(read(1..=0, 50)));
+        assert_eq!(seqs(&actions), vec![-51]);
+        assert_eq!(s.cursor().to_string(), "orders.1:50");
+    }
+
+    #[test]
+    fn a_cursor_beyond_the_head_resets_to_the_head() {
+        let mut s = Subs::new();
+        s.add(t());
+        let (actions, req) = s.start(&t(), 4, Some(9));
+        assert_eq!(seqs(&actions), vec![-5]);
+        assert!(req.is_none());
+        assert!(matches!(s.on_live(&live(5)).0, Some(Action::Event(_))));
+    }
+
+    #[test]
+    fn a_full_page_reads_on_and_a_failed_read_is_retried() {
+        let mut s = Subs::new();
+        s.add(t());
+        let (_, req) = s.start(&t(), PAGE_EVENTS as u64, Some(0));
+        let req = req.expect("read");
+        assert_eq!(s.on_read(&req, None).0.len(), 0);
+        let req = s.retry(&req).expect("retried");
+        let (actions, next) =
+            s.on_read(&req, Some(read(1..=PAGE_EVENTS as u64, PAGE_EVENTS as u64)));
+        assert_eq!(actions.len(), PAGE_EVENTS);
+        assert!(next.is_some(), "a full page may not be the end");
+    }
+
+    #[test]
+    fn resync_rereads_every_started_topic() {
+        let mut s = Subs::new();
+        s.add(t());
+        s.start(&t(), 2, None);
+        let reqs = s.resync();
+        assert_eq!(
+            reqs,
+            vec![ReadRequest {
+                topic: t(),
+                after: 2
+            }]
+        );
+        let (actions, next) = s.on_read(&reqs[0], Some(read(3..=3, 3)));
+        assert_eq!(seqs(&actions), vec![3]);
+        assert!(next.is_none());
+        let (actions, next) = s.on_read(&reqs[0], Some(read(1..=0, 3)));
+        assert!(
+            actions.is_empty() && next.is_none(),
+            "a stale answer changes nothing"
+        );
+    }
+}
