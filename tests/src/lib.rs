@@ -8,6 +8,7 @@
 //! - [`procs`]: ports, processes, watchdogs
 
 pub mod app;
+pub mod clients;
 pub mod nats;
 pub mod pg;
 pub mod procs;

@@ -9,10 +9,12 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 use crate::auth::{Claims, HeraldClaims, Minter, Verifier, VerifierSettings};
-use crate::bus::{Bus, LocalBus, Sink};
+use crate::bus::{Bus, LocalBus};
 use crate::config::{Secret, ServeArgs};
-use crate::event::Encoded;
 use crate::http::{self, AppState};
+use crate::hub::Hubs;
+use crate::session::gate::Gate;
+use crate::session::{Connections, SessionSettings, Shared};
 use crate::store::{self, Committer, CommitterSettings, Retention};
 
 /// A built, bound, not yet running server.
@@ -20,13 +22,6 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     pruner: tokio::task::JoinHandle<()>,
-}
-
-/// Placeholder sink until real-time delivery registers its hubs.
-struct NoSubscribers;
-
-impl Sink for NoSubscribers {
-    fn deliver(&self, _event: Arc<Encoded>) {}
 }
 
 impl Application {
@@ -51,7 +46,8 @@ impl Application {
             committer_settings.writers = settings.store_writers;
         }
         let committer = Committer::start(store.clone(), committer_settings);
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::new(NoSubscribers)));
+        let hubs = Hubs::new();
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hubs.clone()));
         let pruner = store::spawn_pruner(
             store.clone(),
             Retention {
@@ -61,11 +57,29 @@ impl Application {
             },
         );
 
+        let sessions = Arc::new(Shared {
+            store: store.clone(),
+            hubs,
+            verifier: verifier.clone(),
+            settings: SessionSettings {
+                heartbeat: settings.heartbeat(),
+                queue_events: settings.queue_events,
+                queue_bytes: settings.queue_bytes,
+                max_topics: settings.max_topics_per_connection,
+                max_frame_bytes: settings.max_frame_bytes,
+                leeway_secs: settings.keys.jwt_leeway_secs,
+                auth_timeout: Duration::from_secs(settings.auth_timeout_secs),
+            },
+            connections: Connections::default(),
+        });
         let state = web::Data::new(AppState {
             store,
             committer,
             bus,
             verifier,
+            gate: Gate::new(settings.max_connections, settings.drain_secs),
+            sessions,
+            auth_cookie: settings.auth_cookie.clone(),
             limits: crate::publish::Limits {
                 max_data_bytes: settings.max_data_bytes,
                 max_batch_events: settings.max_batch_events,

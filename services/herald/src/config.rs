@@ -17,6 +17,7 @@ pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_DRAIN_SECS: u64 = 20;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
+pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_AUTH_COOKIE: &str = "herald_token";
 pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 256;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -197,6 +198,9 @@ pub struct ServeArgs {
     /// Most WebSocket and SSE connections (and pending long polls) per node.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// How long a WebSocket may take to send its first `auth` frame, in seconds.
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT_SECS", default_value_t = DEFAULT_AUTH_TIMEOUT_SECS)]
+    pub auth_timeout_secs: u64,
     /// Events a connection's outbound queue holds before it is closed as a slow consumer.
     #[arg(long, env = "HERALD_QUEUE_EVENTS", default_value_t = DEFAULT_QUEUE_EVENTS)]
     pub queue_events: usize,

@@ -151,8 +151,20 @@ fn shape(
         topic,
         id: id.unwrap_or_else(server_id),
         kind,
-        data: data.to_owned(),
+        data: single_line(data),
     })
+}
+
+/// `data` on one line, so every transport can frame it (an SSE `data:`
+/// field ends at a line break). JSON allows raw line breaks only as
+/// insignificant whitespace, so turning them into spaces keeps the value.
+fn single_line(data: &RawValue) -> Box<RawValue> {
+    let text = data.get();
+    if !text.contains(['\n', '\r']) {
+        return data.to_owned();
+    }
+    let text = text.replace(['\n', '\r'], " ");
+    RawValue::from_string(text).expect("replacing whitespace keeps JSON valid")
 }
 
 /// An optional `id` or `type`: a string of 1 to 255 bytes with no control characters.
@@ -291,6 +303,13 @@ mod tests {
         assert_eq!(code(&big), "payload_too_large");
         let many = format!("[{}]", vec![r#"{"topic":"a","data":1}"#; 1001].join(","));
         assert_eq!(code(&many), "payload_too_large");
+    }
+
+    #[test]
+    fn line_breaks_in_data_become_spaces() {
+        let body = "{\"topic\":\"a\",\"data\":{\r\n \"k\": \"v\\nw\"\n}}";
+        let (events, _) = parse(body.as_bytes(), LIMITS).expect("valid");
+        assert_eq!(events[0].data.get(), "{   \"k\": \"v\\nw\" }");
     }
 
     #[test]

@@ -13,7 +13,9 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 
 use crate::auth::{AuthError, Principal, Verifier};
 use crate::bus::Bus;
+use crate::session::gate::Gate;
 use crate::store::{Committer, Store};
+use crate::topic::{Cursor, Topic};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -24,6 +26,143 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub limits: crate::publish::Limits,
     pub max_body_bytes: usize,
+    pub gate: Arc<Gate>,
+    pub sessions: Arc<crate::session::Shared>,
+    /// Name of the session cookie that may carry a token.
+    pub auth_cookie: String,
+}
+
+/// Longest `wait` of a long poll, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+/// Default and largest `limit` of a poll.
+pub const DEFAULT_POLL_LIMIT: usize = 100;
+pub const MAX_POLL_LIMIT: usize = 1_000;
+
+/// The query of a subscribing request (SSE, poll), checked in the contract's
+/// order: credentials, then topics, cursor and parameters, then permission.
+pub struct SubscribeQuery {
+    pub principal: Principal,
+    pub topics: Vec<Topic>,
+    pub since: Cursor,
+    pub wait_secs: u64,
+    pub limit: usize,
+}
+
+impl SubscribeQuery {
+    /// Parses and authorizes the query; `poll` allows `wait` and `limit`.
+    pub fn parse(
+        req: &HttpRequest,
+        state: &AppState,
+        poll: bool,
+    ) -> Result<SubscribeQuery, ApiError> {
+        let principal = subscriber_credential(req, state)?.ok_or(AuthError::Missing)?;
+        let mut topics: Vec<Topic> = Vec::new();
+        let mut since = None;
+        let mut wait_secs = 0;
+        let mut limit = DEFAULT_POLL_LIMIT;
+        for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+            match &*key {
+                "topic" => {
+                    // Several topics per parameter, comma-separated, are accepted too.
+                    for text in value.split(',').filter(|t| !t.is_empty()) {
+                        let topic = Topic::parse(text)
+                            .map_err(|e| ApiError::InvalidTopic(e.to_string()))?;
+                        if !topics.contains(&topic) {
+                            topics.push(topic);
+                        }
+                    }
+                }
+                "since" => {
+                    since = Some(
+                        Cursor::parse(&value)
+                            .map_err(|e| ApiError::InvalidCursor(e.to_string()))?,
+                    )
+                }
+                "wait" if poll => {
+                    wait_secs = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|w| *w <= MAX_WAIT_SECS)
+                        .ok_or_else(|| {
+                            ApiError::InvalidParameter(format!(
+                                "wait is whole seconds from 0 to {MAX_WAIT_SECS}"
+                            ))
+                        })?
+                }
+                "limit" if poll => {
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|l| (1..=MAX_POLL_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::InvalidParameter(format!(
+                                "limit is from 1 to {MAX_POLL_LIMIT}"
+                            ))
+                        })?
+                }
+                _ => {}
+            }
+        }
+        if topics.is_empty() {
+            return Err(ApiError::InvalidTopic(
+                "name at least one topic: ?topic=...".into(),
+            ));
+        }
+        let max = state.sessions.settings.max_topics;
+        if topics.len() > max {
+            return Err(ApiError::TooManyTopics(format!(
+                "a connection holds at most {max} topics; this one asks for {}",
+                topics.len()
+            )));
+        }
+        let forbidden: Vec<&str> = topics
+            .iter()
+            .filter(|t| !principal.may_subscribe(t))
+            .map(Topic::as_str)
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(AuthError::Forbidden(format!(
+                "the token may not subscribe to {}",
+                forbidden.join(", ")
+            ))
+            .into());
+        }
+        Ok(SubscribeQuery {
+            principal,
+            topics,
+            since: since.unwrap_or_default(),
+            wait_secs,
+            limit,
+        })
+    }
+}
+
+/// A subscriber's credentials, in the contract's order of preference:
+/// `Authorization: Bearer`, the session cookie, an `access_token` query
+/// parameter. `None` when there are none (a WebSocket may send them in its
+/// first frame); an error when they are there but wrong.
+pub fn subscriber_credential(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<Principal>, ApiError> {
+    let token = if let Some(token) = crate::auth::bearer(req) {
+        Some(token.to_owned())
+    } else if let Some(cookie) = req
+        .cookie(&state.auth_cookie)
+        .filter(|c| !c.value().is_empty())
+    {
+        Some(cookie.value().to_owned())
+    } else {
+        form_urlencoded::parse(req.query_string().as_bytes())
+            .find(|(k, v)| k == "access_token" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    };
+    match token {
+        Some(token) => Ok(Some(
+            state.verifier.verify(&token).map_err(AuthError::from)?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The caller, authenticated by its bearer token.
@@ -51,7 +190,10 @@ fn authenticate(req: &HttpRequest) -> Result<Bearer, ApiError> {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/v1/publish", web::post().to(publish::publish));
+        .route("/v1/publish", web::post().to(publish::publish))
+        .route("/v1/ws", web::get().to(crate::session::ws::handler))
+        .route("/v1/sse", web::get().to(crate::session::sse::handler))
+        .route("/v1/poll", web::get().to(crate::session::poll::handler));
 }
 
 /// Answers unknown routes with a problem document.

@@ -1,4 +1,475 @@
-//! Connections: WebSocket and SSE sessions (actors), and polling.
+//! Connections. Each WebSocket and SSE connection is a [`Session`] actor
+//! that owns its subscriptions, cursor, token and bounded outbound queue; the
+//! transport only decides how frames look. Polling is a plain store read, or
+//! a short-lived waiter registered with the hub.
+//!
+//! A session reacts to: a live event from the hub, a store read finishing, a
+//! heartbeat tick, a frame from the client (WebSocket), and shutdown.
 
+pub mod gate;
 pub mod outbound;
+pub mod poll;
+pub mod sse;
 pub mod subs;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+
+use crate::auth::token::now_secs;
+use crate::auth::{AuthError, Principal, Verifier};
+use crate::event::Encoded;
+use crate::hub::{self, Deliver, Hubs, Member, Resync, SlowConsumer};
+use crate::store::Store;
+use crate::topic::{Cursor, Topic};
+use gate::Ticket as GateTicket;
+use outbound::Outbound;
+use subs::{Action, PAGE_EVENTS, ReadRequest, Subs};
+
+/// How long a store read waits before it is retried after a failure.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+/// Settings every session needs.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub heartbeat: Duration,
+    pub queue_events: usize,
+    pub queue_bytes: usize,
+    pub max_topics: usize,
+    pub max_frame_bytes: usize,
+    pub leeway_secs: u64,
+    /// How long a WebSocket may take to send its first `auth` frame.
+    pub auth_timeout: Duration,
+}
+
+/// What sessions share: the store, the hubs, the token verifier, the
+/// settings, and the node's list of open connections.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub hubs: Arc<Hubs>,
+    pub verifier: Arc<Verifier>,
+    pub settings: SessionSettings,
+    pub connections: Connections,
+}
+
+impl Shared {
+    /// Verifies a token presented on an open connection.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        Ok(self.verifier.verify(token)?)
+    }
+}
+
+/// Every open connection of the node (sessions and pending long polls), so
+/// that they can be told to close (drain, revocation).
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<u64, Recipient<Close>>>,
+}
+
+impl Connections {
+    /// Adds connection `id`.
+    pub fn add(&self, id: u64, close: Recipient<Close>) {
+        self.open.lock().insert(id, close);
+    }
+
+    /// Removes connection `id`.
+    pub fn remove(&self, id: u64) {
+        self.open.lock().remove(&id);
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Handles to every open connection.
+    pub fn all(&self) -> Vec<Recipient<Close>> {
+        self.open.lock().values().cloned().collect()
+    }
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client stopped reading and its queue filled.
+    SlowConsumer,
+    /// The token expired.
+    TokenExpired,
+    /// The token was revoked.
+    Revoked,
+    /// No valid credentials (WebSocket: none in time, or a bad first `auth`).
+    Unauthorized(String),
+    /// A refreshed token allows none of the connection's topics.
+    Forbidden,
+    /// The node is going away.
+    Draining,
+    /// The client broke the protocol.
+    Protocol(String),
+    /// An inbound frame was over the limit.
+    FrameTooLarge,
+    /// The store could not be read.
+    Unavailable,
+    /// The client went away, or the session ended normally.
+    Normal,
+}
+
+impl CloseReason {
+    /// The machine-readable code (SSE `event: error`, logs).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Revoked => "revoked",
+            CloseReason::Unauthorized(_) => "unauthorized",
+            CloseReason::Forbidden => "forbidden",
+            CloseReason::Draining => "draining",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::Unavailable => "unavailable",
+            CloseReason::Normal => "normal",
+        }
+    }
+
+    /// Human text.
+    pub fn message(&self) -> String {
+        match self {
+            CloseReason::SlowConsumer => {
+                "the client fell behind; resume from your cursor to lose nothing".into()
+            }
+            CloseReason::TokenExpired => "the token has expired".into(),
+            CloseReason::Revoked => "the token has been revoked".into(),
+            CloseReason::Unauthorized(m) | CloseReason::Protocol(m) => m.clone(),
+            CloseReason::Forbidden => "the token allows none of this connection's topics".into(),
+            CloseReason::Draining => "this node is going away; reconnect".into(),
+            CloseReason::FrameTooLarge => "frame too large".into(),
+            CloseReason::Unavailable => "the store is unavailable; reconnect later".into(),
+            CloseReason::Normal => "bye".into(),
+        }
+    }
+}
+
+/// How a transport frames what a session sends.
+pub trait Transport: Unpin + Sized + 'static {
+    /// One queued frame.
+    type Frame: Send + 'static;
+
+    /// An event; `cursor` is the connection's cursor after it.
+    fn event(&self, event: &Arc<Encoded>, cursor: &dyn Fn() -> Cursor) -> (Self::Frame, usize);
+    /// A reset of `topic` to `from`; `cursor` as for events.
+    fn reset(&self, topic: &Topic, from: u64, cursor: &dyn Fn() -> Cursor) -> (Self::Frame, usize);
+    /// The heartbeat frame (WebSocket ping, SSE comment).
+    fn heartbeat(&self) -> Self::Frame;
+    /// The final frame for `reason`.
+    fn close(&self, reason: &CloseReason) -> Self::Frame;
+    /// Transport-specific reaction to a heartbeat tick (after the common checks).
+    fn on_heartbeat(session: &mut Session<Self>, ctx: &mut Context<Session<Self>>);
+    /// Transport-specific reaction to a topic's subscription being confirmed.
+    fn on_started(session: &mut Session<Self>, heads: Vec<(Topic, u64)>);
+    /// The transport's name, for logs and metrics.
+    const NAME: &'static str;
+}
+
+/// One connection.
+pub struct Session<T: Transport> {
+    pub id: u64,
+    pub transport: T,
+    pub out: Outbound<T::Frame>,
+    pub subs: Subs,
+    pub principal: Option<Principal>,
+    pub shared: Arc<Shared>,
+    pub member: Option<Member>,
+    /// When the client was last heard from (WebSocket).
+    pub last_seen: Instant,
+    /// Whether the `expiring` notice went out for the current token.
+    pub expiring_sent: bool,
+    pub closing: bool,
+    pub opened: Instant,
+    pub events_sent: u64,
+    pub close_reason: Option<CloseReason>,
+    _gate: GateTicket,
+}
+
+impl<T: Transport> Session<T> {
+    /// A session over `transport`, writing to `out`.
+    pub fn new(
+        transport: T,
+        out: Outbound<T::Frame>,
+        principal: Option<Principal>,
+        shared: Arc<Shared>,
+        gate: GateTicket,
+    ) -> Session<T> {
+        Session {
+            id: hub::connection_id(),
+            transport,
+            out,
+            subs: Subs::new(),
+            principal,
+            shared,
+            member: None,
+            last_seen: Instant::now(),
+            expiring_sent: false,
+            closing: false,
+            opened: Instant::now(),
+            events_sent: 0,
+            close_reason: None,
+            _gate: gate,
+        }
+    }
+
+    /// Queues a frame; a full queue closes the session as a slow consumer.
+    pub fn send(&mut self, frame: T::Frame, size: usize, ctx: &mut Context<Self>) -> bool {
+        if self.closing {
+            return false;
+        }
+        if self.out.push(frame, size).is_err() {
+            self.close(CloseReason::SlowConsumer, ctx);
+            return false;
+        }
+        true
+    }
+
+    /// Ends the session with `reason`: the final frame jumps the queue.
+    pub fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let frame = self.transport.close(&reason);
+        self.out.finish(frame);
+        self.close_reason = Some(reason);
+        ctx.stop();
+    }
+
+    /// Registers `topics` with the hub, then reads their heads and starts
+    /// each at `since` (or its head).
+    pub fn subscribe(&mut self, topics: Vec<Topic>, since: Cursor, ctx: &mut Context<Self>) {
+        if topics.is_empty() {
+            return;
+        }
+        for topic in &topics {
+            self.subs.add(topic.clone());
+        }
+        if let Some(member) = &self.member {
+            hub::register(&self.shared.hubs, self.id, &topics, member);
+        }
+        let store = self.shared.store.clone();
+        let read_topics = topics.clone();
+        let heads = async move { store.heads(&read_topics).await };
+        ctx.spawn(
+            heads
+                .into_actor(self)
+                .map(move |heads, session, ctx| match heads {
+                    Ok(heads) => {
+                        let heads: Vec<(Topic, u64)> = topics.into_iter().zip(heads).collect();
+                        let started: Vec<(Topic, u64)> = heads
+                            .iter()
+                            .filter(|(t, _)| session.subs.contains(t))
+                            .cloned()
+                            .collect();
+                        T::on_started(session, started.clone());
+                        for (topic, head) in started {
+                            let (actions, read) =
+                                session.subs.start(&topic, head, since.get(&topic));
+                            session.apply(actions, ctx);
+                            if let Some(read) = read {
+                                session.read(read, ctx);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading heads failed; closing the connection");
+                        session.close(CloseReason::Unavailable, ctx);
+                    }
+                }),
+        );
+    }
+
+    /// Stops `topics`.
+    pub fn unsubscribe(&mut self, topics: &[Topic]) {
+        for topic in topics {
+            self.subs.remove(topic);
+        }
+        hub::unregister(self.id, topics);
+    }
+
+    /// Sends what the subscriptions decided.
+    pub fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for action in actions {
+            // The cursor as of this action: the subscriptions may already
+            // stand further on (a whole page was read at once).
+            let (topic, position) = match &action {
+                Action::Event(event) => (&event.topic, event.seq),
+                Action::Reset { topic, from } => (topic, from - 1),
+            };
+            let subs = &self.subs;
+            let cursor = || {
+                let mut cursor = subs.cursor();
+                cursor.set(topic.clone(), position);
+                cursor
+            };
+            let (frame, size) = match &action {
+                Action::Event(event) => self.transport.event(event, &cursor),
+                Action::Reset { topic, from } => self.transport.reset(topic, *from, &cursor),
+            };
+            if !self.send(frame, size, ctx) {
+                return;
+            }
+            if matches!(action, Action::Event(_)) {
+                self.events_sent += 1;
+            }
+        }
+    }
+
+    /// Reads the store for `request` once the queue has room for a page.
+    pub fn read(&mut self, request: ReadRequest, ctx: &mut Context<Self>) {
+        let settings = &self.shared.settings;
+        let room = self.out.until_below(
+            settings.queue_events.saturating_sub(PAGE_EVENTS) / 2,
+            settings.queue_bytes / 2,
+        );
+        let store = self.shared.store.clone();
+        let req = request.clone();
+        let fut = async move {
+            room.await;
+            store.read_since(&req.topic, req.after, PAGE_EVENTS).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |read, session, ctx| {
+            let read = match read {
+                Ok(read) => Some(read),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %request.topic, "store read failed; retrying");
+                    None
+                }
+            };
+            let failed = read.is_none();
+            let (actions, next) = session.subs.on_read(&request, read);
+            session.apply(actions, ctx);
+            if failed {
+                ctx.run_later(READ_RETRY, move |session, ctx| {
+                    if let Some(next) = session.subs.retry(&request) {
+                        session.read(next, ctx);
+                    }
+                });
+            } else if let Some(next) = next {
+                session.read(next, ctx);
+            }
+        }));
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.out.is_closed() {
+            self.close(CloseReason::Normal, ctx);
+            return;
+        }
+        if let Some(principal) = &self.principal {
+            let now = now_secs();
+            if principal.exp + self.shared.settings.leeway_secs <= now {
+                self.close(CloseReason::TokenExpired, ctx);
+                return;
+            }
+        }
+        let frame = self.transport.heartbeat();
+        if !self.send(frame, 0, ctx) {
+            return;
+        }
+        T::on_heartbeat(self, ctx);
+    }
+}
+
+impl<T: Transport> Actor for Session<T> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.settings.queue_events.max(16));
+        let addr = ctx.address();
+        self.shared
+            .connections
+            .add(self.id, addr.clone().recipient());
+        self.member = Some(Member {
+            deliver: addr.clone().recipient(),
+            resync: addr.clone().recipient(),
+            slow: addr.recipient(),
+        });
+        ctx.run_interval(self.shared.settings.heartbeat, |session, ctx| {
+            session.heartbeat(ctx)
+        });
+        tracing::debug!(
+            connection = self.id,
+            transport = T::NAME,
+            "connection opened"
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.connections.remove(self.id);
+        let topics: Vec<Topic> = self.subs.topics().cloned().collect();
+        hub::unregister(self.id, &topics);
+        let reason = self.close_reason.clone().unwrap_or(CloseReason::Normal);
+        tracing::info!(
+            connection = self.id,
+            transport = T::NAME,
+            sub = self.principal.as_ref().map(|p| &*p.sub),
+            topics = topics.len(),
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            events_sent = self.events_sent,
+            queue_high_water = self.out.high_water(),
+            reason = reason.code(),
+            "connection closed"
+        );
+    }
+}
+
+impl<T: Transport> Handler<Deliver> for Session<T> {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
+        let (action, read) = self.subs.on_live(&event);
+        if let Some(action) = action {
+            self.apply(vec![action], ctx);
+        }
+        if let Some(read) = read {
+            self.read(read, ctx);
+        }
+    }
+}
+
+impl<T: Transport> Handler<Resync> for Session<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Self::Context) {
+        for read in self.subs.resync() {
+            self.read(read, ctx);
+        }
+    }
+}
+
+impl<T: Transport> Handler<SlowConsumer> for Session<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: SlowConsumer, ctx: &mut Self::Context) {
+        self.close(CloseReason::SlowConsumer, ctx);
+    }
+}
+
+/// Ends a session (drain, revocation).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Close(pub CloseReason);
+
+impl<T: Transport> Handler<Close> for Session<T> {
+    type Result = ();
+
+    fn handle(&mut self, Close(reason): Close, ctx: &mut Self::Context) {
+        self.close(reason, ctx);
+    }
+}

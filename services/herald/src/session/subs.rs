@@ -271,6 +271,13 @@ mod tests {
             .collect()
     }
 
+    fn nothing(head: u64) -> Read {
+        Read {
+            events: Vec::new(),
+            head,
+        }
+    }
+
     fn read(events: std::ops::RangeInclusive<u64>, head: u64) -> Read {
         Read {
             events: events.map(event).collect(),
@@ -335,7 +342,7 @@ mod tests {
         let mut s = Subs::new();
         s.add(t());
         let (_, req) = s.start(&t(), 50, Some(10));
-        let (actions, _) = s.on_read(&req.expect("read"), Some(read(1..=0, 50)));
+        let (actions, _) = s.on_read(&req.expect("read"), Some(nothing(50)));
         assert_eq!(seqs(&actions), vec![-51]);
         assert_eq!(s.cursor().to_string(), "orders.1:50");
     }
@@ -380,7 +387,7 @@ mod tests {
         let (actions, next) = s.on_read(&reqs[0], Some(read(3..=3, 3)));
         assert_eq!(seqs(&actions), vec![3]);
         assert!(next.is_none());
-        let (actions, next) = s.on_read(&reqs[0], Some(read(1..=0, 3)));
+        let (actions, next) = s.on_read(&reqs[0], Some(nothing(3)));
         assert!(
             actions.is_empty() && next.is_none(),
             "a stale answer changes nothing"

@@ -1,0 +1,76 @@
+//! The node's door: how many connections it holds, and whether it still
+//! takes new ones (it stops when draining).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::http::error::ApiError;
+
+/// Counts connections (WebSocket, SSE, pending long polls) against a limit.
+#[derive(Debug)]
+pub struct Gate {
+    open: AtomicUsize,
+    max: usize,
+    draining: AtomicBool,
+    drain_secs: u64,
+}
+
+/// One admitted connection; leaving frees its place.
+#[derive(Debug)]
+pub struct Ticket(Arc<Gate>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// A gate for at most `max` connections.
+    pub fn new(max: usize, drain_secs: u64) -> Arc<Gate> {
+        Arc::new(Gate {
+            open: AtomicUsize::new(0),
+            max,
+            draining: AtomicBool::new(false),
+            drain_secs,
+        })
+    }
+
+    /// Admits one connection, or says why not (`503`).
+    pub fn enter(self: &Arc<Gate>) -> Result<Ticket, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Draining {
+                retry_after_secs: 1,
+            });
+        }
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Unavailable(format!(
+                "this node holds its maximum of {} connections; retry on another node",
+                self.max
+            )));
+        }
+        Ok(Ticket(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Stops admitting connections.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The drain period, in seconds.
+    pub fn drain_secs(&self) -> u64 {
+        self.drain_secs
+    }
+}

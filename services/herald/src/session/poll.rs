@@ -1,0 +1,226 @@
+//! Polling `/v1/poll`: a store read after the client's cursor, answered at
+//! once (`wait=0`) or held until an event arrives (long polling). Stateless:
+//! nothing is kept after the response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::Close;
+use crate::http::error::ApiError;
+use crate::http::{AppState, SubscribeQuery};
+use crate::hub::{self, Deliver, Member, Resync, SlowConsumer};
+use crate::store::Store;
+use crate::topic::{Cursor, Topic};
+
+/// A pending long poll, registered with the hub like any connection: any
+/// event of its topics wakes it.
+struct Waiter {
+    wake: Arc<Notify>,
+}
+
+impl Actor for Waiter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Deliver> for Waiter {
+    type Result = ();
+    fn handle(&mut self, _: Deliver, _: &mut Self::Context) {
+        self.wake.notify_one();
+    }
+}
+
+impl Handler<Resync> for Waiter {
+    type Result = ();
+    fn handle(&mut self, _: Resync, _: &mut Self::Context) {
+        self.wake.notify_one();
+    }
+}
+
+impl Handler<SlowConsumer> for Waiter {
+    type Result = ();
+    fn handle(&mut self, _: SlowConsumer, _: &mut Self::Context) {
+        self.wake.notify_one();
+    }
+}
+
+impl Handler<Close> for Waiter {
+    type Result = ();
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        self.wake.notify_one();
+    }
+}
+
+/// One poll's answer.
+struct Answer {
+    events: Vec<Vec<u8>>,
+    resets: Vec<(Topic, u64)>,
+    cursor: Cursor,
+    more: bool,
+}
+
+impl Answer {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.resets.is_empty()
+    }
+
+    fn into_response(self) -> HttpResponse {
+        let mut body = Vec::with_capacity(64 + self.events.iter().map(Vec::len).sum::<usize>());
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event);
+        }
+        let resets: Vec<serde_json::Value> = self
+            .resets
+            .iter()
+            .map(|(topic, from)| json!({"topic": topic, "from": from}))
+            .collect();
+        let tail = json!({"resets": resets, "cursor": self.cursor.to_string(), "more": self.more});
+        body.extend_from_slice(b"],");
+        let tail = tail.to_string();
+        body.extend_from_slice(&tail.as_bytes()[1..]);
+        HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(body)
+    }
+}
+
+/// Reads up to `limit` events (across all topics) after `positions`.
+async fn read(
+    store: &dyn Store,
+    positions: &[(Topic, u64)],
+    limit: usize,
+) -> Result<Answer, ApiError> {
+    let mut answer = Answer {
+        events: Vec::new(),
+        resets: Vec::new(),
+        cursor: Cursor::new(),
+        more: false,
+    };
+    for (topic, after) in positions {
+        let remaining = limit - answer.events.len();
+        let read = store
+            .read_since(topic, *after, remaining)
+            .await
+            .map_err(|e| ApiError::Store(Arc::new(e)))?;
+        let mut position = *after;
+        if remaining > 0
+            && let Some(from) = read.reset_from(position)
+        {
+            answer.resets.push((topic.clone(), from));
+            position = from - 1;
+        }
+        for event in &read.events {
+            if event.seq > position + 1 {
+                answer.resets.push((topic.clone(), event.seq));
+            }
+            position = event.seq;
+            answer.events.push(event.to_json());
+        }
+        answer.more |= read.head > position;
+        answer.cursor.set(topic.clone(), position);
+    }
+    Ok(answer)
+}
+
+/// `GET /v1/poll?topic=...&since=...&wait=...&limit=...`
+pub async fn handler(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.gate.is_draining() {
+        return Err(ApiError::Draining {
+            retry_after_secs: 1,
+        });
+    }
+    let query = SubscribeQuery::parse(&req, &state, true)?;
+    let store = &*state.sessions.store;
+    // Topics without a position are live-only: they stand at their head.
+    let live_only: Vec<Topic> = query
+        .topics
+        .iter()
+        .filter(|t| query.since.get(t).is_none())
+        .cloned()
+        .collect();
+    let heads = if live_only.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .heads(&live_only)
+            .await
+            .map_err(|e| ApiError::Store(Arc::new(e)))?
+    };
+    let positions: Vec<(Topic, u64)> = query
+        .topics
+        .iter()
+        .map(|t| {
+            let at = query.since.get(t).unwrap_or_else(|| {
+                live_only
+                    .iter()
+                    .position(|l| l == t)
+                    .map(|i| heads[i])
+                    .unwrap_or(0)
+            });
+            (t.clone(), at)
+        })
+        .collect();
+
+    let answer = read(store, &positions, query.limit).await?;
+    if query.wait_secs == 0 || !answer.is_empty() {
+        return Ok(answer.into_response());
+    }
+
+    // Long poll: register first, then read again, then wait.
+    let _ticket = state.gate.enter()?;
+    let wake = Arc::new(Notify::new());
+    let waiter = Waiter { wake: wake.clone() }.start();
+    let member = Member {
+        deliver: waiter.clone().recipient(),
+        resync: waiter.clone().recipient(),
+        slow: waiter.clone().recipient(),
+    };
+    let id = hub::connection_id();
+    hub::register(&state.sessions.hubs, id, &query.topics, &member);
+    state
+        .sessions
+        .connections
+        .add(id, waiter.clone().recipient());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait_secs);
+    let result = async {
+        loop {
+            let answer = read(store, &positions, query.limit).await?;
+            if !answer.is_empty() || state.gate.is_draining() {
+                return Ok(answer);
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(answer),
+            }
+        }
+    }
+    .await;
+    hub::unregister(id, &query.topics);
+    state.sessions.connections.remove(id);
+    waiter.do_send(StopWaiter);
+    result.map(Answer::into_response)
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopWaiter;
+
+impl Handler<StopWaiter> for Waiter {
+    type Result = ();
+    fn handle(&mut self, _: StopWaiter, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

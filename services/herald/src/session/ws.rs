@@ -1,0 +1,443 @@
+//! WebSocket `/v1/ws`: JSON text frames in both directions, many topics per
+//! connection, in-band `auth`, protocol pings on the heartbeat.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::outbound::{self, OutboundRx};
+use super::{CloseReason, Session, Transport};
+use crate::auth::token::now_secs;
+use crate::event::Encoded;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::topic::{Cursor, Topic};
+
+/// How long the writer tries to deliver a close frame to a client that is
+/// not reading before it drops the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A frame on its way to the client.
+pub enum WsFrame {
+    Text(ByteString),
+    Ping,
+    Pong(Bytes),
+    Close(u16, String),
+}
+
+/// The WebSocket transport.
+pub struct Ws;
+
+fn text(value: serde_json::Value) -> (WsFrame, usize) {
+    let s = value.to_string();
+    let len = s.len();
+    (WsFrame::Text(ByteString::from(s)), len)
+}
+
+/// An `error` frame.
+fn error_frame(code: &str, topics: &[String], message: &str) -> (WsFrame, usize) {
+    if topics.is_empty() {
+        text(json!({"op": "error", "code": code, "message": message}))
+    } else {
+        text(json!({"op": "error", "code": code, "topics": topics, "message": message}))
+    }
+}
+
+impl Transport for Ws {
+    type Frame = WsFrame;
+    const NAME: &'static str = "ws";
+
+    fn event(&self, event: &Arc<Encoded>, _: &dyn Fn() -> Cursor) -> (WsFrame, usize) {
+        (WsFrame::Text(event.ws_frame.clone()), event.ws_frame.len())
+    }
+
+    fn reset(&self, topic: &Topic, from: u64, _: &dyn Fn() -> Cursor) -> (WsFrame, usize) {
+        text(json!({"op": "reset", "topic": topic, "from": from}))
+    }
+
+    fn heartbeat(&self) -> WsFrame {
+        WsFrame::Ping
+    }
+
+    fn close(&self, reason: &CloseReason) -> WsFrame {
+        let code = match reason {
+            CloseReason::SlowConsumer => 4008,
+            CloseReason::TokenExpired | CloseReason::Revoked | CloseReason::Unauthorized(_) => 4001,
+            CloseReason::Forbidden => 4003,
+            CloseReason::Draining => 1012,
+            CloseReason::Protocol(_) => 4400,
+            CloseReason::FrameTooLarge => 1009,
+            CloseReason::Unavailable => 1011,
+            CloseReason::Normal => 1000,
+        };
+        WsFrame::Close(code, reason.message())
+    }
+
+    fn on_heartbeat(session: &mut Session<Ws>, ctx: &mut Context<Session<Ws>>) {
+        let heartbeat = session.shared.settings.heartbeat;
+        if session.last_seen.elapsed() > heartbeat * 2 + Duration::from_secs(5) {
+            session.close(CloseReason::Protocol("no answer to pings".into()), ctx);
+            return;
+        }
+        // Warn once when the token has less than two heartbeats left.
+        if let Some(principal) = &session.principal
+            && !session.expiring_sent
+        {
+            let left = principal
+                .exp
+                .saturating_add(session.shared.settings.leeway_secs)
+                .saturating_sub(now_secs());
+            if left < 2 * heartbeat.as_secs().max(1) {
+                session.expiring_sent = true;
+                let (frame, size) = text(json!({"op": "expiring", "in": left}));
+                session.send(frame, size, ctx);
+            }
+        }
+    }
+
+    fn on_started(session: &mut Session<Ws>, heads: Vec<(Topic, u64)>) {
+        if heads.is_empty() {
+            return;
+        }
+        let topics: Vec<&Topic> = heads.iter().map(|(t, _)| t).collect();
+        let mut cursor = Cursor::new();
+        for (topic, head) in &heads {
+            cursor.set(topic.clone(), *head);
+        }
+        let (frame, size) = text(json!({
+            "op": "subscribed", "topics": topics, "heads": cursor.to_string()
+        }));
+        // A full queue here is already being handled as a slow consumer.
+        let _ = session.out.push(frame, size);
+    }
+}
+
+/// `GET /v1/ws`
+pub async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let gate = state.gate.enter()?;
+    let principal = crate::http::subscriber_credential(&req, &state)?;
+    let (response, ws, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::InvalidParameter(format!("not a WebSocket upgrade: {e}")))?;
+    let settings = &state.sessions.settings;
+    let messages = messages
+        .max_frame_size(settings.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(settings.max_frame_bytes);
+    let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
+    actix_rt::spawn(writer(ws, rx));
+    let authenticated = principal.is_some();
+    let session = Session::new(Ws, out, principal, state.sessions.clone(), gate);
+    Session::create(move |ctx| {
+        ctx.add_stream(messages);
+        if authenticated {
+            let exp = session.principal.as_ref().map(|p| p.exp).unwrap_or(0);
+            let (frame, size) = text(json!({"op": "authenticated", "exp": exp}));
+            let _ = session.out.push(frame, size);
+        } else {
+            ctx.run_later(session.shared.settings.auth_timeout, |session, ctx| {
+                if session.principal.is_none() {
+                    session.close(
+                        CloseReason::Unauthorized("no auth frame in time".into()),
+                        ctx,
+                    );
+                }
+            });
+        }
+        session
+    });
+    Ok(response)
+}
+
+/// Writes queued frames to the socket as it accepts them. The final frame
+/// (a close) jumps the queue, even while a send is waiting on a client that
+/// stopped reading.
+async fn writer(mut ws: actix_ws::Session, mut rx: OutboundRx<WsFrame>) {
+    loop {
+        let frame = match rx.next().await {
+            Some(frame) => frame,
+            None => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                return;
+            }
+        };
+        let sent = match frame {
+            WsFrame::Close(code, reason) => {
+                close(ws, code, reason).await;
+                return;
+            }
+            WsFrame::Text(text) => {
+                tokio::select! {
+                    biased;
+                    Some(WsFrame::Close(code, reason)) = rx.last() => {
+                        close(ws, code, reason).await;
+                        return;
+                    }
+                    sent = ws.text(text) => sent,
+                }
+            }
+            WsFrame::Ping => ws.ping(b"").await,
+            WsFrame::Pong(payload) => ws.pong(&payload).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+async fn close(ws: actix_ws::Session, code: u16, reason: String) {
+    let reason = actix_ws::CloseReason {
+        code: CloseCode::from(code),
+        description: Some(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+}
+
+/// What a client may send.
+#[derive(Deserialize)]
+struct OpOnly {
+    op: String,
+}
+
+#[derive(Deserialize)]
+struct SubscribeOp {
+    topics: Vec<String>,
+    #[serde(default)]
+    since: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeOp {
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AuthOp {
+    token: String,
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
+    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => self.reply_error(
+                "invalid_frame",
+                &[],
+                "frames are JSON text; binary frames are not understood",
+                ctx,
+            ),
+            Ok(AggregatedMessage::Ping(payload)) => {
+                self.send(WsFrame::Pong(payload), 0, ctx);
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => {
+                self.closing = true;
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => self.close(CloseReason::FrameTooLarge, ctx),
+            Err(e) => self.close(
+                CloseReason::Protocol(format!("WebSocket protocol error: {e}")),
+                ctx,
+            ),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The client's side of the socket is gone.
+        self.closing = true;
+        ctx.stop();
+    }
+}
+
+impl Session<Ws> {
+    fn reply(&mut self, value: serde_json::Value, ctx: &mut Context<Self>) {
+        let (frame, size) = text(value);
+        self.send(frame, size, ctx);
+    }
+
+    fn reply_error(
+        &mut self,
+        code: &str,
+        topics: &[String],
+        message: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let (frame, size) = error_frame(code, topics, message);
+        self.send(frame, size, ctx);
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let Ok(OpOnly { op }) = serde_json::from_str::<OpOnly>(text) else {
+            if self.principal.is_none() {
+                return self.close(CloseReason::Unauthorized("authenticate first".into()), ctx);
+            }
+            return self.reply_error(
+                "invalid_frame",
+                &[],
+                r#"frames are JSON objects with an "op""#,
+                ctx,
+            );
+        };
+        if self.principal.is_none() && op != "auth" {
+            return self.close(
+                CloseReason::Unauthorized(
+                    r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
+                ),
+                ctx,
+            );
+        }
+        match op.as_str() {
+            "subscribe" => match serde_json::from_str::<SubscribeOp>(text) {
+                Ok(op) => self.on_subscribe(op, ctx),
+                Err(e) => self.reply_error("invalid_frame", &[], &format!("subscribe: {e}"), ctx),
+            },
+            "unsubscribe" => match serde_json::from_str::<UnsubscribeOp>(text) {
+                Ok(op) => self.on_unsubscribe(op, ctx),
+                Err(e) => self.reply_error("invalid_frame", &[], &format!("unsubscribe: {e}"), ctx),
+            },
+            "auth" => match serde_json::from_str::<AuthOp>(text) {
+                Ok(op) => self.on_auth(op, ctx),
+                Err(e) => {
+                    if self.principal.is_none() {
+                        self.close(CloseReason::Unauthorized(format!("auth: {e}")), ctx);
+                    } else {
+                        self.reply_error("invalid_frame", &[], &format!("auth: {e}"), ctx);
+                    }
+                }
+            },
+            "ping" => self.reply(json!({"op": "pong"}), ctx),
+            other => {
+                let other: String = other.chars().take(64).collect();
+                self.reply_error("unknown_op", &[], &format!("unknown op {other:?}"), ctx);
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, op: SubscribeOp, ctx: &mut Context<Self>) {
+        let since = match op.since.as_deref().map(Cursor::parse).transpose() {
+            Ok(since) => since.unwrap_or_default(),
+            Err(e) => return self.reply_error("invalid_cursor", &[], &e.to_string(), ctx),
+        };
+        let mut invalid = Vec::new();
+        let mut valid: Vec<Topic> = Vec::new();
+        for text in op.topics {
+            match Topic::parse(&text) {
+                Ok(topic) if !valid.contains(&topic) => valid.push(topic),
+                Ok(_) => {}
+                Err(_) => invalid.push(text.chars().take(300).collect::<String>()),
+            }
+        }
+        if !invalid.is_empty() {
+            self.reply_error(
+                "invalid_topic",
+                &invalid,
+                "a topic is 1 to 255 bytes of dot-separated [A-Za-z0-9_-] segments",
+                ctx,
+            );
+        }
+        let fresh: Vec<Topic> = valid
+            .iter()
+            .filter(|t| !self.subs.contains(t))
+            .cloned()
+            .collect();
+        let max = self.shared.settings.max_topics;
+        if self.subs.len() + fresh.len() > max {
+            let topics: Vec<String> = fresh.iter().map(Topic::to_string).collect();
+            return self.reply_error(
+                "too_many_topics",
+                &topics,
+                &format!("a connection holds at most {max} topics"),
+                ctx,
+            );
+        }
+        let principal = self.principal.as_ref().expect("checked: authenticated");
+        let (allowed, forbidden): (Vec<Topic>, Vec<Topic>) =
+            fresh.into_iter().partition(|t| principal.may_subscribe(t));
+        if !forbidden.is_empty() {
+            let topics: Vec<String> = forbidden.iter().map(Topic::to_string).collect();
+            self.reply_error(
+                "forbidden",
+                &topics,
+                "the token may not subscribe to these topics",
+                ctx,
+            );
+        }
+        let existing: Vec<Topic> = valid
+            .into_iter()
+            .filter(|t| self.subs.contains(t))
+            .collect();
+        if !existing.is_empty() {
+            // Already subscribed: confirmed as they stand.
+            let cursor = self.subs.cursor();
+            let mut heads = Cursor::new();
+            for t in &existing {
+                heads.set(t.clone(), cursor.get(t).unwrap_or(0));
+            }
+            self.reply(
+                json!({"op": "subscribed", "topics": existing, "heads": heads.to_string()}),
+                ctx,
+            );
+        }
+        self.subscribe(allowed, since, ctx);
+    }
+
+    fn on_unsubscribe(&mut self, op: UnsubscribeOp, ctx: &mut Context<Self>) {
+        let topics: Vec<Topic> = op
+            .topics
+            .iter()
+            .filter_map(|t| Topic::parse(t).ok())
+            .filter(|t| self.subs.contains(t))
+            .collect();
+        self.unsubscribe(&topics);
+        self.reply(json!({"op": "unsubscribed", "topics": topics}), ctx);
+    }
+
+    fn on_auth(&mut self, op: AuthOp, ctx: &mut Context<Self>) {
+        let verified = self.shared.verify(&op.token);
+        let principal = match verified {
+            Ok(p) => p,
+            Err(e) => {
+                if self.principal.is_none() {
+                    return self.close(CloseReason::Unauthorized(e.to_string()), ctx);
+                }
+                return self.reply_error(e.code(), &[], &e.to_string(), ctx);
+            }
+        };
+        // A narrower token drops what it no longer allows.
+        let dropped: Vec<Topic> = self
+            .subs
+            .topics()
+            .filter(|t| !principal.may_subscribe(t))
+            .cloned()
+            .collect();
+        let had_topics = !self.subs.is_empty();
+        let exp = principal.exp;
+        self.principal = Some(principal);
+        self.expiring_sent = false;
+        self.reply(json!({"op": "authenticated", "exp": exp}), ctx);
+        if !dropped.is_empty() {
+            self.unsubscribe(&dropped);
+            let topics: Vec<String> = dropped.iter().map(Topic::to_string).collect();
+            self.reply_error(
+                "forbidden",
+                &topics,
+                "the new token does not allow these topics",
+                ctx,
+            );
+            if had_topics && self.subs.is_empty() {
+                self.close(CloseReason::Forbidden, ctx);
+            }
+        }
+    }
+}
