@@ -211,6 +211,12 @@ impl SseMessage {
     }
 }
 
+enum Block {
+    Message(SseMessage),
+    Comment(String),
+    End,
+}
+
 /// An SSE client that also sees comment lines.
 pub struct SseClient {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
@@ -247,6 +253,30 @@ impl SseClient {
     pub async fn next_within(&mut self, timeout: Duration) -> Result<Option<SseMessage>, ()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            match self.next_block(deadline).await? {
+                Block::Message(m) => return Ok(Some(m)),
+                Block::Comment(c) => self.comments.push(c),
+                Block::End => return Ok(None),
+            }
+        }
+    }
+
+    /// Waits for a comment line within `timeout`; messages in between are a failure.
+    pub async fn comment_within(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(c) = self.comments.pop() {
+            return Some(c);
+        }
+        match self.next_block(deadline).await {
+            Ok(Block::Comment(c)) => Some(c),
+            Ok(Block::Message(m)) => panic!("expected only comments, got {m:?}"),
+            Ok(Block::End) | Err(()) => None,
+        }
+    }
+
+    /// The next block of lines (a message, a comment, or the end).
+    async fn next_block(&mut self, deadline: tokio::time::Instant) -> Result<Block, ()> {
+        loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 let mut message = SseMessage {
@@ -255,9 +285,10 @@ impl SseClient {
                     data: String::new(),
                 };
                 let mut has_data = false;
+                let mut comment = None;
                 for line in block.lines() {
-                    if let Some(comment) = line.strip_prefix(':') {
-                        self.comments.push(comment.trim().to_owned());
+                    if let Some(c) = line.strip_prefix(':') {
+                        comment = Some(c.trim().to_owned());
                     } else if let Some(v) = line.strip_prefix("retry: ") {
                         self.retry = v.parse().ok();
                     } else if let Some(v) = line.strip_prefix("id: ") {
@@ -271,30 +302,17 @@ impl SseClient {
                     }
                 }
                 if has_data {
-                    return Ok(Some(message));
+                    return Ok(Block::Message(message));
+                }
+                if let Some(c) = comment {
+                    return Ok(Block::Comment(c));
                 }
                 continue;
             }
             match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Err(_) => return Err(()),
                 Ok(Some(Ok(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
-                Ok(Some(Err(_))) | Ok(None) => return Ok(None),
-            }
-        }
-    }
-
-    /// Waits for a comment line within `timeout`.
-    pub async fn comment_within(&mut self, timeout: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.comments.pop() {
-                return Some(c);
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Err(()) => return None,
-                Ok(None) => return self.comments.pop(),
-                Ok(Some(m)) => panic!("expected only comments, got {m:?}"),
+                Ok(Some(Err(_))) | Ok(None) => return Ok(Block::End),
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Black-box tests: the real `herald` binary against real SQLite and Postgres.
 
+mod bad_input;
 mod cli;
+mod delivery;
 mod publish;
 mod store;
 mod store_outage;

@@ -196,6 +196,8 @@ pub struct Session<T: Transport> {
     pub opened: Instant,
     pub events_sent: u64,
     pub close_reason: Option<CloseReason>,
+    /// Told once the first subscription is in place (SSE answers then).
+    pub ready: Option<tokio::sync::oneshot::Sender<bool>>,
     _gate: GateTicket,
 }
 
@@ -222,6 +224,7 @@ impl<T: Transport> Session<T> {
             opened: Instant::now(),
             events_sent: 0,
             close_reason: None,
+            ready: None,
             _gate: gate,
         }
     }
@@ -231,11 +234,17 @@ impl<T: Transport> Session<T> {
         if self.closing {
             return false;
         }
-        if self.out.push(frame, size).is_err() {
-            self.close(CloseReason::SlowConsumer, ctx);
-            return false;
+        match self.out.push(frame, size) {
+            Ok(()) => true,
+            Err(outbound::Full::Full) => {
+                self.close(CloseReason::SlowConsumer, ctx);
+                false
+            }
+            Err(outbound::Full::Closed) => {
+                self.close(CloseReason::Normal, ctx);
+                false
+            }
         }
-        true
     }
 
     /// Ends the session with `reason`: the final frame jumps the queue.
@@ -285,8 +294,14 @@ impl<T: Transport> Session<T> {
                                 session.read(read, ctx);
                             }
                         }
+                        if let Some(ready) = session.ready.take() {
+                            let _ = ready.send(true);
+                        }
                     }
                     Err(e) => {
+                        if let Some(ready) = session.ready.take() {
+                            let _ = ready.send(false);
+                        }
                         tracing::warn!(error = %e, "reading heads failed; closing the connection");
                         session.close(CloseReason::Unavailable, ctx);
                     }
@@ -332,16 +347,33 @@ impl<T: Transport> Session<T> {
 
     /// Reads the store for `request` once the queue has room for a page.
     pub fn read(&mut self, request: ReadRequest, ctx: &mut Context<Self>) {
+        // A page takes at most half the queue, in items and in bytes, and is
+        // read once the queue is at most half full: replay never crowds out
+        // live events, nor trips the slow-consumer bound by itself.
         let settings = &self.shared.settings;
-        let room = self.out.until_below(
-            settings.queue_events.saturating_sub(PAGE_EVENTS) / 2,
-            settings.queue_bytes / 2,
-        );
+        let half_items = (settings.queue_events / 2).max(1);
+        let half_bytes = settings.queue_bytes / 2;
+        let room = self
+            .out
+            .until_below(settings.queue_events - half_items, half_bytes);
+        let page = PAGE_EVENTS.min(half_items);
         let store = self.shared.store.clone();
         let req = request.clone();
         let fut = async move {
             room.await;
-            store.read_since(&req.topic, req.after, PAGE_EVENTS).await
+            let mut read = store.read_since(&req.topic, req.after, page).await?;
+            let mut bytes = 0;
+            let keep = read
+                .events
+                .iter()
+                .take_while(|e| {
+                    bytes += e.data.get().len() + 128;
+                    bytes <= half_bytes
+                })
+                .count()
+                .max(1);
+            read.events.truncate(keep);
+            Ok::<_, crate::store::StoreError>(read)
         };
         ctx.spawn(fut.into_actor(self).map(move |read, session, ctx| {
             let read = match read {

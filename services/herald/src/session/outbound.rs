@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// The queue is full: the client is not keeping up.
+/// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum Full {
+    /// The queue is full: the client is not keeping up.
+    Full,
+    /// The transport's end is gone: the client disconnected.
+    Closed,
+}
 
 struct Shared {
     bytes: AtomicUsize,
@@ -72,9 +77,12 @@ impl<T> Outbound<T> {
         let queued = self.shared.bytes.load(Ordering::Acquire);
         // One item may always be queued alone, whatever its size.
         if queued > 0 && queued + size > self.max_bytes {
-            return Err(Full);
+            return Err(Full::Full);
         }
-        self.tx.try_send((item, size)).map_err(|_| Full)?;
+        self.tx.try_send((item, size)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Full::Full,
+            mpsc::error::TrySendError::Closed(_) => Full::Closed,
+        })?;
         self.shared.bytes.fetch_add(size, Ordering::AcqRel);
         self.shared
             .high_water
@@ -184,10 +192,10 @@ mod tests {
     async fn the_queue_is_bounded_in_items_and_bytes_and_the_final_frame_jumps_it() {
         let (mut tx, mut rx) = channel::<u32>(3, 100);
         assert_eq!(tx.push(1, 10), Ok(()));
-        assert_eq!(tx.push(2, 95), Err(Full), "over the byte bound");
+        assert_eq!(tx.push(2, 95), Err(Full::Full), "over the byte bound");
         assert_eq!(tx.push(2, 10), Ok(()));
         assert_eq!(tx.push(3, 10), Ok(()));
-        assert_eq!(tx.push(4, 10), Err(Full), "over the item bound");
+        assert_eq!(tx.push(4, 10), Err(Full::Full), "over the item bound");
         assert_eq!(rx.next().await, Some(1));
         assert_eq!(tx.len(), 2);
         assert_eq!(tx.bytes(), 20);

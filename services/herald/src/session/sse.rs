@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::outbound::{self, OutboundRx};
-use super::{CloseReason, Session, Transport};
+use super::{Close, CloseReason, Session, Transport};
 use crate::event::Encoded;
 use crate::http::error::ApiError;
 use crate::http::{AppState, SubscribeQuery};
@@ -105,15 +105,17 @@ pub async fn handler(
     let settings = &state.sessions.settings;
     let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
     let _ = out.push(frame(format!("retry: {}\n\n", retry_ms())).0, 0);
-    let session = Session::new(
+    let mut session = Session::new(
         Sse,
         out,
         Some(query.principal),
         state.sessions.clone(),
         gate,
     );
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    session.ready = Some(ready);
     let topics = query.topics;
-    Session::create(move |ctx| {
+    let addr = Session::create(move |ctx| {
         // The hub handles exist once the actor has started; subscribe then.
         ctx.run_later(
             std::time::Duration::ZERO,
@@ -121,27 +123,44 @@ pub async fn handler(
         );
         session
     });
+    // Answer once the subscriptions are in place: every event committed
+    // after the client sees the response is delivered.
+    if subscribed.await != Ok(true) {
+        return Err(ApiError::Unavailable(
+            "the store is unavailable; retry shortly".into(),
+        ));
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .insert_header((header::CONTENT_ENCODING, "identity"))
-        .streaming(body(rx)))
+        .streaming(body(rx, addr)))
+}
+
+/// Tells the session when the response body is dropped: the client is gone.
+struct Hangup(Addr<Session<Sse>>);
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        self.0.do_send(Close(CloseReason::Normal));
+    }
 }
 
 /// The response body: queued frames, piece by piece.
 fn body(
     rx: OutboundRx<SseFrame>,
+    session: Addr<Session<Sse>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static {
     futures_util::stream::unfold(
-        (rx, VecDeque::<Bytes>::new()),
-        |(mut rx, mut pending)| async move {
+        (rx, VecDeque::<Bytes>::new(), Hangup(session)),
+        |(mut rx, mut pending, hangup)| async move {
             loop {
                 if let Some(piece) = pending.pop_front() {
                     if piece.is_empty() {
                         continue;
                     }
-                    return Some((Ok(piece), (rx, pending)));
+                    return Some((Ok(piece), (rx, pending, hangup)));
                 }
                 let SseFrame(pieces) = rx.next().await?;
                 pending.extend(pieces);

@@ -231,6 +231,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
         self.last_seen = Instant::now();
         match msg {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) if self.principal.is_none() => self.close(
+                CloseReason::Unauthorized(
+                    r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
+                ),
+                ctx,
+            ),
             Ok(AggregatedMessage::Binary(_)) => self.reply_error(
                 "invalid_frame",
                 &[],
@@ -246,6 +252,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => self.close(CloseReason::FrameTooLarge, ctx),
+            // The aggregated stream reports a fragmented message over the limit this way.
+            Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
+                self.close(CloseReason::FrameTooLarge, ctx)
+            }
             Err(e) => self.close(
                 CloseReason::Protocol(format!("WebSocket protocol error: {e}")),
                 ctx,

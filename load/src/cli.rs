@@ -1,0 +1,111 @@
+//! The `herald-load` command line: one subcommand per scenario, and the
+//! sequence every scenario shares: check settings, start the target, run,
+//! stop the target, print the table, write the JSON record.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::machine::Machine;
+use crate::report::Report;
+use crate::scenarios::{Scenario, publish};
+use crate::target::Target;
+
+/// Load generator threads, by default: one, so that on a small machine the
+/// client takes as little as possible from a local server.
+pub const DEFAULT_CLIENT_THREADS: usize = 1;
+/// Most load generator threads.
+const MAX_CLIENT_THREADS: usize = 256;
+/// Server log lines quoted in a report.
+const LOG_SAMPLE_LINES: usize = 5;
+
+/// herald-load: measure a real Herald process under load.
+#[derive(Debug, Parser)]
+#[command(name = "herald-load", version, about, long_about = None)]
+pub struct Cli {
+    /// Threads of the load generator (1: all publishers on one thread). A
+    /// local server shares the machine's cores with them.
+    #[arg(long, env = "HERALD_LOAD_CLIENT_THREADS", default_value_t = DEFAULT_CLIENT_THREADS, global = true)]
+    pub client_threads: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Concurrent publishers, each looping `POST /v1/publish` with one event.
+    Publish(publish::PublishArgs),
+}
+
+/// Where a report goes.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Also write the JSON record to this file.
+    #[arg(long, env = "HERALD_LOAD_JSON")]
+    pub json: Option<PathBuf>,
+    /// Free text kept in the JSON record (for example the Postgres settings).
+    #[arg(long, env = "HERALD_LOAD_NOTE")]
+    pub note: Option<String>,
+}
+
+impl Cli {
+    /// The Tokio runtime the load generator runs on.
+    pub fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
+        if self.client_threads == 0 || self.client_threads > MAX_CLIENT_THREADS {
+            bail!("--client-threads must be 1..={MAX_CLIENT_THREADS}");
+        }
+        let mut builder = if self.client_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(self.client_threads);
+            builder
+        };
+        builder.enable_all().build().context("building the runtime")
+    }
+}
+
+/// Runs the chosen scenario, prints its table and writes its record.
+pub async fn run(cli: Cli) -> anyhow::Result<Report> {
+    match cli.command {
+        Command::Publish(args) => execute(&args, cli.client_threads).await,
+    }
+}
+
+async fn execute<S: Scenario>(scenario: &S, client_threads: usize) -> anyhow::Result<Report> {
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let settings = scenario.settings()?;
+    let plan = scenario.target().plan()?;
+    let db_pid = scenario.target().db_pid;
+    let mut target = Target::start(plan, db_pid, S::token_secs(&settings)).await?;
+    let outcome = tokio::select! {
+        runs = S::run(&settings, &mut target) => runs,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let info = target.info.clone();
+    let log = target.stop();
+    let runs = outcome?;
+    let output = scenario.output();
+    let report = Report {
+        tool: "herald-load",
+        tool_version: env!("CARGO_PKG_VERSION"),
+        scenario: S::NAME,
+        date,
+        machine: Machine::describe(),
+        target: info,
+        client_threads,
+        settings: serde_json::to_value(&settings).context("encoding the settings")?,
+        note: output.note.clone(),
+        runs,
+        server_log_lines: log.len(),
+        server_log_sample: log.into_iter().take(LOG_SAMPLE_LINES).collect(),
+    };
+    print!("{}", report.render());
+    if let Some(path) = &output.json {
+        report.write_json(path)?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(report)
+}

@@ -1,0 +1,23 @@
+//! herald-load: scenarios that drive a real Herald process over its public
+//! API and report what it costs: throughput, latency, errors, server CPU.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `herald-load` command line, one subcommand per scenario
+//! - [`target`]: the server under load: a Herald this tool starts, or one at `--url`
+//! - [`server`]: starting, watching and killing a local `herald serve` process
+//! - [`cpu`]: CPU time of a process, from `/proc`
+//! - [`machine`]: what the machine is, for the record
+//! - [`report`]: each run's figures, the human table and the JSON record
+//! - [`scenarios`]: one file per scenario (`publish`, ...)
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cpu;
+pub mod machine;
+pub mod report;
+pub mod scenarios;
+pub mod server;
+pub mod target;
+
+pub use cli::{Cli, Command, run};

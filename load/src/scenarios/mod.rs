@@ -1,0 +1,37 @@
+//! Scenarios: one file each. A scenario is a subcommand with its own
+//! arguments (which flatten the shared [`TargetArgs`] and [`OutputArgs`]),
+//! checked settings, and a `run` that loads a [`Target`] once per
+//! configuration and returns each run's figures.
+//!
+//! Adding one: a file here implementing [`Scenario`], a variant of
+//! [`crate::cli::Command`], and a variant of [`crate::report::Runs`].
+
+use serde::Serialize;
+
+use crate::cli::OutputArgs;
+use crate::report::Runs;
+use crate::target::{Target, TargetArgs};
+
+pub mod publish;
+
+/// A load scenario.
+pub trait Scenario {
+    /// Its name (the subcommand).
+    const NAME: &'static str;
+    /// Its checked settings, recorded in the report.
+    type Settings: Serialize;
+
+    /// Which Herald to load.
+    fn target(&self) -> &TargetArgs;
+    /// Where the report goes.
+    fn output(&self) -> &OutputArgs;
+    /// Checks the arguments before anything starts.
+    fn settings(&self) -> anyhow::Result<Self::Settings>;
+    /// How long a minted token must stay valid, in seconds.
+    fn token_secs(settings: &Self::Settings) -> u64;
+    /// Runs every configuration in turn against `target`.
+    fn run(
+        settings: &Self::Settings,
+        target: &mut Target,
+    ) -> impl Future<Output = anyhow::Result<Runs>>;
+}

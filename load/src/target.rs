@@ -1,0 +1,471 @@
+//! The Herald under load: one this tool starts (the default: a fresh
+//! `herald serve` on a throwaway SQLite file, or on `--database-url`), or a
+//! running one at `--url`. Either way it is on 127.0.0.1, and the load
+//! generator holds a token allowed to publish.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use herald::auth::{Claims, HeraldClaims, Minter};
+use serde::Serialize;
+
+use crate::server::{Launch, LocalHerald};
+
+/// How long a started Herald may take to print its address, by default.
+pub const DEFAULT_START_TIMEOUT_SECS: u64 = 60;
+
+/// How long `/readyz` may take to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of the random HS256 secret of a started Herald.
+const SECRET_BYTES: usize = 32;
+
+/// The topic prefix every scenario publishes under; a token given with
+/// `--token` must allow publishing to `load.>`.
+pub const TOPIC_PREFIX: &str = "load";
+
+/// A secret (a signing key or a token) that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Secret, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Which Herald to load, and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Base URL of a running Herald, on 127.0.0.1 (for example
+    /// http://127.0.0.1:8080); unset: start one.
+    #[arg(long, env = "HERALD_LOAD_URL")]
+    pub url: Option<String>,
+    /// HS256 secret of the Herald at --url, to mint a token (publish: `>`);
+    /// ignored without --url (a started Herald gets a random one).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// A token for the Herald at --url, allowed to publish to `load.>`
+    /// (instead of --jwt-secret); ignored without --url.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// Process id of the Herald at --url, to measure its CPU time; unset:
+    /// not measured.
+    #[arg(long, env = "HERALD_LOAD_SERVER_PID", requires = "url")]
+    pub server_pid: Option<u32>,
+    /// Process id of the database server (the Postgres postmaster), to
+    /// measure its CPU time and its children's (the backends); unset: not
+    /// measured.
+    #[arg(long, env = "HERALD_LOAD_DB_PID")]
+    pub db_pid: Option<u32>,
+    /// The `herald` binary to start; default: target/release/herald of this
+    /// workspace, else target/debug/herald (`cargo build --release -p herald`).
+    #[arg(long, env = "HERALD_LOAD_HERALD_BIN", conflicts_with = "url")]
+    pub herald_bin: Option<PathBuf>,
+    /// Database of the started Herald (`sqlite://...` or `postgres://...` on
+    /// this machine); default: a SQLite file in a temporary directory.
+    #[arg(
+        long,
+        env = "HERALD_LOAD_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "url"
+    )]
+    pub database_url: Option<String>,
+    /// A further setting of the started Herald, KEY=VALUE (repeatable), for
+    /// example HERALD_STORE_WRITERS=1.
+    #[arg(long = "herald-env", value_name = "KEY=VALUE", value_parser = parse_key_value, conflicts_with = "url")]
+    pub herald_env: Vec<(String, String)>,
+    /// Seconds the started Herald may take to print its address.
+    #[arg(long, env = "HERALD_LOAD_START_TIMEOUT_SECS", default_value_t = DEFAULT_START_TIMEOUT_SECS)]
+    pub start_timeout_secs: u64,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if !k.starts_with("HERALD_") && k != "RUST_LOG" {
+        return Err(format!(
+            "{k} is not a Herald setting (HERALD_* or RUST_LOG)"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// The checked form of [`TargetArgs`].
+#[derive(Debug, Clone)]
+pub enum TargetPlan {
+    /// Start `herald serve`.
+    Local {
+        bin: PathBuf,
+        /// `None`: a SQLite file in a temporary directory.
+        database_url: Option<String>,
+        env: Vec<(String, String)>,
+        start_timeout: Duration,
+    },
+    /// A running Herald.
+    Remote {
+        base_url: String,
+        credential: Credential,
+        pid: Option<u32>,
+    },
+}
+
+/// How to get a token for a running Herald.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Secret(Secret),
+    Token(Secret),
+}
+
+impl TargetArgs {
+    /// Checks the arguments; nothing is started yet.
+    pub fn plan(&self) -> anyhow::Result<TargetPlan> {
+        if let Some(url) = &self.url {
+            let base_url = loopback_http_url(url)?;
+            let credential = match (&self.token, &self.jwt_secret) {
+                (Some(token), _) => Credential::Token(token.clone()),
+                (None, Some(secret)) => Credential::Secret(secret.clone()),
+                (None, None) => bail!("--url needs --jwt-secret or --token"),
+            };
+            return Ok(TargetPlan::Remote {
+                base_url,
+                credential,
+                pid: self.server_pid,
+            });
+        }
+        let bin = match &self.herald_bin {
+            Some(bin) if bin.is_file() => bin.clone(),
+            Some(bin) => bail!("--herald-bin {}: no such file", bin.display()),
+            None => default_herald_bin()?,
+        };
+        if let Some(url) = &self.database_url {
+            check_database_url(url)?;
+        }
+        if self.start_timeout_secs == 0 {
+            bail!("--start-timeout-secs must be at least 1");
+        }
+        Ok(TargetPlan::Local {
+            bin,
+            database_url: self.database_url.clone(),
+            env: self.herald_env.clone(),
+            start_timeout: Duration::from_secs(self.start_timeout_secs),
+        })
+    }
+}
+
+/// `url` without a trailing slash, if it is `http://` to a loopback address.
+fn loopback_http_url(url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--url {url:?}"))?;
+    if parsed.scheme() != "http" {
+        bail!("--url must be http:// (got {url:?})");
+    }
+    if !parsed.host_str().is_some_and(is_loopback_host) {
+        bail!("--url must point at this machine (127.0.0.1); got {url:?}");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// A database URL must be SQLite, or Postgres on this machine.
+fn check_database_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--database-url must be sqlite://... or postgres://...");
+    }
+    let parsed = reqwest::Url::parse(url).context("--database-url is not a URL")?;
+    match parsed.host_str() {
+        // No host: a Unix socket (`?host=/path`).
+        None | Some("") => Ok(()),
+        Some(host) if is_loopback_host(host) => Ok(()),
+        Some(host) => bail!("--database-url must be a Postgres on this machine, not {host}"),
+    }
+}
+
+/// `localhost`, or a loopback address (IPv6 in brackets, as URLs write it).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// target/release/herald of this workspace, else target/debug/herald.
+fn default_herald_bin() -> anyhow::Result<PathBuf> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    for profile in ["release", "debug"] {
+        let bin = target_dir.join(profile).join("herald");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    bail!(
+        "no herald binary in {}/{{release,debug}}: run `cargo build --release -p herald` first, or pass --herald-bin",
+        target_dir.display()
+    )
+}
+
+/// What a report says about the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    /// `started` (by this tool) or `url`.
+    pub mode: &'static str,
+    /// The base URL.
+    pub base_url: String,
+    /// The binary, when started here.
+    pub herald_bin: Option<String>,
+    /// Its `--version`, when started here.
+    pub herald_version: Option<String>,
+    /// Store kind from `/readyz` (`sqlite`, `postgres`).
+    pub store: String,
+    /// Bus kind from `/readyz`.
+    pub bus: String,
+    /// Extra settings it was started with.
+    pub herald_env: Vec<String>,
+    /// Whether its CPU time is measured.
+    pub cpu_measured: bool,
+    /// Whether the database server's CPU time is measured (`--db-pid`).
+    pub db_cpu_measured: bool,
+}
+
+/// A Herald under load.
+pub struct Target {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    /// A bearer token allowed to publish under [`TOPIC_PREFIX`].
+    pub token: Secret,
+    /// The server's process id, when its CPU can be measured.
+    pub pid: Option<u32>,
+    /// The database server's process id, when its CPU is measured.
+    pub db_pid: Option<u32>,
+    /// For the report.
+    pub info: TargetInfo,
+    local: Option<LocalHerald>,
+    // Holds the started server's SQLite file and log; removed on drop,
+    // after `local` (fields drop in order).
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    /// Starts (or reaches) the target and checks that it is ready.
+    /// `token_secs` is how long the token must stay valid.
+    pub async fn start(
+        plan: TargetPlan,
+        db_pid: Option<u32>,
+        token_secs: u64,
+    ) -> anyhow::Result<Target> {
+        let mut target = match plan {
+            TargetPlan::Local {
+                bin,
+                database_url,
+                env,
+                start_timeout,
+            } => {
+                let dir = tempfile::Builder::new()
+                    .prefix("herald-load-")
+                    .tempdir()
+                    .context("making a temporary directory")?;
+                let database_url = database_url.unwrap_or_else(|| {
+                    format!("sqlite://{}", dir.path().join("herald.db").display())
+                });
+                let secret = random_secret();
+                let launch = Launch {
+                    bin: bin.clone(),
+                    database_url,
+                    jwt_secret: secret.clone(),
+                    env: env.clone(),
+                    log_path: dir.path().join("herald.log"),
+                    start_timeout,
+                };
+                let version = herald_version(&bin);
+                let local = tokio::task::spawn_blocking(move || LocalHerald::start(&launch))
+                    .await
+                    .context("the start-up task panicked")??;
+                Target {
+                    base_url: local.base_url.clone(),
+                    token: mint(secret.as_bytes(), token_secs)?,
+                    pid: Some(local.pid),
+                    db_pid: None,
+                    info: TargetInfo {
+                        mode: "started",
+                        base_url: local.base_url.clone(),
+                        herald_bin: Some(bin.display().to_string()),
+                        herald_version: version,
+                        store: String::new(),
+                        bus: String::new(),
+                        herald_env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        cpu_measured: true,
+                        db_cpu_measured: false,
+                    },
+                    local: Some(local),
+                    _dir: Some(dir),
+                }
+            }
+            TargetPlan::Remote {
+                base_url,
+                credential,
+                pid,
+            } => Target {
+                token: match credential {
+                    Credential::Token(token) => token,
+                    Credential::Secret(secret) => mint(secret.expose().as_bytes(), token_secs)?,
+                },
+                pid,
+                db_pid: None,
+                info: TargetInfo {
+                    mode: "url",
+                    base_url: base_url.clone(),
+                    herald_bin: None,
+                    herald_version: None,
+                    store: String::new(),
+                    bus: String::new(),
+                    herald_env: Vec::new(),
+                    cpu_measured: pid.is_some(),
+                    db_cpu_measured: false,
+                },
+                base_url,
+                local: None,
+                _dir: None,
+            },
+        };
+        let (store, bus) = target.readiness().await?;
+        target.info.store = store;
+        target.info.bus = bus;
+        if let Some(pid) = db_pid {
+            crate::cpu::process_tree_cpu(pid)
+                .with_context(|| format!("--db-pid {pid}: reading its CPU time"))?;
+            target.db_pid = Some(pid);
+            target.info.db_cpu_measured = true;
+        }
+        Ok(target)
+    }
+
+    /// Asks `/readyz` for the store and bus kinds; fails unless ready.
+    async fn readiness(&self) -> anyhow::Result<(String, String)> {
+        let url = format!("{}/readyz", self.base_url);
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(READY_TIMEOUT)
+            .build()
+            .context("building an HTTP client")?
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: the body is not JSON"))?;
+        if !status.is_success() {
+            bail!("GET {url}: {status}: {body}");
+        }
+        let kind = |part: &str| body[part]["kind"].as_str().unwrap_or("unknown").to_owned();
+        Ok((kind("store"), kind("bus")))
+    }
+
+    /// Whether the started server is still running (always true for `--url`).
+    pub fn is_running(&mut self) -> bool {
+        self.local.as_mut().is_none_or(LocalHerald::is_running)
+    }
+
+    /// Stops a started server; returns the lines of its log (warnings and
+    /// errors). Nothing to do for `--url`.
+    pub fn stop(mut self) -> Vec<String> {
+        match self.local.take() {
+            Some(mut local) => {
+                local.kill();
+                local.log_lines()
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+/// `SECRET_BYTES` random bytes as hex.
+fn random_secret() -> String {
+    let bytes: [u8; SECRET_BYTES] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token allowed to publish and subscribe everywhere, valid `secs` seconds.
+fn mint(secret: &[u8], secs: u64) -> anyhow::Result<Secret> {
+    let now = herald::auth::token::now_secs();
+    let token = Minter::hs256(secret)
+        .mint(&Claims {
+            sub: "herald-load".into(),
+            exp: now + secs,
+            iat: Some(now),
+            herald: HeraldClaims {
+                publish: vec![">".into()],
+                subscribe: vec![">".into()],
+                admin: false,
+            },
+            ..Default::default()
+        })
+        .context("minting a token")?;
+    Ok(Secret(token))
+}
+
+/// `herald --version`, if it answers.
+fn herald_version(bin: &Path) -> Option<String> {
+    let output = std::process::Command::new(bin)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        assert_eq!(
+            loopback_http_url("http://127.0.0.1:8080/").expect("loopback"),
+            "http://127.0.0.1:8080"
+        );
+        assert!(loopback_http_url("http://localhost:8080").is_ok());
+        assert!(loopback_http_url("http://10.0.0.1:8080").is_err());
+        assert!(loopback_http_url("https://127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn a_remote_database_is_refused() {
+        assert!(check_database_url("sqlite:///tmp/x.db").is_ok());
+        assert!(check_database_url("postgres://postgres@127.0.0.1:55432/db").is_ok());
+        assert!(check_database_url("postgres://u@db.example.com/db").is_err());
+    }
+}
