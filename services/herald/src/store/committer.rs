@@ -1,14 +1,19 @@
 //! Group commit: concurrent publishes share one transaction, so durable
 //! throughput grows with concurrency instead of with fsyncs.
 //!
-//! Requests queue on a bounded channel; each writer takes whatever is waiting
-//! (up to a cap), appends it in one transaction and answers every request.
-//! One writer for SQLite (it has one write lock); several for Postgres, where
-//! groups on different topics commit in parallel.
+//! Requests queue on bounded channels, one per writer; each writer takes
+//! whatever is waiting (up to a cap), appends it in one transaction and
+//! answers every request. One writer for SQLite (it has one write lock);
+//! several for Postgres, where groups on different topics commit in
+//! parallel. A request goes to the writer of its (first) topic: two writers
+//! never queue on the same topic's row lock, which would serialise them while
+//! each holds a transaction open.
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use std::hash::{Hash, Hasher};
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, Store, StoreError};
 use crate::event::{NewEvent, now_ms};
@@ -46,18 +51,23 @@ struct Request {
 /// A handle to the group committer. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Request>,
+    writers: Arc<[mpsc::Sender<Request>]>,
 }
 
 impl Committer {
     /// Starts the writers on the current Tokio runtime.
     pub fn start(store: Arc<dyn Store>, settings: CommitterSettings) -> Committer {
-        let (tx, rx) = mpsc::channel(settings.queue_requests.max(1));
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..settings.writers.max(1) {
-            tokio::spawn(writer(store.clone(), rx.clone(), settings.max_group_events));
+        let count = settings.writers.max(1);
+        let writers: Vec<_> = (0..count)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel((settings.queue_requests / count).max(1));
+                tokio::spawn(writer(store.clone(), rx, settings.max_group_events));
+                tx
+            })
+            .collect();
+        Committer {
+            writers: writers.into(),
         }
-        Committer { tx }
     }
 
     /// Appends `events` atomically (all or none), sharing the transaction
@@ -65,7 +75,15 @@ impl Committer {
     /// outcome, in input order.
     pub async fn append(&self, events: Vec<NewEvent>) -> Answer {
         let (reply, answer) = oneshot::channel();
-        self.tx
+        let writer = match events.first() {
+            Some(first) if self.writers.len() > 1 => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                first.topic.hash(&mut hasher);
+                (hasher.finish() % self.writers.len() as u64) as usize
+            }
+            _ => 0,
+        };
+        self.writers[writer]
             .send(Request { events, reply })
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
@@ -73,14 +91,9 @@ impl Committer {
     }
 }
 
-async fn writer(
-    store: Arc<dyn Store>,
-    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
-    max_group_events: usize,
-) {
+async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_group_events: usize) {
     loop {
         let group = {
-            let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut count = first.events.len();
             let mut group = vec![first];
