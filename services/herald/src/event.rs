@@ -17,6 +17,9 @@ pub struct NewEvent {
     pub topic: Topic,
     /// The publisher's idempotency key, or a server-made unique id.
     pub id: String,
+    /// Whether the publisher chose the id. Server-made ids are 128 random
+    /// bits and never repeat, so the store skips looking them up.
+    pub id_given: bool,
     /// The publisher's optional event type.
     pub kind: Option<String>,
     /// Any JSON value, kept as the publisher's text.

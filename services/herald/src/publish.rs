@@ -149,6 +149,7 @@ fn shape(
     let kind = label(event.kind, "type").map_err(|m| invalid(&m))?;
     Ok(NewEvent {
         topic,
+        id_given: id.is_some(),
         id: id.unwrap_or_else(server_id),
         kind,
         data: single_line(data),

@@ -34,6 +34,7 @@ fn event(topic: &Topic, id: &str) -> NewEvent {
     NewEvent {
         topic: topic.clone(),
         id: id.to_owned(),
+        id_given: true,
         kind: None,
         data: RawValue::from_string(format!("\"{id}\"")).expect("valid JSON"),
     }

@@ -106,6 +106,7 @@ mod tests {
         NewEvent {
             topic: Topic::parse(topic).expect("valid"),
             id: id.into(),
+            id_given: true,
             kind: None,
             data: RawValue::from_string("1".into()).expect("valid"),
         }

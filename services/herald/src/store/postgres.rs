@@ -85,19 +85,25 @@ impl Store for PostgresStore {
         // Ids already stored (read after the locks, so a concurrent group's
         // commit is seen).
         let mut by_key: HashMap<(&str, &str), (&Topic, &str)> = HashMap::new();
-        for e in requests.iter().flatten() {
+        for e in requests.iter().flatten().filter(|e| e.id_given) {
             by_key.insert((e.topic.as_str(), e.id.as_str()), (&e.topic, e.id.as_str()));
         }
         let (key_topics, key_ids): (Vec<&str>, Vec<&str>) = by_key.keys().copied().unzip();
-        let rows = sqlx::query(
-            "SELECT e.topic, e.id, e.seq, e.time_ms FROM events e \
-             JOIN UNNEST($1::text[], $2::text[]) AS k(topic, id) \
-             ON e.topic = k.topic AND e.id = k.id",
-        )
-        .bind(&key_topics)
-        .bind(&key_ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        // LATERAL: one index lookup per key, never a scan of the log.
+        let rows = if by_key.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT k.topic, k.id, e.seq, e.time_ms \
+                 FROM UNNEST($1::text[], $2::text[]) AS k(topic, id) \
+                 CROSS JOIN LATERAL (SELECT seq, time_ms FROM events \
+                   WHERE events.topic = k.topic AND events.id = k.id) AS e",
+            )
+            .bind(&key_topics)
+            .bind(&key_ids)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         let mut existing = HashMap::with_capacity(rows.len());
         for row in rows {
             let topic: String = row.try_get(0)?;

@@ -80,7 +80,7 @@ impl Store for SqliteStore {
             heads.insert(topic, to_u64(head.unwrap_or(0)));
         }
         let mut existing = HashMap::new();
-        for e in requests.iter().flatten() {
+        for e in requests.iter().flatten().filter(|e| e.id_given) {
             let row = sqlx::query("SELECT seq, time_ms FROM events WHERE topic = ? AND id = ?")
                 .bind(e.topic.as_str())
                 .bind(e.id.as_str())
