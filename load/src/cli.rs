@@ -9,12 +9,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, publish};
+use crate::scenarios::{Scenario, conns, fanout, publish};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
 /// client takes as little as possible from a local server.
 pub const DEFAULT_CLIENT_THREADS: usize = 1;
+/// Load generator threads of `fanout`, by default: its subscribers read
+/// every delivery, as much work as the server's writing them.
+pub const DEFAULT_FANOUT_CLIENT_THREADS: usize = 2;
 /// Most load generator threads.
 const MAX_CLIENT_THREADS: usize = 256;
 /// Server log lines quoted in a report.
@@ -24,10 +27,11 @@ const LOG_SAMPLE_LINES: usize = 5;
 #[derive(Debug, Parser)]
 #[command(name = "herald-load", version, about, long_about = None)]
 pub struct Cli {
-    /// Threads of the load generator (1: all publishers on one thread). A
-    /// local server shares the machine's cores with them.
-    #[arg(long, env = "HERALD_LOAD_CLIENT_THREADS", default_value_t = DEFAULT_CLIENT_THREADS, global = true)]
-    pub client_threads: usize,
+    /// Threads of the load generator (1: all connections on one thread);
+    /// default 1, or 2 for `fanout`. A local server shares the machine's
+    /// cores with them.
+    #[arg(long, env = "HERALD_LOAD_CLIENT_THREADS", global = true)]
+    pub client_threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,6 +41,21 @@ pub struct Cli {
 pub enum Command {
     /// Concurrent publishers, each looping `POST /v1/publish` with one event.
     Publish(publish::PublishArgs),
+    /// N idle WebSocket or SSE subscribers: connection rate and server memory per connection.
+    Conns(conns::ConnsArgs),
+    /// S WebSocket subscribers on one topic, M events published: deliveries/s,
+    /// publish-to-delivery latency, loss, server CPU per delivery.
+    Fanout(fanout::FanoutArgs),
+}
+
+impl Command {
+    /// Load generator threads when `--client-threads` is not given.
+    pub fn default_client_threads(&self) -> usize {
+        match self {
+            Command::Fanout(_) => DEFAULT_FANOUT_CLIENT_THREADS,
+            Command::Publish(_) | Command::Conns(_) => DEFAULT_CLIENT_THREADS,
+        }
+    }
 }
 
 /// Where a report goes.
@@ -51,16 +70,23 @@ pub struct OutputArgs {
 }
 
 impl Cli {
+    /// Load generator threads: `--client-threads`, else the scenario's default.
+    pub fn client_threads(&self) -> usize {
+        self.client_threads
+            .unwrap_or_else(|| self.command.default_client_threads())
+    }
+
     /// The Tokio runtime the load generator runs on.
     pub fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
-        if self.client_threads == 0 || self.client_threads > MAX_CLIENT_THREADS {
+        let threads = self.client_threads();
+        if threads == 0 || threads > MAX_CLIENT_THREADS {
             bail!("--client-threads must be 1..={MAX_CLIENT_THREADS}");
         }
-        let mut builder = if self.client_threads == 1 {
+        let mut builder = if threads == 1 {
             tokio::runtime::Builder::new_current_thread()
         } else {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(self.client_threads);
+            builder.worker_threads(threads);
             builder
         };
         builder.enable_all().build().context("building the runtime")
@@ -69,8 +95,11 @@ impl Cli {
 
 /// Runs the chosen scenario, prints its table and writes its record.
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
+    let threads = cli.client_threads();
     match cli.command {
-        Command::Publish(args) => execute(&args, cli.client_threads).await,
+        Command::Publish(args) => execute(&args, threads).await,
+        Command::Conns(args) => execute(&args, threads).await,
+        Command::Fanout(args) => execute(&args, threads).await,
     }
 }
 
@@ -78,6 +107,10 @@ async fn execute<S: Scenario>(scenario: &S, client_threads: usize) -> anyhow::Re
     let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let settings = scenario.settings()?;
     let plan = scenario.target().plan()?;
+    let fds = S::fds_needed(&settings);
+    if fds > 0 {
+        crate::proc::ensure_fd_limit(fds)?;
+    }
     let db_pid = scenario.target().db_pid;
     let mut target = Target::start(plan, db_pid, S::token_secs(&settings)).await?;
     let outcome = tokio::select! {

@@ -7,14 +7,18 @@
 //! - [`target`]: the server under load: a Herald this tool starts, or one at `--url`
 //! - [`server`]: starting, watching and killing a local `herald serve` process
 //! - [`cpu`]: CPU time of a process, from `/proc`
+//! - [`proc`]: resident memory and open files of a process, and this process's open-file limit
+//! - [`client`]: subscriber connections (WebSocket, SSE) from chosen source addresses
 //! - [`machine`]: what the machine is, for the record
 //! - [`report`]: each run's figures, the human table and the JSON record
-//! - [`scenarios`]: one file per scenario (`publish`, ...)
+//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`)
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod cpu;
 pub mod machine;
+pub mod proc;
 pub mod report;
 pub mod scenarios;
 pub mod server;

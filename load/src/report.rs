@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::publish;
+use crate::scenarios::{conns, fanout, publish};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -63,6 +63,8 @@ impl Latency {
 #[serde(untagged)]
 pub enum Runs {
     Publish(Vec<publish::RunFigures>),
+    Conns(Vec<conns::ConnsFigures>),
+    Fanout(Vec<fanout::FanoutFigures>),
 }
 
 /// One invocation's record.
@@ -90,10 +92,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Failed requests plus correctness violations over all runs.
+    /// Failed requests plus correctness violations over all runs
+    /// (`conns`: connections that failed to open or dropped while held;
+    /// `fanout`: lost, duplicated or reordered seqs, failed publishes,
+    /// unfinished subscribers).
     pub fn failures(&self) -> u64 {
         match &self.runs {
             Runs::Publish(runs) => runs.iter().map(|r| r.failed + r.order_violations).sum(),
+            Runs::Conns(runs) => runs.iter().map(|r| r.failed + r.dropped_while_held).sum(),
+            Runs::Fanout(runs) => runs.iter().map(fanout::FanoutFigures::failures).sum(),
         }
     }
 
@@ -112,6 +119,8 @@ impl Report {
         );
         match &self.runs {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
+            Runs::Conns(runs) => out.push_str(&conns::render(runs)),
+            Runs::Fanout(runs) => out.push_str(&fanout::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

@@ -2,40 +2,16 @@
 //! starts on SQLite, 1 then 2 publishers for about a second each. Asserts
 //! correctness only (every publish stored, receipts in order), never speed.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use clap::Parser;
 use herald_load::report::Runs;
-
-/// The debug `herald` binary, from the target directory this test was built
-/// in (`target/debug/deps/..`): `herald` when it has been built (`cargo
-/// build -p herald`), else `herald-test-server`, the same program
-/// (`herald::cli::main`) that `cargo test --workspace` builds for the
-/// black-box tests. `cargo test` does not build `herald` itself: a package's
-/// binaries are built only for that package's own integration tests.
-fn herald_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
-    ["herald", "herald-test-server"]
-        .iter()
-        .map(|name| profile_dir.join(name))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no herald binary in {}: run `cargo build -p herald` first",
-                profile_dir.display()
-            )
-        })
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn one_and_two_publishers_get_every_event_stored_with_increasing_seqs() {
     let dir = tempfile::tempdir().expect("a temporary directory can be made");
     let json = dir.path().join("report.json");
-    let bin = herald_binary();
+    let bin = common::herald_binary();
     let cli = herald_load::Cli::try_parse_from([
         "herald-load".as_ref(),
         "publish".as_ref(),
@@ -55,7 +31,9 @@ async fn one_and_two_publishers_get_every_event_stored_with_increasing_seqs() {
     let report = herald_load::run(cli).await.expect("the scenario runs");
 
     assert_eq!(report.target.store, "sqlite");
-    let Runs::Publish(runs) = &report.runs;
+    let Runs::Publish(runs) = &report.runs else {
+        panic!("publish reports publish runs");
+    };
     let publishers: Vec<usize> = runs.iter().map(|r| r.publishers).collect();
     assert_eq!(publishers, [1, 2]);
     for run in runs {

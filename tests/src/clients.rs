@@ -42,8 +42,17 @@ impl TestApp {
 
     /// Opens `/v1/ws`; an HTTP refusal comes back as its status.
     pub async fn try_ws(&self, token: Option<&str>) -> Result<WsClient, u16> {
+        self.try_ws_query("", token).await
+    }
+
+    /// Opens `/v1/ws?{query}` (credentials in the URL, such as a ticket);
+    /// an HTTP refusal comes back as its status.
+    pub async fn try_ws_query(&self, query: &str, token: Option<&str>) -> Result<WsClient, u16> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = format!("{}/v1/ws", self.base_url.replace("http://", "ws://"));
+        let mut url = format!("{}/v1/ws", self.base_url.replace("http://", "ws://"));
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
         let mut request = url.into_client_request().expect("a valid URL");
         if let Some(token) = token {
             request.headers_mut().insert(

@@ -12,6 +12,8 @@ use crate::cli::OutputArgs;
 use crate::report::Runs;
 use crate::target::{Target, TargetArgs};
 
+pub mod conns;
+pub mod fanout;
 pub mod publish;
 
 /// A load scenario.
@@ -29,6 +31,12 @@ pub trait Scenario {
     fn settings(&self) -> anyhow::Result<Self::Settings>;
     /// How long a minted token must stay valid, in seconds.
     fn token_secs(settings: &Self::Settings) -> u64;
+    /// Open files this process needs (one per connection it holds): the
+    /// soft limit is raised to it, before a local server is started (which
+    /// inherits the limit).
+    fn fds_needed(_settings: &Self::Settings) -> u64 {
+        0
+    }
     /// Runs every configuration in turn against `target`.
     fn run(
         settings: &Self::Settings,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::auth::{Claims, HeraldClaims, Minter, Verifier, VerifierSettings};
+use crate::auth::{Claims, HeraldClaims, Minter, Revocations, Tickets, Verifier, VerifierSettings};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState};
@@ -22,6 +22,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     pruner: tokio::task::JoinHandle<()>,
+    revocation_refresher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -57,10 +58,22 @@ impl Application {
             },
         );
 
+        let revocations = Arc::new(Revocations::default());
+        // Known before the first request, so a restart never forgets one; a
+        // store that cannot be read yet is retried every heartbeat.
+        let read_started = std::time::Instant::now();
+        match store.revocations(crate::auth::token::now_secs()).await {
+            Ok(known) => {
+                revocations.replace(known, read_started);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading revocations failed; will retry"),
+        }
+
         let sessions = Arc::new(Shared {
             store: store.clone(),
             hubs,
             verifier: verifier.clone(),
+            revocations,
             settings: SessionSettings {
                 heartbeat: settings.heartbeat(),
                 queue_events: settings.queue_events,
@@ -72,6 +85,7 @@ impl Application {
             },
             connections: Connections::default(),
         });
+        let revocation_refresher = spawn_revocation_refresher(sessions.clone());
         let state = web::Data::new(AppState {
             store,
             committer,
@@ -80,6 +94,11 @@ impl Application {
             gate: Gate::new(settings.max_connections, settings.drain_secs),
             sessions,
             auth_cookie: settings.auth_cookie.clone(),
+            tickets: Tickets::new(
+                Duration::from_secs(settings.ticket_secs),
+                settings.max_tickets,
+            ),
+            revocation_ttl_secs: settings.revocation_ttl_secs,
             limits: crate::publish::Limits {
                 max_data_bytes: settings.max_data_bytes,
                 max_batch_events: settings.max_batch_events,
@@ -112,6 +131,7 @@ impl Application {
             server,
             port: addr.port(),
             pruner,
+            revocation_refresher,
         })
     }
 
@@ -124,8 +144,35 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.pruner.abort();
+        self.revocation_refresher.abort();
         result
     }
+}
+
+/// Reloads the revocations from the store every heartbeat (other nodes'
+/// revocations arrive this way), closing at once the connections of this
+/// node that a newly learned one covers.
+fn spawn_revocation_refresher(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(shared.settings.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let read_started = std::time::Instant::now();
+            match shared
+                .store
+                .revocations(crate::auth::token::now_secs())
+                .await
+            {
+                Ok(known) => {
+                    if shared.revocations.replace(known, read_started) {
+                        shared.connections.close_revoked(&shared.revocations);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading revocations failed; will retry"),
+            }
+        }
+    })
 }
 
 fn load_verifier(settings: &ServeArgs) -> anyhow::Result<Verifier> {

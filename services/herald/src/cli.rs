@@ -18,7 +18,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => runtime()?.block_on(migrate(args)),
         Command::Token(args) => token(args),
         Command::Publish(args) => runtime()?.block_on(publish(args)),
-        Command::Subscribe(_) => bail!("subscribe is not available yet"),
+        Command::Subscribe(args) => runtime()?.block_on(crate::subscribe::run(args)),
     }
 }
 

@@ -17,6 +17,8 @@ pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_DRAIN_SECS: u64 = 20;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
+pub const DEFAULT_MAX_TICKETS: usize = 100_000;
+pub const DEFAULT_REVOCATION_TTL_SECS: u64 = 7 * 86_400;
 pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_AUTH_COOKIE: &str = "herald_token";
 pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 256;
@@ -186,6 +188,13 @@ pub struct ServeArgs {
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
     pub ticket_secs: u64,
+    /// Most unused tickets a node holds; past it (after sweeping expired
+    /// ones), `POST /v1/tickets` answers `503 unavailable`.
+    #[arg(long, env = "HERALD_MAX_TICKETS", default_value_t = DEFAULT_MAX_TICKETS)]
+    pub max_tickets: usize,
+    /// Revocations are kept this long, in seconds; tokens must not live longer.
+    #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS)]
+    pub revocation_ttl_secs: u64,
     /// Name of the session cookie that may carry a token.
     #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = DEFAULT_AUTH_COOKIE)]
     pub auth_cookie: String,
@@ -272,6 +281,16 @@ impl ServeArgs {
         check(
             self.ticket_secs >= 1,
             "HERALD_TICKET_SECS",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_tickets >= 1,
+            "HERALD_MAX_TICKETS",
+            "must be at least 1",
+        )?;
+        check(
+            self.revocation_ttl_secs >= 1,
+            "HERALD_REVOCATION_TTL_SECS",
             "must be at least 1",
         )?;
         check(
@@ -439,6 +458,9 @@ pub struct SubscribeArgs {
     /// Transport to use.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,
+    /// Exit after printing this many events (for tests).
+    #[arg(long, hide = true)]
+    pub max_events: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -11,6 +11,7 @@
 //! - [`store`]: the durable event log (SQLite, Postgres), group commit, retention
 //! - [`bus`]: carries committed events to every node (in-process, NATS)
 //! - [`publish`]: the publish path: parse, check, commit, fan out
+//! - [`subscribe`]: `herald subscribe`, a resuming client for every transport
 //! - [`http`]: routes and the table of error codes
 //! - [`app`]: building and running the server
 //! - [`cli`]: the `herald` command line
@@ -27,5 +28,6 @@ pub mod hub;
 pub mod publish;
 pub mod session;
 pub mod store;
+pub mod subscribe;
 pub mod telemetry;
 pub mod topic;

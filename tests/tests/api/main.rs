@@ -1,11 +1,13 @@
 //! Black-box tests: the real `herald` binary against real SQLite and Postgres.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod delivery;
 mod publish;
 mod store;
 mod store_outage;
+mod subscribe_cli;
 
 /// Runs an `async fn(Backend)` test once per store: `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]

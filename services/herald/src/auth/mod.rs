@@ -1,13 +1,17 @@
-//! Authentication and authorization: tokens, topic patterns, where a request
-//! carries its credentials.
+//! Authentication and authorization: tokens, topic patterns, tickets,
+//! revocations, where a request carries its credentials.
 
 pub mod pattern;
+pub mod revocation;
+pub mod tickets;
 pub mod token;
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
 
 pub use pattern::{Pattern, PatternSet};
+pub use revocation::{Revocation, RevocationKind, Revocations, TokenId};
+pub use tickets::{Tickets, TooManyTickets};
 pub use token::{Claims, HeraldClaims, Minter, Principal, TokenError, Verifier, VerifierSettings};
 
 /// Why a request was not authorized.

@@ -1,6 +1,7 @@
-//! HTTP routes: publish, health, and the shared state and extractors the
+//! HTTP routes: publish, tickets, revocation, health, and the shared state and extractors the
 //! handlers use. Handlers are short: extract, call the core, map the result.
 
+mod auth;
 pub mod error;
 mod health;
 mod publish;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 
-use crate::auth::{AuthError, Principal, Verifier};
+use crate::auth::{AuthError, Principal, Tickets, TokenError, Verifier};
 use crate::bus::Bus;
 use crate::session::gate::Gate;
 use crate::store::{Committer, Store};
@@ -30,6 +31,10 @@ pub struct AppState {
     pub sessions: Arc<crate::session::Shared>,
     /// Name of the session cookie that may carry a token.
     pub auth_cookie: String,
+    /// This node's unused tickets.
+    pub tickets: Tickets,
+    /// How long a revocation is kept, in seconds.
+    pub revocation_ttl_secs: u64,
 }
 
 /// Longest `wait` of a long poll, in seconds.
@@ -138,13 +143,20 @@ impl SubscribeQuery {
 }
 
 /// A subscriber's credentials, in the contract's order of preference:
-/// `Authorization: Bearer`, the session cookie, an `access_token` query
-/// parameter. `None` when there are none (a WebSocket may send them in its
-/// first frame); an error when they are there but wrong.
+/// `Authorization: Bearer`, the session cookie, a `ticket` query parameter
+/// (taken: it opens one connection), an `access_token` query parameter.
+/// `None` when there are none (a WebSocket may send them in its first
+/// frame); an error when they are there but wrong, expired or revoked.
 pub fn subscriber_credential(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<Option<Principal>, ApiError> {
+    let query = || form_urlencoded::parse(req.query_string().as_bytes());
+    let param = |name: &str| {
+        query()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    };
     let token = if let Some(token) = crate::auth::bearer(req) {
         Some(token.to_owned())
     } else if let Some(cookie) = req
@@ -152,15 +164,20 @@ pub fn subscriber_credential(
         .filter(|c| !c.value().is_empty())
     {
         Some(cookie.value().to_owned())
+    } else if let Some(ticket) = param("ticket") {
+        let principal =
+            state
+                .tickets
+                .redeem(&ticket)
+                .ok_or(AuthError::Token(TokenError::Invalid(
+                    "unknown, used or expired ticket: get a new one from POST /v1/tickets",
+                )))?;
+        return Ok(Some(state.sessions.admit(principal)?));
     } else {
-        form_urlencoded::parse(req.query_string().as_bytes())
-            .find(|(k, v)| k == "access_token" && !v.is_empty())
-            .map(|(_, v)| v.into_owned())
+        param("access_token")
     };
     match token {
-        Some(token) => Ok(Some(
-            state.verifier.verify(&token).map_err(AuthError::from)?,
-        )),
+        Some(token) => Ok(Some(state.sessions.verify(&token)?)),
         None => Ok(None),
     }
 }
@@ -182,8 +199,7 @@ fn authenticate(req: &HttpRequest) -> Result<Bearer, ApiError> {
         .app_data::<web::Data<AppState>>()
         .expect("the application always registers its state");
     let token = crate::auth::bearer(req).ok_or(AuthError::Missing)?;
-    let principal = state.verifier.verify(token).map_err(AuthError::from)?;
-    Ok(Bearer(principal))
+    Ok(Bearer(state.sessions.verify(token)?))
 }
 
 /// Registers every route.
@@ -191,6 +207,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/v1/publish", web::post().to(publish::publish))
+        .route("/v1/tickets", web::post().to(auth::ticket))
+        .route("/v1/admin/revoke", web::post().to(auth::revoke))
         .route("/v1/ws", web::get().to(crate::session::ws::handler))
         .route("/v1/sse", web::get().to(crate::session::sse::handler))
         .route("/v1/poll", web::get().to(crate::session::poll::handler));

@@ -37,7 +37,7 @@ pub async fn publish(
 }
 
 /// Reads the body, refusing it as soon as it passes `max_bytes`.
-async fn read_body(
+pub(super) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     max_bytes: usize,
@@ -64,7 +64,7 @@ async fn read_body(
 }
 
 /// JSON bodies only; a missing Content-Type is taken as JSON.
-fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(());
     };

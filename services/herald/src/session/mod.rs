@@ -22,10 +22,12 @@ use actix::prelude::*;
 use parking_lot::Mutex;
 
 use crate::auth::token::now_secs;
-use crate::auth::{AuthError, Principal, Verifier};
+use crate::auth::{
+    AuthError, Principal, Revocation, RevocationKind, Revocations, TokenError, TokenId, Verifier,
+};
 use crate::event::Encoded;
 use crate::hub::{self, Deliver, Hubs, Member, Resync, SlowConsumer};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::topic::{Cursor, Topic};
 use gate::Ticket as GateTicket;
 use outbound::Outbound;
@@ -47,34 +49,102 @@ pub struct SessionSettings {
     pub auth_timeout: Duration,
 }
 
-/// What sessions share: the store, the hubs, the token verifier, the
-/// settings, and the node's list of open connections.
+/// What sessions share: the store, the hubs, the token verifier and the
+/// revocations, the settings, and the node's list of open connections.
 pub struct Shared {
     pub store: Arc<dyn Store>,
     pub hubs: Arc<Hubs>,
     pub verifier: Arc<Verifier>,
+    pub revocations: Arc<Revocations>,
     pub settings: SessionSettings,
     pub connections: Connections,
 }
 
 impl Shared {
-    /// Verifies a token presented on an open connection.
+    /// Verifies a token (signature, claims, expiry) and checks that it is
+    /// not revoked. Every credential of every route goes through here.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        Ok(self.verifier.verify(token)?)
+        let principal = self.verifier.verify(token)?;
+        self.admit(principal)
     }
+
+    /// Checks that an already verified principal (a ticket's) still holds:
+    /// its token has not expired and is not revoked.
+    pub fn admit(&self, principal: Principal) -> Result<Principal, AuthError> {
+        if principal.exp + self.settings.leeway_secs <= now_secs() {
+            return Err(TokenError::Expired.into());
+        }
+        if self.revocations.is_revoked(&principal) {
+            return Err(TokenError::Revoked.into());
+        }
+        Ok(principal)
+    }
+
+    /// Revokes `value` (a subject or a token id) as of this second: records
+    /// it in the store, kept for `ttl_secs`, then applies it on this node at
+    /// once, closing the connections it covers. Returns the second.
+    pub async fn revoke(
+        &self,
+        kind: RevocationKind,
+        value: String,
+        ttl_secs: u64,
+    ) -> Result<u64, StoreError> {
+        let revoked_at_secs = now_secs();
+        self.store
+            .revoke(kind, &value, revoked_at_secs, revoked_at_secs + ttl_secs)
+            .await?;
+        self.revocations.add(Revocation {
+            kind,
+            value,
+            revoked_at_secs,
+        });
+        let closed = self.connections.close_revoked(&self.revocations);
+        tracing::info!(%kind, closed, "revoked");
+        Ok(revoked_at_secs)
+    }
+}
+
+/// One open connection: how to close it and whose token it holds.
+struct Entry {
+    close: Recipient<Close>,
+    /// `None` until a WebSocket authenticates.
+    token: Option<TokenId>,
 }
 
 /// Every open connection of the node (sessions and pending long polls), so
 /// that they can be told to close (drain, revocation).
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<u64, Recipient<Close>>>,
+    open: Mutex<HashMap<u64, Entry>>,
 }
 
 impl Connections {
-    /// Adds connection `id`.
-    pub fn add(&self, id: u64, close: Recipient<Close>) {
-        self.open.lock().insert(id, close);
+    /// Adds connection `id`, holding `token` if it has authenticated.
+    pub fn add(&self, id: u64, close: Recipient<Close>, token: Option<TokenId>) {
+        self.open.lock().insert(id, Entry { close, token });
+    }
+
+    /// Records that connection `id` now holds `token` (a WebSocket `auth`).
+    pub fn set_token(&self, id: u64, token: TokenId) {
+        if let Some(entry) = self.open.lock().get_mut(&id) {
+            entry.token = Some(token);
+        }
+    }
+
+    /// Tells every connection whose token `revocations` covers to close as
+    /// revoked. Returns how many were told.
+    pub fn close_revoked(&self, revocations: &Revocations) -> usize {
+        let revoked: Vec<Recipient<Close>> = self
+            .open
+            .lock()
+            .values()
+            .filter(|e| e.token.as_ref().is_some_and(|t| revocations.covers(t)))
+            .map(|e| e.close.clone())
+            .collect();
+        for close in &revoked {
+            close.do_send(Close(CloseReason::Revoked));
+        }
+        revoked.len()
     }
 
     /// Removes connection `id`.
@@ -94,7 +164,7 @@ impl Connections {
 
     /// Handles to every open connection.
     pub fn all(&self) -> Vec<Recipient<Close>> {
-        self.open.lock().values().cloned().collect()
+        self.open.lock().values().map(|e| e.close.clone()).collect()
     }
 }
 
@@ -409,6 +479,10 @@ impl<T: Transport> Session<T> {
                 self.close(CloseReason::TokenExpired, ctx);
                 return;
             }
+            if self.shared.revocations.is_revoked(principal) {
+                self.close(CloseReason::Revoked, ctx);
+                return;
+            }
         }
         let frame = self.transport.heartbeat();
         if !self.send(frame, 0, ctx) {
@@ -424,9 +498,11 @@ impl<T: Transport> Actor for Session<T> {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.settings.queue_events.max(16));
         let addr = ctx.address();
-        self.shared
-            .connections
-            .add(self.id, addr.clone().recipient());
+        self.shared.connections.add(
+            self.id,
+            addr.clone().recipient(),
+            self.principal.as_ref().map(TokenId::from),
+        );
         self.member = Some(Member {
             deliver: addr.clone().recipient(),
             resync: addr.clone().recipient(),

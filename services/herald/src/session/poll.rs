@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::Close;
+use crate::auth::TokenId;
 use crate::http::error::ApiError;
 use crate::http::{AppState, SubscribeQuery};
 use crate::hub::{self, Deliver, Member, Resync, SlowConsumer};
@@ -190,10 +191,11 @@ pub async fn handler(
     };
     let id = hub::connection_id();
     hub::register(&state.sessions.hubs, id, &query.topics, &member);
-    state
-        .sessions
-        .connections
-        .add(id, waiter.clone().recipient());
+    state.sessions.connections.add(
+        id,
+        waiter.clone().recipient(),
+        Some(TokenId::from(&query.principal)),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait_secs);
     let result = async {
         loop {

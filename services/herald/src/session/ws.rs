@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::outbound::{self, OutboundRx};
 use super::{CloseReason, Session, Transport};
+use crate::auth::TokenId;
 use crate::auth::token::now_secs;
 use crate::event::Encoded;
 use crate::http::AppState;
@@ -433,6 +434,9 @@ impl Session<Ws> {
             .collect();
         let had_topics = !self.subs.is_empty();
         let exp = principal.exp;
+        self.shared
+            .connections
+            .set_token(self.id, TokenId::from(&principal));
         self.principal = Some(principal);
         self.expiring_sent = false;
         self.reply(json!({"op": "authenticated", "exp": exp}), ctx);

@@ -18,6 +18,7 @@ pub use committer::{Committer, CommitterSettings};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Event, NewEvent};
 use crate::topic::Topic;
 
@@ -106,6 +107,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a revocation kept until `expires_at_secs`. Revoking again
+    /// keeps the later `revoked_at_secs` and `expires_at_secs`.
+    async fn revoke(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        revoked_at_secs: u64,
+        expires_at_secs: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Every revocation not expired at `now_secs`.
+    async fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Deletes the revocations expired at `now_secs`. Returns how many went.
+    async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url` (`sqlite://...` or `postgres://...`).
@@ -148,8 +165,20 @@ pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention) -> tokio::task:
     })
 }
 
-/// Runs prune batches until nothing is left to prune (or the store fails).
+/// Runs prune batches until nothing is left to prune (or the store fails),
+/// then deletes expired revocations.
 pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
+    let total = prune_events(store, retention).await;
+    if let Err(e) = store
+        .prune_revocations(crate::auth::token::now_secs())
+        .await
+    {
+        tracing::warn!(error = %e, "pruning expired revocations failed; will retry");
+    }
+    total
+}
+
+async fn prune_events(store: &dyn Store, retention: Retention) -> u64 {
     let mut total = 0;
     loop {
         let cutoff = crate::event::now_ms()
