@@ -8,6 +8,7 @@ mod publish;
 mod store;
 mod store_outage;
 mod subscribe_cli;
+mod token_life;
 
 /// Runs an `async fn(Backend)` test once per store: `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]
