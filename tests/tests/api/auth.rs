@@ -395,3 +395,127 @@ async fn revocation_survives_a_restart(backend: Backend) {
 }
 
 crate::on_both_stores!(revocation_survives_a_restart);
+
+/// Opens `/v1/ws?{query}` with extra request headers: the upgrade's status.
+async fn ws_status(
+    app: &herald_tests::app::TestApp,
+    query: &str,
+    headers: &[(&'static str, String)],
+) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/v1/ws?{query}", app.base_url.replace("http://", "ws://"));
+    let mut request = url.into_client_request().expect("a valid URL");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, value.parse().expect("a valid header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("WebSocket connect failed: {e}"),
+    }
+}
+
+/// (status of ws, sse, poll) with `query` and `headers`.
+async fn statuses(
+    app: &herald_tests::app::TestApp,
+    topic: &str,
+    query: &str,
+    headers: &[(&'static str, String)],
+) -> (u16, u16, u16) {
+    let ws = ws_status(app, query, headers).await;
+    let get = |path: &str| {
+        let mut req = app
+            .http
+            .get(format!("{}/v1/{path}?topic={topic}&{query}", app.base_url));
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        req
+    };
+    let sse = get("sse").send().await.expect("answered").status().as_u16();
+    let poll = get("poll")
+        .send()
+        .await
+        .expect("answered")
+        .status()
+        .as_u16();
+    (ws, sse, poll)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_credential_path_works_on_every_transport_in_the_documented_order() {
+    let app = herald_tests::app::spawn_app().await;
+    let topic = herald_tests::app::unique_topic("cred");
+    let token = app.token("cred", &["cred.>"], &[], 60);
+    let ok = (101, 200, 200);
+    let bearer = vec![("authorization", format!("Bearer {token}"))];
+    let cookie = vec![("cookie", format!("herald_token={token}"))];
+    assert_eq!(
+        statuses(&app, &topic, "", &bearer).await,
+        ok,
+        "Authorization header"
+    );
+    assert_eq!(
+        statuses(&app, &topic, "", &cookie).await,
+        ok,
+        "session cookie"
+    );
+    let query = format!("access_token={token}");
+    assert_eq!(
+        statuses(&app, &topic, &query, &[]).await,
+        ok,
+        "access_token"
+    );
+    // A ticket per connection: each is single-use.
+    let mut ticket_statuses = Vec::new();
+    for _ in 0..3 {
+        let r = app
+            .http
+            .post(format!("{}/v1/tickets", app.base_url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.expect("json");
+        ticket_statuses.push(body["ticket"].as_str().expect("ticket").to_owned());
+    }
+    let ws = ws_status(&app, &format!("ticket={}", ticket_statuses[0]), &[]).await;
+    let sse = app
+        .http
+        .get(format!(
+            "{}/v1/sse?topic={topic}&ticket={}",
+            app.base_url, ticket_statuses[1]
+        ))
+        .send()
+        .await
+        .expect("answered")
+        .status();
+    let poll = app
+        .http
+        .get(format!(
+            "{}/v1/poll?topic={topic}&ticket={}",
+            app.base_url, ticket_statuses[2]
+        ))
+        .send()
+        .await
+        .expect("answered")
+        .status();
+    assert_eq!((ws, sse.as_u16(), poll.as_u16()), ok, "ticket");
+
+    // Order of preference: the header is used even with a bad access_token,
+    // and a bad header is not rescued by a good access_token.
+    assert_eq!(
+        statuses(&app, &topic, "access_token=garbage", &bearer).await,
+        ok
+    );
+    let bad_header = vec![("authorization", "Bearer garbage".to_owned())];
+    assert_eq!(
+        statuses(&app, &topic, &format!("access_token={token}"), &bad_header).await,
+        (401, 401, 401)
+    );
+    // Nothing at all: 401 on SSE and polling; a WebSocket may still send `auth` first.
+    assert_eq!(statuses(&app, &topic, "", &[]).await, (101, 401, 401));
+}

@@ -353,6 +353,51 @@ mod tests {
     }
 
     #[test]
+    fn audience_issuer_and_not_before_are_checked_when_configured() {
+        let v = Verifier::new(&VerifierSettings {
+            secret: Some(b"k".to_vec()),
+            audience: vec!["herald".into()],
+            issuer: vec!["https://issuer.example".into()],
+            ..VerifierSettings::default()
+        })
+        .expect("a secret is a key");
+        let minter = Minter::hs256(b"k");
+        let with = |aud: Option<&str>, iss: Option<&str>, nbf: Option<u64>| {
+            let mut c = claims(now_secs() + 60);
+            c.aud = aud.map(|a| serde_json::Value::String(a.into()));
+            c.iss = iss.map(str::to_owned);
+            c.nbf = nbf;
+            minter.mint(&c).expect("mint")
+        };
+        let iss = Some("https://issuer.example");
+        assert!(v.verify(&with(Some("herald"), iss, None)).is_ok());
+        assert_eq!(
+            v.verify(&with(Some("other"), iss, None)).err(),
+            Some(TokenError::Invalid("wrong audience"))
+        );
+        assert!(
+            v.verify(&with(None, iss, None)).is_err(),
+            "aud is required once configured"
+        );
+        assert_eq!(
+            v.verify(&with(Some("herald"), Some("someone else"), None))
+                .err(),
+            Some(TokenError::Invalid("wrong issuer"))
+        );
+        assert_eq!(
+            v.verify(&with(Some("herald"), iss, Some(now_secs() + 600)))
+                .err(),
+            Some(TokenError::Invalid("token not yet valid"))
+        );
+        // Without an audience configured, a token's aud is not held against it.
+        assert!(
+            verifier(b"k")
+                .verify(&with(Some("anything"), None, None))
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn bad_tokens_are_refused_with_a_reason() {
         let v = verifier(b"k");
         let expired = Minter::hs256(b"k")
