@@ -106,6 +106,30 @@ pub fn own_cpu() -> anyhow::Result<Duration> {
     process_cpu(std::process::id())
 }
 
+/// CPU time the whole machine has spent busy so far (all cores: every
+/// state of the first line of `/proc/stat` but `idle` and `iowait`). Over a
+/// window, this minus the server's and this process's CPU is what other
+/// processes and kernel work charged to no process (interrupts, softirq)
+/// took: on a shared machine, a sign that figures are disturbed.
+pub fn machine_busy() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let busy = parse_machine_busy(&stat).context("parsing /proc/stat")?;
+    ticks_to_duration(busy)
+}
+
+fn parse_machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // inside user and nice).
+    let total: u64 = fields.iter().take(8).sum();
+    Some(total - fields.get(3)? - fields.get(4).unwrap_or(&0))
+}
+
 /// A snapshot of each live thread of a process: thread id to (name, utime,
 /// stime).
 #[derive(Debug, Clone, Default)]
@@ -190,6 +214,12 @@ mod tests {
     fn stat_with_a_parenthesis_in_the_name_parses() {
         let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
         assert_eq!(parse_stat(stat), Some(("a) b".to_owned(), 7, 3)));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_machine_busy(stat), Some(161));
     }
 
     #[test]

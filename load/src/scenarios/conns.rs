@@ -240,6 +240,9 @@ pub struct ConnsFigures {
     pub client_kib_per_conn: Option<f64>,
     /// This process's CPU while opening, per 1,000 connections.
     pub client_cpu_ms_per_1k_conns: Option<f64>,
+    /// Cores kept busy on average while opening by everything else (see
+    /// `fanout`): a core or more means other work disturbed the rate.
+    pub other_cores_busy_opening: f64,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -261,6 +264,7 @@ pub fn render(runs: &[ConnsFigures]) -> String {
         "srv CPU-ms/1k",
         "client KiB/conn",
         "dropped",
+        "other cores",
     ]);
     let mib = |b: Option<u64>| fmt_opt(b.map(|b| b as f64 / MIB), 1);
     for r in runs {
@@ -279,6 +283,7 @@ pub fn render(runs: &[ConnsFigures]) -> String {
             fmt_opt(r.server_cpu_ms_per_1k_conns, 0),
             fmt_opt(r.client_kib_per_conn, 1),
             r.dropped_while_held.to_string(),
+            format!("{:.2}", r.other_cores_busy_opening),
         ]);
     }
     let mut out = table.render();
@@ -332,6 +337,7 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
     let server_cpu_before = pid.map(cpu::process_cpu).transpose()?;
     let client_rss_before = proc::rss_bytes(own)?;
     let client_cpu_before = cpu::own_cpu()?;
+    let machine_before = cpu::machine_busy()?;
 
     let (results, mut opened_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -380,6 +386,17 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
     let server_rss_open = pid.map(proc::rss_bytes).transpose()?;
     let server_cpu_open = pid.map(cpu::process_cpu).transpose()?;
     let client_cpu_open = cpu::own_cpu()?;
+    let machine_open = cpu::machine_busy()?;
+    let opening_secs = start.elapsed().as_secs_f64().max(1e-9);
+    let other_cores_busy_opening = (machine_open.saturating_sub(machine_before).as_secs_f64()
+        - client_cpu_open
+            .saturating_sub(client_cpu_before)
+            .as_secs_f64()
+        - server_cpu_before
+            .zip(server_cpu_open)
+            .map_or(0.0, |(b, a)| a.saturating_sub(b).as_secs_f64()))
+    .max(0.0)
+        / opening_secs;
 
     tokio::time::sleep(Duration::from_secs(settings.hold_secs)).await;
 
@@ -421,6 +438,7 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
         client_rss_idle,
         client_kib_per_conn: per_conn_kib(client_rss_before, client_rss_idle),
         client_cpu_ms_per_1k_conns: per_1k(client_cpu_before, client_cpu_open),
+        other_cores_busy_opening,
     })
 }
 

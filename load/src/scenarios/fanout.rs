@@ -313,6 +313,8 @@ pub struct FanoutFigures {
     pub subscribers: usize,
     /// The asked publishing rate.
     pub rate: Rate,
+    /// Concurrent publishers.
+    pub publishers: usize,
     /// Events the run was to publish (`--events`).
     pub events_planned: u64,
     /// Events the topic holds (the end event's seq - 1): what each
@@ -372,6 +374,11 @@ pub struct FanoutFigures {
     pub client_cpu_secs: f64,
     /// Cores the load generator kept busy on average.
     pub client_cores_busy: f64,
+    /// Cores kept busy on average by everything else: other processes, and
+    /// kernel work charged to no process (interrupts, softirq, kernel
+    /// threads); all busy CPU minus the server's (when measured) and this
+    /// process's. A core or more means other work disturbed the figures.
+    pub other_cores_busy: f64,
 }
 
 impl FanoutFigures {
@@ -402,6 +409,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
         "srv CPU-s/M",
         "srv cores",
         "client cores",
+        "other cores",
     ]);
     for r in runs {
         table.row(vec![
@@ -422,6 +430,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
             fmt_opt(r.server_cpu_secs_per_million_deliveries, 2),
             fmt_opt(r.server_cores_busy, 2),
             format!("{:.2}", r.client_cores_busy),
+            format!("{:.2}", r.other_cores_busy),
         ]);
     }
     let mut out = table.render();
@@ -447,6 +456,15 @@ pub fn render(runs: &[FanoutFigures]) -> String {
             notes.push(format!(
                 "subscribers closed early (4008 = slow consumer): {}",
                 list.join(", ")
+            ));
+        }
+        if let Rate::PerSec(asked) = r.rate
+            && r.publish_events_per_sec < 0.9 * asked
+        {
+            notes.push(format!(
+                "the asked rate was not reached: each of the {} publisher(s) waits for \
+                 its answer before the next publish (--publishers offers more)",
+                r.publishers
             ));
         }
         if r.unfinished > 0 {
@@ -846,6 +864,7 @@ struct Sample {
     at: Instant,
     server: Option<(Duration, ThreadSample)>,
     client: Duration,
+    machine: Duration,
 }
 
 impl Sample {
@@ -861,6 +880,7 @@ impl Sample {
             at: Instant::now(),
             server,
             client: cpu::own_cpu()?,
+            machine: cpu::machine_busy()?,
         })
     }
 }
@@ -1027,9 +1047,12 @@ async fn run_once(
         _ => Vec::new(),
     };
     let client_cpu_secs = after.client.saturating_sub(before.client).as_secs_f64();
+    let machine_secs = after.machine.saturating_sub(before.machine).as_secs_f64();
+    let other_secs = (machine_secs - client_cpu_secs - server_cpu_secs.unwrap_or(0.0)).max(0.0);
     Ok(FanoutFigures {
         subscribers,
         rate,
+        publishers: settings.publishers,
         events_planned: settings.events,
         events,
         published,
@@ -1062,6 +1085,7 @@ async fn run_once(
         server_threads,
         client_cpu_secs,
         client_cores_busy: client_cpu_secs / window_secs,
+        other_cores_busy: other_secs / window_secs,
     })
 }
 
