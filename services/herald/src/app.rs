@@ -49,6 +49,7 @@ impl Application {
         let committer = Committer::start(store.clone(), committer_settings);
         let hubs = Hubs::new();
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hubs.clone()));
+        committer.set_bus(bus.clone());
         let pruner = store::spawn_pruner(
             store.clone(),
             Retention {

@@ -2,14 +2,11 @@
 //! contract sets (size, shape and topic, permission), commit them durably and
 //! hand the new ones to the bus.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::Principal;
-use crate::bus::Bus;
-use crate::event::{Event, NewEvent, format_time_ms};
+use crate::event::{NewEvent, format_time_ms};
 use crate::http::error::ApiError;
 use crate::store::{Appended, Committer};
 use crate::topic::Topic;
@@ -209,32 +206,12 @@ pub fn authorize(principal: &Principal, events: &[NewEvent]) -> Result<(), ApiEr
     .into())
 }
 
-/// Commits `events` and hands the new ones to the bus.
+/// Commits `events`; the committer hands the new ones to the bus, in order.
 pub async fn commit(
     committer: &Committer,
-    bus: &Arc<dyn Bus>,
     events: Vec<NewEvent>,
 ) -> Result<Vec<(NewEvent, Appended)>, ApiError> {
-    let outcome = committer.append(events).await.map_err(ApiError::Store)?;
-    let fresh: Vec<Event> = outcome
-        .iter()
-        .filter(|(_, a)| !a.duplicate)
-        .map(|(e, a)| Event {
-            topic: e.topic.clone(),
-            seq: a.seq,
-            id: a.id.clone(),
-            kind: e.kind.clone(),
-            time_ms: a.time_ms,
-            data: e.data.clone(),
-        })
-        .collect();
-    if !fresh.is_empty()
-        && let Err(e) = bus.publish(&fresh).await
-    {
-        // Committed regardless: subscribers repair the gap from the store.
-        tracing::warn!(error = %e, events = fresh.len(), "bus publish failed after commit");
-    }
-    Ok(outcome)
+    committer.append(events).await.map_err(ApiError::Store)
 }
 
 /// The whole publish path after authentication: parse, authorize, commit.
@@ -243,11 +220,10 @@ pub async fn publish(
     body: &[u8],
     limits: Limits,
     committer: &Committer,
-    bus: &Arc<dyn Bus>,
 ) -> Result<Published, ApiError> {
     let (events, batch) = parse(body, limits)?;
     authorize(principal, &events)?;
-    let outcome = commit(committer, bus, events).await?;
+    let outcome = commit(committer, events).await?;
     let created = outcome.iter().any(|(_, a)| !a.duplicate);
     let receipts = outcome
         .into_iter()

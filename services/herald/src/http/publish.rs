@@ -16,14 +16,8 @@ pub async fn publish(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     check_content_type(&req)?;
-    let published = crate::publish::publish(
-        &principal,
-        &body,
-        state.limits,
-        &state.committer,
-        &state.bus,
-    )
-    .await?;
+    let published =
+        crate::publish::publish(&principal, &body, state.limits, &state.committer).await?;
     let mut response = if published.created {
         HttpResponse::Created()
     } else {

@@ -12,11 +12,13 @@
 use std::sync::Arc;
 
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, Store, StoreError};
-use crate::event::{NewEvent, now_ms};
+use crate::bus::Bus;
+use crate::event::{Event, NewEvent, now_ms};
 
 /// Group commit settings.
 #[derive(Debug, Clone, Copy)]
@@ -52,22 +54,40 @@ struct Request {
 #[derive(Clone)]
 pub struct Committer {
     writers: Arc<[mpsc::Sender<Request>]>,
+    bus: Arc<OnceLock<Arc<dyn Bus>>>,
 }
 
 impl Committer {
     /// Starts the writers on the current Tokio runtime.
     pub fn start(store: Arc<dyn Store>, settings: CommitterSettings) -> Committer {
         let count = settings.writers.max(1);
+        let bus = Arc::new(OnceLock::new());
         let writers: Vec<_> = (0..count)
             .map(|_| {
                 let (tx, rx) = mpsc::channel((settings.queue_requests / count).max(1));
-                tokio::spawn(writer(store.clone(), rx, settings.max_group_events));
+                tokio::spawn(writer(
+                    store.clone(),
+                    bus.clone(),
+                    rx,
+                    settings.max_group_events,
+                ));
                 tx
             })
             .collect();
         Committer {
             writers: writers.into(),
+            bus,
         }
+    }
+
+    /// The bus that committed events are handed to. Each writer hands over
+    /// its groups' new events after the commit and before answering, in seq
+    /// order, and a topic always has the same writer: subscribers see a
+    /// topic's events in order, instead of each publish racing the others to
+    /// the bus (which would make every subscriber repair a false gap from the
+    /// store).
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
     }
 
     /// Appends `events` atomically (all or none), sharing the transaction
@@ -91,7 +111,12 @@ impl Committer {
     }
 }
 
-async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_group_events: usize) {
+async fn writer(
+    store: Arc<dyn Store>,
+    bus: Arc<OnceLock<Arc<dyn Bus>>>,
+    mut rx: mpsc::Receiver<Request>,
+    max_group_events: usize,
+) {
     loop {
         let group = {
             let Some(first) = rx.recv().await else { return };
@@ -108,17 +133,23 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_grou
             }
             group
         };
-        commit(&*store, group).await;
+        commit(&*store, bus.get(), group).await;
     }
 }
 
-async fn commit(store: &dyn Store, group: Vec<Request>) {
+async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Request>) {
     let (events, replies): (Vec<_>, Vec<_>) =
         group.into_iter().map(|r| (r.events, r.reply)).unzip();
     match store.append_group(&events, now_ms()).await {
         Ok(answers) => {
-            for ((reply, events), answer) in replies.into_iter().zip(events).zip(answers) {
-                let _ = reply.send(Ok(events.into_iter().zip(answer).collect()));
+            let outcomes: Vec<Vec<(NewEvent, Appended)>> = events
+                .into_iter()
+                .zip(answers)
+                .map(|(events, answer)| events.into_iter().zip(answer).collect())
+                .collect();
+            hand_to_bus(bus, outcomes.iter().flatten()).await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
         }
         // A statement failed (a lock conflict, or something about one request):
@@ -126,7 +157,7 @@ async fn commit(store: &dyn Store, group: Vec<Request>) {
         Err(StoreError::Unavailable(sqlx::Error::Database(e))) if events.len() > 1 => {
             tracing::warn!(error = %e, requests = events.len(), "group commit failed; committing its requests one by one");
             for (events, reply) in events.into_iter().zip(replies) {
-                let answer = store
+                let answer: Answer = store
                     .append_group(std::slice::from_ref(&events), now_ms())
                     .await
                     .map(|mut a| {
@@ -136,6 +167,9 @@ async fn commit(store: &dyn Store, group: Vec<Request>) {
                             .collect()
                     })
                     .map_err(Arc::new);
+                if let Ok(outcome) = &answer {
+                    hand_to_bus(bus, outcome.iter()).await;
+                }
                 let _ = reply.send(answer);
             }
         }
@@ -146,5 +180,31 @@ async fn commit(store: &dyn Store, group: Vec<Request>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Hands the new (not repeated) events of committed outcomes to the bus, in
+/// order. The events are committed whatever happens here: a failure only
+/// delays them, and subscribers repair the gap from the store.
+async fn hand_to_bus<'a>(
+    bus: Option<&Arc<dyn Bus>>,
+    outcomes: impl Iterator<Item = &'a (NewEvent, Appended)>,
+) {
+    let Some(bus) = bus else { return };
+    let fresh: Vec<Event> = outcomes
+        .filter(|(_, a)| !a.duplicate)
+        .map(|(e, a)| Event {
+            topic: e.topic.clone(),
+            seq: a.seq,
+            id: a.id.clone(),
+            kind: e.kind.clone(),
+            time_ms: a.time_ms,
+            data: e.data.clone(),
+        })
+        .collect();
+    if !fresh.is_empty()
+        && let Err(e) = bus.publish(&fresh).await
+    {
+        tracing::warn!(error = %e, events = fresh.len(), "bus publish failed after commit");
     }
 }
