@@ -217,6 +217,26 @@ impl TestApp {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself (no signal
+    /// sent) and returns its exit status; kills it if it does not.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running")
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("herald did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restarts the process on the same port and database.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 use crate::auth::{Claims, HeraldClaims, Minter, Revocations, Tickets, Verifier, VerifierSettings};
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hubs;
@@ -23,6 +23,8 @@ pub struct Application {
     port: u16,
     pruner: tokio::task::JoinHandle<()>,
     revocation_refresher: tokio::task::JoinHandle<()>,
+    gate: Arc<Gate>,
+    sessions: Arc<Shared>,
 }
 
 impl Application {
@@ -36,6 +38,11 @@ impl Application {
         }
         let verifier = Arc::new(load_verifier(&settings)?);
 
+        if settings.nats_url.is_some() && !settings.database.database_url.starts_with("postgres") {
+            anyhow::bail!(
+                "HERALD_NATS_URL needs a Postgres store: several nodes cannot share a SQLite file"
+            );
+        }
         let store = store::open(&settings.database.database_url)
             .await
             .context("opening the store")?;
@@ -48,7 +55,19 @@ impl Application {
         }
         let committer = Committer::start(store.clone(), committer_settings);
         let hubs = Hubs::new();
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hubs.clone()));
+        let bus: Arc<dyn Bus> = match &settings.nats_url {
+            Some(url) => Arc::new(
+                NatsBus::connect(
+                    url,
+                    &settings.nats_prefix,
+                    hubs.clone(),
+                    settings.heartbeat(),
+                )
+                .await
+                .context("starting the NATS bus")?,
+            ),
+            None => Arc::new(LocalBus::new(hubs.clone())),
+        };
         committer.set_bus(bus.clone());
         let pruner = store::spawn_pruner(
             store.clone(),
@@ -87,13 +106,14 @@ impl Application {
             connections: Connections::default(),
         });
         let revocation_refresher = spawn_revocation_refresher(sessions.clone());
+        let gate = Gate::new(settings.max_connections, settings.drain_secs);
         let state = web::Data::new(AppState {
             store,
             committer,
             bus,
             verifier,
-            gate: Gate::new(settings.max_connections, settings.drain_secs),
-            sessions,
+            gate: gate.clone(),
+            sessions: sessions.clone(),
             auth_cookie: settings.auth_cookie.clone(),
             tickets: Tickets::new(
                 Duration::from_secs(settings.ticket_secs),
@@ -117,6 +137,9 @@ impl Application {
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))
         })
+        // The drain owns SIGTERM and SIGINT (see `crate::drain`).
+        .disable_signals()
+        .shutdown_timeout(crate::drain::STOP_TIMEOUT.as_secs())
         .listen(listener)?;
         if settings.workers > 0 {
             server = server.workers(settings.workers);
@@ -133,6 +156,8 @@ impl Application {
             port: addr.port(),
             pruner,
             revocation_refresher,
+            gate,
+            sessions,
         })
     }
 
@@ -141,9 +166,10 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server stops (SIGINT or SIGTERM).
+    /// Serves until the server stops: the first SIGTERM or SIGINT drains the
+    /// node, then returns (see `crate::drain`).
     pub async fn run(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let result = crate::drain::serve(self.server, self.gate, &self.sessions.connections).await;
         self.pruner.abort();
         self.revocation_refresher.abort();
         result

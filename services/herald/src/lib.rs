@@ -14,6 +14,7 @@
 //! - [`subscribe`]: `herald subscribe`, a resuming client for every transport
 //! - [`http`]: routes and the table of error codes
 //! - [`app`]: building and running the server
+//! - [`drain`]: owning the signals; draining the node before it exits
 //! - [`cli`]: the `herald` command line
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod event;
 pub mod http;
 pub mod hub;

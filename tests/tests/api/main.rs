@@ -3,7 +3,9 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
 mod delivery;
+mod drain;
 mod publish;
 mod store;
 mod store_outage;

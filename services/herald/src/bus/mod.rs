@@ -5,12 +5,14 @@
 //! topic's seqs repairs it from the store.
 
 mod local;
+mod nats;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use local::LocalBus;
+pub use nats::NatsBus;
 
 use crate::event::{Encoded, Event};
 

@@ -11,6 +11,14 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // A draining node answers at once, without waiting on the store.
+    if state.gate.is_draining() {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "draining",
+            "store": {"kind": state.store.kind()},
+            "bus": {"kind": state.bus.kind()},
+        }));
+    }
     let store = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
     let store_ok = matches!(store, Ok(Ok(())));
     let bus_ok = state.bus.healthy();

@@ -109,6 +109,8 @@ struct Entry {
     close: Recipient<Close>,
     /// `None` until a WebSocket authenticates.
     token: Option<TokenId>,
+    /// A pending long poll (told first when draining: it answers normally).
+    long_poll: bool,
 }
 
 /// Every open connection of the node (sessions and pending long polls), so
@@ -121,7 +123,23 @@ pub struct Connections {
 impl Connections {
     /// Adds connection `id`, holding `token` if it has authenticated.
     pub fn add(&self, id: u64, close: Recipient<Close>, token: Option<TokenId>) {
-        self.open.lock().insert(id, Entry { close, token });
+        self.insert(id, close, token, false);
+    }
+
+    /// Adds pending long poll `id`, holding `token`.
+    pub fn add_long_poll(&self, id: u64, close: Recipient<Close>, token: Option<TokenId>) {
+        self.insert(id, close, token, true);
+    }
+
+    fn insert(&self, id: u64, close: Recipient<Close>, token: Option<TokenId>, long_poll: bool) {
+        self.open.lock().insert(
+            id,
+            Entry {
+                close,
+                token,
+                long_poll,
+            },
+        );
     }
 
     /// Records that connection `id` now holds `token` (a WebSocket `auth`).
@@ -165,6 +183,19 @@ impl Connections {
     /// Handles to every open connection.
     pub fn all(&self) -> Vec<Recipient<Close>> {
         self.open.lock().values().map(|e| e.close.clone()).collect()
+    }
+
+    /// Every open connection with its id, pending long polls first: the
+    /// order a draining node tells them to go.
+    pub fn drain_order(&self) -> Vec<(u64, Recipient<Close>)> {
+        let mut open: Vec<(bool, u64, Recipient<Close>)> = self
+            .open
+            .lock()
+            .iter()
+            .map(|(id, e)| (!e.long_poll, *id, e.close.clone()))
+            .collect();
+        open.sort_by_key(|(not_poll, id, _)| (*not_poll, *id));
+        open.into_iter().map(|(_, id, close)| (id, close)).collect()
     }
 }
 

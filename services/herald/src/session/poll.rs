@@ -191,7 +191,7 @@ pub async fn handler(
     };
     let id = hub::connection_id();
     hub::register(&state.sessions.hubs, id, &query.topics, &member);
-    state.sessions.connections.add(
+    state.sessions.connections.add_long_poll(
         id,
         waiter.clone().recipient(),
         Some(TokenId::from(&query.principal)),
