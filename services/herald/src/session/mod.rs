@@ -419,7 +419,7 @@ impl<T: Transport> Session<T> {
     }
 
     /// Sends what the subscriptions decided.
-    pub fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+    pub fn apply(&mut self, actions: impl IntoIterator<Item = Action>, ctx: &mut Context<Self>) {
         for action in actions {
             // The cursor as of this action: the subscriptions may already
             // stand further on (a whole page was read at once).
@@ -574,7 +574,7 @@ impl<T: Transport> Handler<Deliver> for Session<T> {
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
         let (action, read) = self.subs.on_live(&event);
         if let Some(action) = action {
-            self.apply(vec![action], ctx);
+            self.apply(Some(action), ctx);
         }
         if let Some(read) = read {
             self.read(read, ctx);
