@@ -145,8 +145,18 @@ impl Bus for NatsBus {
         for event in events {
             let subject = self.subject(&event.topic);
             let payload = Bytes::from(event.to_json());
-            match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, payload)).await
-            {
+            // The publisher's trace travels as a `traceparent` header.
+            let publish = async {
+                match crate::telemetry::trace::nats_headers() {
+                    Some(headers) => {
+                        self.client
+                            .publish_with_headers(subject, headers, payload)
+                            .await
+                    }
+                    None => self.client.publish(subject, payload).await,
+                }
+            };
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.failed(format!("NATS publish: {e}"))),
                 Err(_) => {
@@ -220,7 +230,10 @@ fn decode(payload: &[u8]) -> Option<Encoded> {
 async fn receive(mut subscriber: async_nats::Subscriber, hubs: Arc<Hubs>) {
     while let Some(message) = subscriber.next().await {
         match decode(&message.payload) {
-            Some(encoded) => hubs.deliver(Arc::new(encoded)),
+            Some(encoded) => {
+                let span = crate::telemetry::received(&encoded, message.headers.as_ref());
+                span.in_scope(|| hubs.deliver(Arc::new(encoded)));
+            }
             None => tracing::warn!(
                 subject = %message.subject,
                 "ignoring a NATS message that is not a Herald event"
