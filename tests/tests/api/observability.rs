@@ -564,3 +564,28 @@ async fn a_publish_on_one_node_and_its_delivery_on_another_share_one_trace() {
     let delivered = wait_for_metric(&b, "herald_bus_received_total", 1.0).await;
     assert!(delivered.get("herald_delivery_lag_seconds_count") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_exits_with_its_spans_flushed() {
+    let receiver = Receiver::start().await;
+    // Spans would wait ten minutes for their batch: only the flush at exit sends them.
+    let mut app = spawn_with(
+        traced(Options::new(Backend::Sqlite), &receiver, "herald-exit")
+            .env("OTEL_BSP_SCHEDULE_DELAY", 600_000)
+            .env("HERALD_DRAIN_SECS", 1),
+    )
+    .await;
+    let topic = unique_topic("obs.exit");
+    let (header, trace_id) = traceparent();
+    publish_traced(&app, &topic, &header).await;
+    assert!(
+        names(&receiver.spans(), &trace_id, "herald-exit").is_empty(),
+        "spans were sent before the exit"
+    );
+    let status = tokio::task::block_in_place(|| app.signal_and_wait("TERM", WAIT))
+        .expect("the node exits after the drain");
+    assert!(status.success(), "{status:?}");
+    let spans = receiver.spans();
+    let names = names(&spans, &trace_id, "herald-exit");
+    assert!(names.iter().any(|n| n == "publish"), "{names:?}");
+}
