@@ -203,12 +203,58 @@ async fn metrics_parse_and_move_as_clients_publish_subscribe_resume_and_disconne
     unauthenticated.send_json(json!({"op": "ping"})).await;
     let (_, code) = unauthenticated.until_closed(WAIT).await;
     assert_eq!(code, Some(4001));
-    wait_for_metric(
+    let last = wait_for_metric(
         &app,
         r#"herald_disconnects_total{reason="unauthorized",transport="ws"}"#,
         1.0,
     )
     .await;
+
+    // Every metric that the dashboard and the docs name is served, and every
+    // metric served is documented.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let served: Vec<String> = last.types.keys().cloned().collect();
+    for (file, text) in [
+        (
+            "deploy/grafana/herald.json",
+            std::fs::read_to_string(format!("{root}/deploy/grafana/herald.json")),
+        ),
+        (
+            "docs/OBSERVABILITY.md",
+            std::fs::read_to_string(format!("{root}/docs/OBSERVABILITY.md")),
+        ),
+    ] {
+        let text = text.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let named = metric_names(&text);
+        assert!(!named.is_empty(), "{file} names no metric");
+        for name in &named {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| last.types.get(*f).is_some_and(|t| t == "histogram"))
+                .unwrap_or(name);
+            assert!(
+                served.iter().any(|s| s == family),
+                "{file} names {name}, which /metrics does not serve"
+            );
+        }
+        if file.ends_with(".md") {
+            for family in &served {
+                assert!(
+                    named.contains(family),
+                    "{family} is not documented in {file}"
+                );
+            }
+        }
+    }
+}
+
+/// The `herald_*` metric names that `text` mentions.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("herald_") && w.len() > "herald_".len())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The JSON log lines of `app` whose message is `message`.
