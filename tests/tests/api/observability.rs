@@ -209,6 +209,11 @@ async fn metrics_parse_and_move_as_clients_publish_subscribe_resume_and_disconne
         1.0,
     )
     .await;
+    assert_eq!(
+        last.get(r#"herald_auth_failures_total{code="unauthorized"}"#),
+        2.0,
+        "the refused publish and the refused WebSocket"
+    );
 
     // Every metric that the dashboard and the docs name is served, and every
     // metric served is documented.

@@ -396,8 +396,13 @@ pub fn closed(transport_name: &'static str, reason: &str) {
     if i < 2 {
         let j = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         COUNTS.disconnects[i][j].fetch_add(1, Ordering::Relaxed);
-        if reason == "slow_consumer" {
-            COUNTS.slow_consumers[i].fetch_add(1, Ordering::Relaxed);
+        match reason {
+            "slow_consumer" => {
+                COUNTS.slow_consumers[i].fetch_add(1, Ordering::Relaxed);
+            }
+            // A WebSocket refused in its first frame (or given none in time).
+            "unauthorized" => auth_failure("unauthorized"),
+            _ => {}
         }
     }
 }

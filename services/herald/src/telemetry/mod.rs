@@ -80,9 +80,10 @@ pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .with_filter(filter)
             .boxed()
     } else {
-        fmt.boxed()
+        fmt.with_filter(filter).boxed()
     };
     metrics::install();
     opentelemetry::global::set_text_map_propagator(
@@ -92,12 +93,18 @@ pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
         Ok(provider) => (provider, None),
         Err(e) => (None, Some(e)),
     };
+    // Spans are exported whatever `RUST_LOG` says of logs: Herald's own, at
+    // `info` and above.
     let otel = tracer.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("herald"))
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("herald"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("herald", tracing::Level::INFO),
+            )
     });
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()
