@@ -640,3 +640,25 @@ async fn a_drained_node_exits_with_its_spans_flushed() {
     let names = names(&spans, &trace_id, "herald-exit");
     assert!(names.iter().any(|n| n == "publish"), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_without_a_close_frame_is_logged_as_a_normal_close() {
+    let app = spawn_app().await;
+    let topic = unique_topic("obs.vanish");
+    let token = app.root_token();
+    let ws = app.ws_subscribed(&token, &[&topic], None).await;
+    drop(ws);
+    let closed = wait_for_log(&app, "connection closed", |l| l["transport"] == "ws").await;
+    assert_eq!(closed["reason"], "normal", "{closed}");
+    // The `authenticated` and `subscribed` frames were sent.
+    assert!(
+        closed["bytes_sent"].as_u64().is_some_and(|b| b > 0),
+        "{closed}"
+    );
+    wait_for_metric(
+        &app,
+        r#"herald_disconnects_total{reason="normal",transport="ws"}"#,
+        1.0,
+    )
+    .await;
+}

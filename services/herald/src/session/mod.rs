@@ -296,8 +296,6 @@ pub struct Session<T: Transport> {
     pub closing: bool,
     pub opened: Instant,
     pub events_sent: u64,
-    /// Bytes of frames queued for the client (events, resets, control frames).
-    pub bytes_sent: u64,
     /// The connection's span, open for its lifetime.
     pub span: tracing::Span,
     pub close_reason: Option<CloseReason>,
@@ -319,7 +317,6 @@ impl<T: Transport> Session<T> {
         Session {
             id,
             span: crate::telemetry::trace::connection_span(id, T::NAME),
-            bytes_sent: 0,
             transport,
             out,
             subs: Subs::new(),
@@ -343,10 +340,7 @@ impl<T: Transport> Session<T> {
             return false;
         }
         match self.out.push(frame, size) {
-            Ok(()) => {
-                self.bytes_sent += size as u64;
-                true
-            }
+            Ok(()) => true,
             Err(outbound::Full::Full) => {
                 self.close(CloseReason::SlowConsumer, ctx);
                 false
@@ -585,7 +579,7 @@ impl<T: Transport> Actor for Session<T> {
             topics = topics.len(),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             events_sent = self.events_sent,
-            bytes_sent = self.bytes_sent,
+            bytes_sent = self.out.total_bytes(),
             queue_high_water = self.out.high_water(),
             reason = reason.code(),
             "connection closed"

@@ -35,6 +35,8 @@ pub struct Outbound<T> {
     max_items: usize,
     max_bytes: usize,
     last: Option<oneshot::Sender<T>>,
+    /// Bytes of every item ever queued (only this end writes it).
+    total_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// The transport's end.
@@ -61,6 +63,7 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
             max_items: max_items.max(1),
             max_bytes,
             last: Some(last_tx),
+            total_bytes: std::sync::atomic::AtomicU64::new(0),
         },
         OutboundRx {
             rx,
@@ -87,7 +90,13 @@ impl<T> Outbound<T> {
         self.shared
             .high_water
             .fetch_max(self.len(), Ordering::Relaxed);
+        self.total_bytes.fetch_add(size as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bytes of every item ever queued (the final frame aside).
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed)
     }
 
     /// Frames waiting.

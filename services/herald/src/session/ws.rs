@@ -257,6 +257,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
             Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
                 self.close(CloseReason::FrameTooLarge, ctx)
             }
+            // The socket broke (the client vanished without a close frame):
+            // it went away, which is a normal end, not a protocol error.
+            Err(ProtocolError::Io(_)) => {
+                self.closing = true;
+                ctx.stop();
+            }
             Err(e) => self.close(
                 CloseReason::Protocol(format!("WebSocket protocol error: {e}")),
                 ctx,
