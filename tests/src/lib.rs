@@ -6,9 +6,13 @@
 //! - [`pg`]: a throwaway Postgres cluster
 //! - [`nats`]: a throwaway `nats-server`
 //! - [`procs`]: ports, processes, watchdogs
+//! - [`otlp`]: a tiny OTLP/HTTP (JSON) span receiver
+//! - [`prom`]: a Prometheus text format parser
 
 pub mod app;
 pub mod clients;
 pub mod nats;
+pub mod otlp;
 pub mod pg;
 pub mod procs;
+pub mod prom;

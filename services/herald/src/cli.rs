@@ -29,12 +29,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.log_format);
-    actix_rt::System::new().block_on(async move {
+    let follow = args
+        .log_topic
+        .as_deref()
+        .and_then(|t| crate::topic::Topic::parse(t).ok());
+    let telemetry = crate::telemetry::init(args.log_format, follow);
+    let result = actix_rt::System::new().block_on(async move {
         let app = Application::build(args).await?;
         app.run().await?;
         Ok(())
-    })
+    });
+    // Outside the runtime: the OTLP/HTTP client blocks while it flushes.
+    telemetry.shutdown();
+    result
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

@@ -234,6 +234,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+    /// A topic whose every event is logged at each stage (committed, bus,
+    /// hub, each connection) at `debug` under the target `herald::follow`,
+    /// which this setting switches on; unset: none.
+    #[arg(long, env = "HERALD_LOG_TOPIC")]
+    pub log_topic: Option<String>,
 }
 
 /// Why settings were refused.
@@ -258,6 +263,13 @@ fn check(ok: bool, name: &'static str, reason: &str) -> Result<(), SettingError>
 impl ServeArgs {
     /// Rejects settings that cannot work, before anything binds.
     pub fn validate(&self) -> Result<(), SettingError> {
+        check(
+            self.log_topic
+                .as_deref()
+                .is_none_or(|t| crate::topic::Topic::parse(t).is_ok()),
+            "HERALD_LOG_TOPIC",
+            "must be a topic name",
+        )?;
         check(
             self.heartbeat_secs >= 1,
             "HERALD_HEARTBEAT_SECS",

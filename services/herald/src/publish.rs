@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use tracing::Instrument as _;
 
 use crate::auth::Principal;
 use crate::event::{NewEvent, format_time_ms};
@@ -221,9 +222,16 @@ pub async fn publish(
     limits: Limits,
     committer: &Committer,
 ) -> Result<Published, ApiError> {
-    let (events, batch) = parse(body, limits)?;
-    authorize(principal, &events)?;
-    let outcome = commit(committer, events).await?;
+    let (events, batch) = {
+        let _validate = tracing::info_span!("publish.validate").entered();
+        let (events, batch) = parse(body, limits)?;
+        authorize(principal, &events)?;
+        (events, batch)
+    };
+    tracing::Span::current().record("events", events.len());
+    let outcome = commit(committer, events)
+        .instrument(tracing::info_span!("publish.commit"))
+        .await?;
     let created = outcome.iter().any(|(_, a)| !a.duplicate);
     let receipts = outcome
         .into_iter()

@@ -7,6 +7,7 @@ mod cluster;
 mod delivery;
 mod drain;
 mod failover;
+mod observability;
 mod publish;
 mod store;
 mod store_outage;

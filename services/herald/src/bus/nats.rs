@@ -189,7 +189,8 @@ async fn follow(
         match decode(&message.payload) {
             Some(encoded) if encoded.topic == topic => {
                 seen.fetch_max(encoded.seq, Ordering::AcqRel);
-                hubs.deliver(Arc::new(encoded));
+                let span = crate::telemetry::received(&encoded, message.headers.as_ref());
+                span.in_scope(|| hubs.deliver(Arc::new(encoded)));
             }
             _ => tracing::warn!(
                 subject = %message.subject,
@@ -316,8 +317,18 @@ impl Bus for NatsBus {
         for event in events {
             let subject = self.topics.subject(&event.topic);
             let payload = Bytes::from(event.to_json());
-            match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, payload)).await
-            {
+            // The publisher's trace travels as a `traceparent` header.
+            let publish = async {
+                match crate::telemetry::trace::nats_headers() {
+                    Some(headers) => {
+                        self.client
+                            .publish_with_headers(subject, headers, payload)
+                            .await
+                    }
+                    None => self.client.publish(subject, payload).await,
+                }
+            };
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.failed(format!("NATS publish: {e}"))),
                 Err(_) => {

@@ -110,6 +110,9 @@ impl ResponseError for ApiError {
             tracing::error!(error = %e, "store failure answered 503");
         }
         let code = self.code();
+        if let ApiError::Auth(_) = self {
+            crate::telemetry::metrics::auth_failure(code);
+        }
         let problem = Problem {
             kind: format!("urn:herald:problem:{code}"),
             title: self.title(),

@@ -1,9 +1,12 @@
-//! HTTP routes: publish, tickets, revocation, health, and the shared state and extractors the
+//! HTTP routes: publish, tickets, revocation, health, metrics, node
+//! statistics, and the shared state and extractors the
 //! handlers use. Handlers are short: extract, call the core, map the result.
 
+mod admin;
 mod auth;
 pub mod error;
 mod health;
+mod metrics;
 mod publish;
 
 use std::future::{Ready, ready};
@@ -206,6 +209,8 @@ fn authenticate(req: &HttpRequest) -> Result<Bearer, ApiError> {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/v1/admin/stats", web::get().to(admin::stats))
         .route("/v1/publish", web::post().to(publish::publish))
         .route("/v1/tickets", web::post().to(auth::ticket))
         .route("/v1/admin/revoke", web::post().to(auth::revoke))

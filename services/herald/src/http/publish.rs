@@ -4,6 +4,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use tracing::Instrument as _;
 
 use super::error::ApiError;
 use super::{AppState, Bearer};
@@ -14,10 +15,21 @@ pub async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
-    check_content_type(&req)?;
-    let published =
-        crate::publish::publish(&principal, &body, state.limits, &state.committer).await?;
+    let started = std::time::Instant::now();
+    let span = crate::telemetry::trace::publish_span(req.headers());
+    let published = async {
+        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        check_content_type(&req)?;
+        crate::publish::publish(&principal, &body, state.limits, &state.committer).await
+    }
+    .instrument(span.clone())
+    .await;
+    crate::telemetry::metrics::publish_answered(started.elapsed());
+    span.record(
+        "status",
+        published.as_ref().map_or_else(|e| e.code(), |_| "ok"),
+    );
+    let published = published?;
     let mut response = if published.created {
         HttpResponse::Created()
     } else {

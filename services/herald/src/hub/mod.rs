@@ -307,10 +307,48 @@ impl Hubs {
 
 impl Sink for Hubs {
     fn deliver(&self, event: Arc<Encoded>) {
+        let _span = crate::telemetry::handing_over(&event).entered();
         for (addr, shared) in self.hubs.read().iter() {
             if addr.try_send(Deliver(event.clone())).is_err() {
+                crate::telemetry::metrics::hub_overflow();
                 shared.lost.store(true, Ordering::Release);
             }
         }
+    }
+}
+
+/// Asks one hub which topics have connections on its thread, and how many.
+#[derive(Message)]
+#[rtype(result = "Vec<(Topic, usize)>")]
+struct Census;
+
+impl Handler<Census> for Hub {
+    type Result = MessageResult<Census>;
+
+    fn handle(&mut self, _: Census, _: &mut Self::Context) -> Self::Result {
+        MessageResult(REGISTRY.with(|r| {
+            r.borrow()
+                .topics
+                .iter()
+                .map(|(topic, members)| (topic.clone(), members.len()))
+                .collect()
+        }))
+    }
+}
+
+impl Hubs {
+    /// Every topic with connections (or pending long polls) on this node,
+    /// with how many; a hub that does not answer within `timeout` is left out.
+    pub async fn census(&self, timeout: std::time::Duration) -> HashMap<Topic, usize> {
+        let addrs: Vec<Addr<Hub>> = self.hubs.read().iter().map(|(a, _)| a.clone()).collect();
+        let mut all: HashMap<Topic, usize> = HashMap::new();
+        for addr in addrs {
+            if let Ok(Ok(topics)) = tokio::time::timeout(timeout, addr.send(Census)).await {
+                for (topic, count) in topics {
+                    *all.entry(topic).or_default() += count;
+                }
+            }
+        }
+        all
     }
 }

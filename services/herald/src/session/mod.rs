@@ -313,6 +313,10 @@ pub struct Session<T: Transport> {
     pub closing: bool,
     pub opened: Instant,
     pub events_sent: u64,
+    /// Bytes of frames queued for the client (events, resets, control frames).
+    pub bytes_sent: u64,
+    /// The connection's span, open for its lifetime.
+    pub span: tracing::Span,
     pub close_reason: Option<CloseReason>,
     /// Told once the first subscription is in place (SSE answers then).
     pub ready: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -328,8 +332,11 @@ impl<T: Transport> Session<T> {
         shared: Arc<Shared>,
         gate: GateTicket,
     ) -> Session<T> {
+        let id = hub::connection_id();
         Session {
-            id: hub::connection_id(),
+            id,
+            span: crate::telemetry::trace::connection_span(id, T::NAME),
+            bytes_sent: 0,
             transport,
             out,
             subs: Subs::new(),
@@ -353,7 +360,10 @@ impl<T: Transport> Session<T> {
             return false;
         }
         match self.out.push(frame, size) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.bytes_sent += size as u64;
+                true
+            }
             Err(outbound::Full::Full) => {
                 self.close(CloseReason::SlowConsumer, ctx);
                 false
@@ -463,8 +473,12 @@ impl<T: Transport> Session<T> {
             if !self.send(frame, size, ctx) {
                 return;
             }
-            if matches!(action, Action::Event(_)) {
-                self.events_sent += 1;
+            match &action {
+                Action::Event(event) => {
+                    self.events_sent += 1;
+                    crate::telemetry::delivered(T::NAME, self.id, event);
+                }
+                Action::Reset { .. } => crate::telemetry::metrics::resets_sent(T::NAME, 1),
             }
         }
     }
@@ -509,7 +523,9 @@ impl<T: Transport> Session<T> {
             };
             let failed = read.is_none();
             let (actions, next) = session.subs.on_read(&request, read);
+            let sent_before = session.events_sent;
             session.apply(actions, ctx);
+            crate::telemetry::metrics::replayed(T::NAME, session.events_sent - sent_before);
             if failed {
                 ctx.run_later(READ_RETRY, move |session, ctx| {
                     if let Some(next) = session.subs.retry(&request) {
@@ -538,6 +554,7 @@ impl<T: Transport> Session<T> {
                 return;
             }
         }
+        crate::telemetry::metrics::queue_depth(self.out.high_water());
         let frame = self.transport.heartbeat();
         if !self.send(frame, 0, ctx) {
             return;
@@ -565,9 +582,12 @@ impl<T: Transport> Actor for Session<T> {
         ctx.run_interval(self.shared.settings.heartbeat, |session, ctx| {
             session.heartbeat(ctx)
         });
-        tracing::debug!(
+        crate::telemetry::metrics::opened(T::NAME);
+        tracing::info!(
+            parent: &self.span,
             connection = self.id,
             transport = T::NAME,
+            sub = self.principal.as_ref().map(|p| &*p.sub),
             "connection opened"
         );
     }
@@ -577,13 +597,18 @@ impl<T: Transport> Actor for Session<T> {
         let topics: Vec<Topic> = self.subs.topics().cloned().collect();
         hub::unregister(self.id, &topics);
         let reason = self.close_reason.clone().unwrap_or(CloseReason::Normal);
+        crate::telemetry::metrics::closed(T::NAME, reason.code());
+        crate::telemetry::metrics::queue_depth(self.out.high_water());
+        self.span.record("reason", reason.code());
         tracing::info!(
+            parent: &self.span,
             connection = self.id,
             transport = T::NAME,
             sub = self.principal.as_ref().map(|p| &*p.sub),
             topics = topics.len(),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             events_sent = self.events_sent,
+            bytes_sent = self.bytes_sent,
             queue_high_water = self.out.high_water(),
             reason = reason.code(),
             "connection closed"

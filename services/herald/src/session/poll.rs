@@ -71,6 +71,8 @@ impl Answer {
     }
 
     fn into_response(self) -> HttpResponse {
+        crate::telemetry::metrics::delivered("poll", self.events.len() as u64);
+        crate::telemetry::metrics::resets_sent("poll", self.resets.len() as u64);
         let mut body = Vec::with_capacity(64 + self.events.iter().map(Vec::len).sum::<usize>());
         body.extend_from_slice(b"{\"events\":[");
         for (i, event) in self.events.iter().enumerate() {
@@ -196,6 +198,7 @@ pub async fn handler(
         waiter.clone().recipient(),
         Some(TokenId::from(&query.principal)),
     );
+    let _pending = crate::telemetry::metrics::PendingPoll::start();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait_secs);
     let result = async {
         ready

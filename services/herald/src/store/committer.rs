@@ -15,6 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::{Appended, Store, StoreError};
 use crate::bus::Bus;
@@ -48,6 +49,8 @@ type Answer = Result<Vec<(NewEvent, Appended)>, Arc<StoreError>>;
 struct Request {
     events: Vec<NewEvent>,
     reply: oneshot::Sender<Answer>,
+    /// The publisher's span: the bus publish of these events joins its trace.
+    span: tracing::Span,
 }
 
 /// A handle to the group committer. Cheap to clone.
@@ -103,8 +106,14 @@ impl Committer {
             }
             _ => 0,
         };
-        self.writers[writer]
-            .send(Request { events, reply })
+        let queue = &self.writers[writer];
+        crate::telemetry::metrics::commit_queue_depth(queue.max_capacity() - queue.capacity());
+        queue
+            .send(Request {
+                events,
+                reply,
+                span: tracing::Span::current(),
+            })
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         answer.await.map_err(|_| Arc::new(StoreError::Closed))?
@@ -138,16 +147,28 @@ async fn writer(
 }
 
 async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Request>) {
-    let (events, replies): (Vec<_>, Vec<_>) =
-        group.into_iter().map(|r| (r.events, r.reply)).unzip();
-    match store.append_group(&events, now_ms()).await {
+    let mut spans = Vec::with_capacity(group.len());
+    let (events, replies): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .map(|r| {
+            spans.push(r.span);
+            (r.events, r.reply)
+        })
+        .unzip();
+    let started = std::time::Instant::now();
+    let appended = store.append_group(&events, now_ms()).await;
+    crate::telemetry::metrics::committed(started.elapsed(), counts(&appended));
+    match appended {
         Ok(answers) => {
             let outcomes: Vec<Vec<(NewEvent, Appended)>> = events
                 .into_iter()
                 .zip(answers)
                 .map(|(events, answer)| events.into_iter().zip(answer).collect())
                 .collect();
-            hand_to_bus(bus, outcomes.iter().flatten()).await;
+            // One hand-over per request, each in its publisher's trace.
+            for (outcome, span) in outcomes.iter().zip(&spans) {
+                hand_to_bus(bus, outcome.iter(), span).await;
+            }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
@@ -156,7 +177,7 @@ async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Reques
         // commit each request on its own so one cannot fail the others.
         Err(StoreError::Unavailable(sqlx::Error::Database(e))) if events.len() > 1 => {
             tracing::warn!(error = %e, requests = events.len(), "group commit failed; committing its requests one by one");
-            for (events, reply) in events.into_iter().zip(replies) {
+            for ((events, reply), span) in events.into_iter().zip(replies).zip(&spans) {
                 let answer: Answer = store
                     .append_group(std::slice::from_ref(&events), now_ms())
                     .await
@@ -168,7 +189,7 @@ async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Reques
                     })
                     .map_err(Arc::new);
                 if let Ok(outcome) = &answer {
-                    hand_to_bus(bus, outcome.iter()).await;
+                    hand_to_bus(bus, outcome.iter(), span).await;
                 }
                 let _ = reply.send(answer);
             }
@@ -189,6 +210,7 @@ async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Reques
 async fn hand_to_bus<'a>(
     bus: Option<&Arc<dyn Bus>>,
     outcomes: impl Iterator<Item = &'a (NewEvent, Appended)>,
+    publisher: &tracing::Span,
 ) {
     let Some(bus) = bus else { return };
     let fresh: Vec<Event> = outcomes
@@ -202,9 +224,31 @@ async fn hand_to_bus<'a>(
             data: e.data.clone(),
         })
         .collect();
-    if !fresh.is_empty()
-        && let Err(e) = bus.publish(&fresh).await
-    {
+    if fresh.is_empty() {
+        return;
+    }
+    for event in fresh.iter().filter(|e| crate::telemetry::follows(&e.topic)) {
+        tracing::debug!(
+            target: crate::telemetry::FOLLOW_TARGET,
+            topic = event.topic.as_str(),
+            seq = event.seq,
+            id = event.id.as_str(),
+            "committed; handing it to the bus"
+        );
+    }
+    let span = tracing::info_span!(parent: publisher, "bus.publish", events = fresh.len(), bus = bus.kind());
+    let started = std::time::Instant::now();
+    let result = bus.publish(&fresh).instrument(span).await;
+    crate::telemetry::metrics::bus_published(started.elapsed(), result.is_ok());
+    if let Err(e) = result {
         tracing::warn!(error = %e, events = fresh.len(), "bus publish failed after commit");
     }
+}
+
+/// New and repeated events of a group commit, for the metrics.
+fn counts(appended: &Result<Vec<Vec<Appended>>, StoreError>) -> Result<(u64, u64), ()> {
+    let answers = appended.as_ref().map_err(|_| ())?;
+    let duplicates = answers.iter().flatten().filter(|a| a.duplicate).count() as u64;
+    let all = answers.iter().map(Vec::len).sum::<usize>() as u64;
+    Ok((all - duplicates, duplicates))
 }
