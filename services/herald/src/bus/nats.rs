@@ -380,6 +380,7 @@ fn on_event(health: &Health, hubs: &Hubs, event: async_nats::Event) {
         async_nats::Event::Connected => {
             tracing::info!("NATS connected; resyncing local connections from the store");
             health.connected.store(true, Ordering::Release);
+            crate::telemetry::metrics::bus_repair("reconnect", 1);
             hubs.resync_all();
         }
         async_nats::Event::Disconnected => {
@@ -432,6 +433,7 @@ fn decode(payload: &[u8]) -> Option<Encoded> {
 async fn receive_resyncs(mut subscriber: async_nats::Subscriber, hubs: Arc<Hubs>) {
     while subscriber.next().await.is_some() {
         tracing::info!("another node's bus publish failed; resyncing local connections");
+        crate::telemetry::metrics::bus_repair("peer_request", 1);
         hubs.resync_all();
     }
 }
@@ -453,6 +455,7 @@ async fn repair_periodically(
         tick.tick().await;
         if health.missed.swap(false, Ordering::AcqRel) {
             tracing::info!("NATS was away or dropped messages; resyncing local connections");
+            crate::telemetry::metrics::bus_repair("missed", 1);
             topics.hubs.resync_all();
         }
         if health.connected.load(Ordering::Acquire)
@@ -511,6 +514,7 @@ async fn check_heads(topics: &Topics, store: &dyn Store) {
             topics = behind.len(),
             "head check: events the bus did not bring; resyncing those topics from the store"
         );
+        crate::telemetry::metrics::bus_repair("head_check", behind.len() as u64);
         topics.hubs.resync_topics(behind);
     }
 }

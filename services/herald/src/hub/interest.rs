@@ -66,6 +66,9 @@ impl Interest {
                 }
             }
         }
+        if !joined.is_empty() {
+            crate::telemetry::metrics::topics_followed(topics.len());
+        }
         let pending = all
             .iter()
             .filter_map(|t| topics.get(t))
@@ -85,6 +88,7 @@ impl Interest {
         if entry.threads == 0 {
             topics.remove(topic);
             self.follow.stop(topic);
+            crate::telemetry::metrics::topics_followed(topics.len());
         }
     }
 
