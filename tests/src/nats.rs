@@ -31,6 +31,8 @@ pub struct NatsServer {
     dir: TempDir,
     binary: PathBuf,
     port: u16,
+    /// The HTTP monitoring port (`/subsz`, `/connz`).
+    monitor_port: u16,
     /// The server process, while it runs.
     server: Option<Child>,
     /// Guards `dir` from creation and the server process while it runs.
@@ -38,8 +40,8 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server -a 127.0.0.1 -p PORT` (no JetStream) on a free
-    /// port and returns once the port accepts TCP connections. Fails after
+    /// Starts `nats-server -a 127.0.0.1 -p PORT -m MONITOR_PORT` (no
+    /// JetStream) on free ports and returns once the port accepts TCP connections. Fails after
     /// about 30 s with the server's log.
     pub fn start() -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new()
@@ -51,12 +53,14 @@ impl NatsServer {
             dir,
             binary: binary(),
             port: 0,
+            monitor_port: 0,
             server: None,
             watchdog,
         };
         let mut attempt = 1;
         loop {
             server.port = procs::free_port();
+            server.monitor_port = procs::free_port();
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(_) if attempt < PORT_ATTEMPTS && server.lost_port_race() => {
@@ -79,6 +83,12 @@ impl NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`: the server's HTTP monitoring endpoint, where
+    /// `/subsz?subs=1` lists every subscription.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
     }
 
     /// The process id of the server, if it is running.
@@ -141,6 +151,8 @@ impl NatsServer {
         let mut server = Command::new(&self.binary)
             .args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor_port.to_string())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log)

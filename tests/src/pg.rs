@@ -149,6 +149,26 @@ impl PgServer {
         Ok(self.url(&name))
     }
 
+    /// Runs `sql` (one or more statements, in one transaction) on the
+    /// database at `database_url` with `psql`.
+    pub fn execute(&self, database_url: &str, sql: &str) -> anyhow::Result<()> {
+        let output = procs::run_with_timeout(
+            Command::new(self.client("psql"))
+                .arg("-X")
+                .arg("-q")
+                .arg("-1")
+                .arg("-v")
+                .arg("ON_ERROR_STOP=1")
+                .arg("-d")
+                .arg(database_url)
+                .arg("-c")
+                .arg(sql)
+                .env("PGCONNECT_TIMEOUT", "10"),
+            PSQL_TIMEOUT,
+        )?;
+        procs::check_output("running SQL", &output)
+    }
+
     /// Kills the server abruptly, as a crash would: the postmaster and every
     /// process it started get SIGKILL, with no shutdown checkpoint. Returns
     /// once all of them are gone and the port refuses connections. Does

@@ -61,6 +61,7 @@ impl Application {
                     url,
                     &settings.nats_prefix,
                     hubs.clone(),
+                    store.clone(),
                     settings.heartbeat(),
                 )
                 .await
@@ -91,6 +92,7 @@ impl Application {
 
         let sessions = Arc::new(Shared {
             store: store.clone(),
+            bus: bus.clone(),
             hubs,
             verifier: verifier.clone(),
             revocations,
@@ -105,6 +107,7 @@ impl Application {
             },
             connections: Connections::default(),
         });
+        bus.set_control(sessions.clone());
         let revocation_refresher = spawn_revocation_refresher(sessions.clone());
         let gate = Gate::new(settings.max_connections, settings.drain_secs);
         let state = web::Data::new(AppState {

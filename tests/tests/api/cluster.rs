@@ -11,15 +11,15 @@ use serde_json::{Value, json};
 
 /// Heartbeat of the test nodes: also how often a node repairs after a bus
 /// failure.
-const HEARTBEAT_SECS: u64 = 1;
+pub(crate) const HEARTBEAT_SECS: u64 = 1;
 
-fn seq(v: &Value) -> u64 {
+pub(crate) fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().expect("an event has a seq")
 }
 
 /// The seqs of the next `n` events on `ws`, pings skipped; panics unless
 /// they all arrive within `WAIT` (pings alone never extend the wait).
-async fn next_seqs(ws: &mut WsClient, n: usize) -> Vec<u64> {
+pub(crate) async fn next_seqs(ws: &mut WsClient, n: usize) -> Vec<u64> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut got = Vec::new();
     while got.len() < n {
@@ -36,18 +36,32 @@ async fn next_seqs(ws: &mut WsClient, n: usize) -> Vec<u64> {
 
 /// Starts `n` nodes on one fresh Postgres database and `nats`, each ready
 /// (its bus connected) before this returns.
-async fn cluster(nats: &NatsServer, n: usize) -> Vec<TestApp> {
+pub(crate) async fn cluster(nats: &NatsServer, n: usize) -> Vec<TestApp> {
+    cluster_with(
+        nats,
+        n,
+        &[("HERALD_HEARTBEAT_SECS", HEARTBEAT_SECS.to_string())],
+    )
+    .await
+}
+
+/// Like [`cluster`], with extra settings for every node.
+pub(crate) async fn cluster_with(
+    nats: &NatsServer,
+    n: usize,
+    settings: &[(&str, String)],
+) -> Vec<TestApp> {
     let database_url = herald_tests::pg::shared()
         .create_database()
         .expect("the private Postgres makes databases");
     let mut nodes = Vec::new();
     for _ in 0..n {
-        let node = spawn_with(
-            Options::new(Backend::Url(database_url.clone()))
-                .env("HERALD_NATS_URL", nats.url())
-                .env("HERALD_HEARTBEAT_SECS", HEARTBEAT_SECS),
-        )
-        .await;
+        let mut options =
+            Options::new(Backend::Url(database_url.clone())).env("HERALD_NATS_URL", nats.url());
+        for (key, value) in settings {
+            options = options.env(key, value);
+        }
+        let node = spawn_with(options).await;
         wait_ready(&node).await;
         nodes.push(node);
     }
@@ -254,4 +268,195 @@ async fn a_node_refuses_to_start_with_nats_on_a_sqlite_store() {
         !dir.path().join("herald.db").exists(),
         "refused before creating the file"
     );
+}
+
+/// The subjects of every client subscription NATS holds under `herald.`.
+async fn nats_subjects(nats: &NatsServer) -> Vec<String> {
+    let body: Value = reqwest::get(format!("{}/subsz?subs=1&limit=100000", nats.monitor_url()))
+        .await
+        .expect("the NATS monitor answers")
+        .json()
+        .await
+        .expect("the NATS monitor answers JSON");
+    body["subscriptions_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["subject"].as_str())
+        .filter(|s| s.starts_with("herald."))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (bounded) until `check` holds for the NATS subjects.
+async fn wait_subjects(nats: &NatsServer, what: &str, check: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let subjects = nats_subjects(nats).await;
+        if check(&subjects) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {WAIT:?}; NATS holds {subjects:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_subscribes_to_a_topic_only_while_it_has_local_subscribers() {
+    let nats = NatsServer::start().expect("a private NATS starts");
+    let nodes = cluster(&nats, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let topic = unique_topic("cluster.interest");
+    let subject = format!("herald.ev.{topic}");
+    let token = a.root_token();
+
+    let subjects = nats_subjects(&nats).await;
+    assert!(
+        !subjects.iter().any(|s| s.starts_with("herald.ev.")),
+        "no node receives events nobody here wants: {subjects:?}"
+    );
+
+    // Two connections on node B, one subscription in NATS.
+    let mut first = b.ws_subscribed(&token, &[&topic], None).await;
+    let mut second = b
+        .sse(&format!("topic={topic}&access_token={token}"), None)
+        .await;
+    let subjects = nats_subjects(&nats).await;
+    assert_eq!(
+        subjects.iter().filter(|s| **s == subject).count(),
+        1,
+        "node B subscribed once, before confirming the subscription: {subjects:?}"
+    );
+    assert_eq!(scrape(b).await.get("herald_bus_topics_followed"), 1.0);
+    assert_eq!(scrape(a).await.get("herald_bus_topics_followed"), 0.0);
+    // Subscribed means every later event arrives, from another node too.
+    a.publish(&topic, json!(1)).await;
+    assert_eq!(next_seqs(&mut first, 1).await, vec![1]);
+    assert_eq!(seq(&second.next().await.expect("an SSE event").json()), 1);
+
+    // The last local subscriber leaving unsubscribes the node.
+    first
+        .send_json(json!({"op": "unsubscribe", "topics": [&topic]}))
+        .await;
+    drop(second);
+    wait_subjects(&nats, "node B unsubscribes", |s| !s.contains(&subject)).await;
+
+    // And a new subscriber subscribes it again, with nothing missed.
+    a.publish(&topic, json!(2)).await;
+    let mut again = b
+        .ws_subscribed(&token, &[&topic], Some(&format!("{topic}:1")))
+        .await;
+    a.publish(&topic, json!(3)).await;
+    assert_eq!(next_seqs(&mut again, 2).await, vec![2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_issued_on_one_node_closes_a_connection_on_another_within_a_heartbeat() {
+    // A long heartbeat: only the bus can be this fast.
+    let heartbeat_secs = 30;
+    let nats = NatsServer::start().expect("a private NATS starts");
+    let nodes = cluster_with(
+        &nats,
+        2,
+        &[("HERALD_HEARTBEAT_SECS", heartbeat_secs.to_string())],
+    )
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let topic = unique_topic("cluster.revoke");
+    let user = a.token("revoked-user", &[">"], &[], 3600);
+    let mut ws = b.ws_subscribed(&user, &[&topic], None).await;
+
+    let admin = herald_tests::app::token_with(herald::auth::Claims {
+        sub: "admin".into(),
+        exp: (herald_tests::app::now_secs() + 3600) as u64,
+        iat: Some(herald_tests::app::now_secs() as u64),
+        herald: herald::auth::HeraldClaims {
+            admin: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let revoked_at = tokio::time::Instant::now();
+    let response = a
+        .http
+        .post(format!("{}/v1/admin/revoke", a.base_url))
+        .bearer_auth(&admin)
+        .json(&json!({"sub": "revoked-user"}))
+        .send()
+        .await
+        .expect("the revoke request is answered");
+    assert_eq!(response.status(), 200);
+
+    let (_, code) = ws.until_closed(WAIT).await;
+    assert_eq!(code, Some(4001), "closed as revoked");
+    let took = revoked_at.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "closed {took:?} after the revocation, far within the {heartbeat_secs} s heartbeat"
+    );
+    assert!(
+        b.logs().contains("revoked by another node"),
+        "node B learned it from the bus: {}",
+        b.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_by_a_node_that_died_before_its_bus_publish_is_delivered_by_the_head_check()
+ {
+    let nats = NatsServer::start().expect("a private NATS starts");
+    let nodes = cluster(&nats, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let topic = unique_topic("cluster.headcheck");
+    let token = a.root_token();
+    let mut ws = b.ws_subscribed(&token, &[&topic], None).await;
+    a.publish(&topic, json!(1)).await;
+    assert_eq!(next_seqs(&mut ws, 1).await, vec![1]);
+
+    // What a node that crashed between its commit and its bus publish
+    // leaves behind: seq 2 in the store, never on the bus, nothing after it.
+    let time_ms = chrono::Utc::now().timestamp_millis();
+    herald_tests::pg::shared()
+        .execute(
+            &a.database_url,
+            &format!(
+                "UPDATE topics SET head = 2 WHERE topic = '{topic}'; \
+                 INSERT INTO events (topic, seq, id, type, time_ms, data) \
+                 VALUES ('{topic}', 2, 'lost-on-the-bus', NULL, {time_ms}, '{{\"i\":2}}')"
+            ),
+        )
+        .expect("the event is committed directly");
+    let committed = tokio::time::Instant::now();
+
+    assert_eq!(next_seqs(&mut ws, 1).await, vec![2]);
+    // Two repair intervals at most (the head is seen at one check and acted
+    // on at the next), plus the read.
+    let took = committed.elapsed();
+    assert!(
+        took < Duration::from_secs(2 * HEARTBEAT_SECS + 3),
+        "delivered {took:?} after the commit"
+    );
+    let metrics = scrape(b).await;
+    assert!(
+        metrics.get(r#"herald_bus_repairs_total{cause="head_check"}"#) >= 1.0,
+        "the repair is counted: {:?}",
+        metrics.samples
+    );
+}
+
+/// Node `app`'s `/metrics`, parsed.
+async fn scrape(app: &TestApp) -> herald_tests::prom::Metrics {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics has a body");
+    herald_tests::prom::Metrics::parse(&text).expect("/metrics is Prometheus text")
 }

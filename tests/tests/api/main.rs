@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod delivery;
 mod drain;
+mod failover;
 mod observability;
 mod publish;
 mod store;

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 pub use local::LocalBus;
 pub use nats::NatsBus;
 
+use crate::auth::Revocation;
 use crate::event::{Encoded, Event};
 
 /// Receives the events a bus carries to this node.
@@ -38,4 +39,20 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus can currently carry events.
     fn healthy(&self) -> bool;
+
+    /// Tells every other node about a revocation this node has stored, so
+    /// that they close the connections it covers at once. A single node
+    /// has no one to tell.
+    async fn announce_revocation(&self, _revocation: &Revocation) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Where the revocations other nodes announce go. Set once, at start.
+    fn set_control(&self, _control: Arc<dyn Control>) {}
+}
+
+/// Receives the control messages other nodes send over the bus.
+pub trait Control: Send + Sync + 'static {
+    /// Another node stored `revocation`.
+    fn revoked(&self, revocation: Revocation);
 }

@@ -1,39 +1,64 @@
 //! The cluster bus: committed events travel over core NATS between nodes.
 //!
-//! Each topic has the subject `{prefix}.ev.{topic}`; every node subscribes
-//! to `{prefix}.ev.>` once, so every node receives every event (interest
-//! following per topic is a later refinement). The connection is made
-//! without echo: a node hands its own events to its hubs directly, so its
-//! local subscribers are served even while NATS is away.
+//! Each topic has the subject `{prefix}.ev.{topic}`. A node subscribes to a
+//! topic's subject only while it has a local subscriber of the topic
+//! (interest follows subscriptions, see [`crate::hub::interest`]): the first
+//! local subscriber makes the node subscribe, and waits until NATS has the
+//! subscription before reading the store; the last one leaving unsubscribes.
+//! The connection is made without echo: a node hands its own events to its
+//! hubs directly, so its local subscribers are served even while NATS is
+//! away.
 //!
 //! Core NATS is at-most-once, which is fine: the store is the truth. Losses
-//! are repaired three ways: a gap in a topic's seqs makes a connection read
+//! are repaired four ways: a gap in a topic's seqs makes a connection read
 //! the store; after a reconnect every connection of the node re-reads its
-//! topics; and at the first heartbeat tick after a disconnect (this node may
-//! have missed events) or a failed publish (other nodes may have missed
-//! this node's events), the node resyncs its own connections or, once
-//! connected again, tells every other node to resync theirs over
-//! `{prefix}.resync`. That covers the last events of a topic that no later
-//! event follows.
+//! topics; at the first repair tick after a disconnect (this node may have
+//! missed events) or a failed publish (other nodes may have missed this
+//! node's events), the node resyncs its own connections or, once connected
+//! again, tells every other node to resync theirs over `{prefix}.resync`;
+//! and every repair tick a head check reads the heads of the node's
+//! followed topics from the store (one query per [`HEAD_CHECK_CHUNK`]
+//! topics) and resyncs a topic whose head at the previous tick is still
+//! ahead of what the node has seen. The last covers an event whose
+//! publishing node died between commit and bus publish, with no later event
+//! on the topic: it is delivered within two repair intervals.
+//!
+//! Control messages travel on the bus too: a revocation stored by one node
+//! is announced on `{prefix}.revoke`, and every node closes the connections
+//! it covers at once (the store remains the fallback, re-read every
+//! heartbeat).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Deserialize;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use super::{Bus, BusError, Sink};
+use super::{Bus, BusError, Control, Sink};
+use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Encoded, Event};
-use crate::hub::Hubs;
+use crate::hub::{Follow, Hubs};
+use crate::store::Store;
 use crate::topic::Topic;
 
 /// Longest wait for the NATS client to accept one publish; past it the
 /// publish counts as failed (the event is committed and repaired later), so
 /// an outage never holds up a publisher's answer.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Longest wait for NATS to confirm a new topic subscription before the
+/// first subscriber goes on without it (whatever it misses meanwhile is
+/// repaired: the node is disconnected, and resyncs when it is back).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Topics whose heads one query of the head check reads.
+pub const HEAD_CHECK_CHUNK: usize = 1_000;
 
 /// What the node's NATS connection has been through, shared with the
 /// connection's event callback.
@@ -51,23 +76,151 @@ struct Health {
     slow_consumer_events: AtomicU64,
 }
 
+/// A topic this node receives from NATS.
+struct Followed {
+    /// The highest seq this node has seen of the topic: delivered from the
+    /// bus, published here, or read as a head by a subscribing connection.
+    seen: Arc<AtomicU64>,
+    /// The topic's head in the store at the previous head check (`None`
+    /// before the first).
+    checked_head: Option<u64>,
+    /// Receives the topic's events; aborting it unsubscribes.
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The topics this node follows, shared by the bus and the hubs' interest.
+struct Topics {
+    client: async_nats::Client,
+    prefix: String,
+    hubs: Arc<Hubs>,
+    followed: Mutex<HashMap<Topic, Followed>>,
+}
+
+impl Topics {
+    fn subject(&self, topic: &Topic) -> String {
+        format!("{}.ev.{}", self.prefix, topic.as_str())
+    }
+
+    /// Records that the node has seen `topic` up to `seq`.
+    fn saw(&self, topic: &Topic, seq: u64) {
+        if let Some(followed) = self.followed.lock().get(topic) {
+            followed.seen.fetch_max(seq, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The hubs' side of [`Topics`]: subscribes and unsubscribes as local
+/// interest comes and goes.
+struct FollowTopics(Arc<Topics>);
+
+impl Follow for FollowTopics {
+    fn start(&self, topic: &Topic) -> watch::Receiver<bool> {
+        let (ready, confirmed) = watch::channel(false);
+        let seen = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(follow(
+            self.0.client.clone(),
+            self.0.subject(topic),
+            topic.clone(),
+            self.0.hubs.clone(),
+            seen.clone(),
+            ready,
+        ));
+        let previous = self.0.followed.lock().insert(
+            topic.clone(),
+            Followed {
+                seen,
+                checked_head: None,
+                task,
+            },
+        );
+        if let Some(previous) = previous {
+            previous.task.abort();
+        }
+        confirmed
+    }
+
+    fn stop(&self, topic: &Topic) {
+        if let Some(followed) = self.0.followed.lock().remove(topic) {
+            followed.task.abort();
+        }
+    }
+
+    fn seen(&self, topic: &Topic, seq: u64) {
+        self.0.saw(topic, seq);
+    }
+}
+
+/// Subscribes to one topic's subject, says when NATS has the subscription,
+/// then hands every event received to the hubs until aborted (dropping the
+/// subscriber unsubscribes).
+async fn follow(
+    client: async_nats::Client,
+    subject: String,
+    topic: Topic,
+    hubs: Arc<Hubs>,
+    seen: Arc<AtomicU64>,
+    ready: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut subscriber = loop {
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(subject.clone())).await {
+            Ok(Ok(subscriber)) => break subscriber,
+            Ok(Err(e)) => tracing::warn!(%topic, error = %e, "NATS subscribe failed; retrying"),
+            Err(_) => tracing::warn!(%topic, "NATS subscribe not accepted in time; retrying"),
+        }
+        // Subscribers go on meanwhile; the topic is re-read once subscribed.
+        ready.send_replace(true);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    if *ready.borrow() {
+        hubs.resync_topics(vec![topic.clone()]);
+    }
+    // The round trip makes sure the server has the subscription: every
+    // event published after this reaches the node.
+    if tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::debug!(%topic, "NATS flush not confirmed in time; going on");
+    }
+    ready.send_replace(true);
+    while let Some(message) = subscriber.next().await {
+        match decode(&message.payload) {
+            Some(encoded) if encoded.topic == topic => {
+                seen.fetch_max(encoded.seq, Ordering::AcqRel);
+                let span = crate::telemetry::received(&encoded, message.headers.as_ref());
+                span.in_scope(|| hubs.deliver(Arc::new(encoded)));
+            }
+            _ => tracing::warn!(
+                subject = %message.subject,
+                "ignoring a NATS message that is not a Herald event of its subject"
+            ),
+        }
+    }
+}
+
 /// The NATS bus of a node in a cluster.
 pub struct NatsBus {
     client: async_nats::Client,
     prefix: String,
     hubs: Arc<Hubs>,
+    topics: Arc<Topics>,
     health: Arc<Health>,
+    control: Arc<OnceLock<Arc<dyn Control>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl NatsBus {
     /// Connects to `url` (in the background, retrying, so nodes may start
-    /// before NATS), subscribes to every topic under `prefix`, and starts a
-    /// repair check every `repair_interval`.
+    /// before NATS), makes `hubs` follow local interest, and starts a
+    /// repair check (with the head check against `store`) every
+    /// `repair_interval`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         hubs: Arc<Hubs>,
+        store: Arc<dyn Store>,
         repair_interval: Duration,
     ) -> Result<NatsBus, BusError> {
         let health = Arc::new(Health::default());
@@ -85,34 +238,41 @@ impl NatsBus {
             .connect(url)
             .await
             .map_err(|e| BusError(format!("connecting to NATS at {url}: {e}")))?;
-        let subscriber = client
-            .subscribe(format!("{prefix}.ev.>"))
-            .await
-            .map_err(|e| BusError(format!("subscribing to {prefix}.ev.>: {e}")))?;
         let resyncs = client
             .subscribe(format!("{prefix}.resync"))
             .await
             .map_err(|e| BusError(format!("subscribing to {prefix}.resync: {e}")))?;
-        let receiver = tokio::spawn(receive(subscriber, hubs.clone()));
+        let revocations = client
+            .subscribe(format!("{prefix}.revoke"))
+            .await
+            .map_err(|e| BusError(format!("subscribing to {prefix}.revoke: {e}")))?;
+        let topics = Arc::new(Topics {
+            client: client.clone(),
+            prefix: prefix.to_owned(),
+            hubs: hubs.clone(),
+            followed: Mutex::new(HashMap::new()),
+        });
+        hubs.follow(FollowTopics(topics.clone()));
+        let control: Arc<OnceLock<Arc<dyn Control>>> = Arc::new(OnceLock::new());
         let resync_receiver = tokio::spawn(receive_resyncs(resyncs, hubs.clone()));
+        let revocation_receiver = tokio::spawn(receive_revocations(revocations, control.clone()));
         let repairer = tokio::spawn(repair_periodically(
             client.clone(),
             format!("{prefix}.resync"),
             health.clone(),
-            hubs.clone(),
+            topics.clone(),
+            store,
             repair_interval,
         ));
         Ok(NatsBus {
             client,
             prefix: prefix.to_owned(),
             hubs,
+            topics,
             health,
-            tasks: vec![receiver, resync_receiver, repairer],
+            control,
+            tasks: vec![resync_receiver, revocation_receiver, repairer],
         })
-    }
-
-    fn subject(&self, topic: &Topic) -> String {
-        format!("{}.ev.{}", self.prefix, topic.as_str())
     }
 
     fn failed(&self, reason: String) -> BusError {
@@ -126,7 +286,18 @@ impl Drop for NatsBus {
         for task in &self.tasks {
             task.abort();
         }
+        for followed in self.topics.followed.lock().values() {
+            followed.task.abort();
+        }
     }
+}
+
+/// A revocation as it travels between nodes.
+#[derive(Serialize, Deserialize)]
+struct RevocationMessage {
+    kind: String,
+    value: String,
+    revoked_at_secs: u64,
 }
 
 #[async_trait]
@@ -138,12 +309,13 @@ impl Bus for NatsBus {
     async fn publish(&self, events: &[Event]) -> Result<(), BusError> {
         for event in events {
             self.hubs.deliver(event.encode());
+            self.topics.saw(&event.topic, event.seq);
         }
         if !self.healthy() {
             return Err(self.failed("NATS is not connected".into()));
         }
         for event in events {
-            let subject = self.subject(&event.topic);
+            let subject = self.topics.subject(&event.topic);
             let payload = Bytes::from(event.to_json());
             // The publisher's trace travels as a `traceparent` header.
             let publish = async {
@@ -173,6 +345,34 @@ impl Bus for NatsBus {
         self.health.connected.load(Ordering::Acquire)
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
+
+    async fn announce_revocation(&self, revocation: &Revocation) -> Result<(), BusError> {
+        let message = RevocationMessage {
+            kind: revocation.kind.as_str().to_owned(),
+            value: revocation.value.clone(),
+            revoked_at_secs: revocation.revoked_at_secs,
+        };
+        let payload = serde_json::to_vec(&message)
+            .map_err(|e| BusError(format!("encoding a revocation: {e}")))?;
+        let subject = format!("{}.revoke", self.prefix);
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.client.publish(subject, payload.into()).await?;
+            self.client.flush().await?;
+            Ok::<(), async_nats::Error>(())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError(format!("announcing a revocation: {e}"))),
+            Err(_) => Err(BusError(format!(
+                "announcing a revocation: not accepted within {PUBLISH_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn set_control(&self, control: Arc<dyn Control>) {
+        let _ = self.control.set(control);
+    }
 }
 
 fn on_event(health: &Health, hubs: &Hubs, event: async_nats::Event) {
@@ -180,6 +380,7 @@ fn on_event(health: &Health, hubs: &Hubs, event: async_nats::Event) {
         async_nats::Event::Connected => {
             tracing::info!("NATS connected; resyncing local connections from the store");
             health.connected.store(true, Ordering::Release);
+            crate::telemetry::metrics::bus_repair("reconnect", 1);
             hubs.resync_all();
         }
         async_nats::Event::Disconnected => {
@@ -227,27 +428,12 @@ fn decode(payload: &[u8]) -> Option<Encoded> {
     Some(Encoded::new(topic, head.seq, time_ms, payload.to_vec()))
 }
 
-async fn receive(mut subscriber: async_nats::Subscriber, hubs: Arc<Hubs>) {
-    while let Some(message) = subscriber.next().await {
-        match decode(&message.payload) {
-            Some(encoded) => {
-                let span = crate::telemetry::received(&encoded, message.headers.as_ref());
-                span.in_scope(|| hubs.deliver(Arc::new(encoded)));
-            }
-            None => tracing::warn!(
-                subject = %message.subject,
-                "ignoring a NATS message that is not a Herald event"
-            ),
-        }
-    }
-    tracing::error!("the NATS subscription ended");
-}
-
 /// Resyncs every local connection when another node asks (after its
 /// publishes failed).
 async fn receive_resyncs(mut subscriber: async_nats::Subscriber, hubs: Arc<Hubs>) {
     while subscriber.next().await.is_some() {
         tracing::info!("another node's bus publish failed; resyncing local connections");
+        crate::telemetry::metrics::bus_repair("peer_request", 1);
         hubs.resync_all();
     }
 }
@@ -259,7 +445,8 @@ async fn repair_periodically(
     client: async_nats::Client,
     resync_subject: String,
     health: Arc<Health>,
-    hubs: Arc<Hubs>,
+    topics: Arc<Topics>,
+    store: Arc<dyn Store>,
     interval: Duration,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -268,7 +455,8 @@ async fn repair_periodically(
         tick.tick().await;
         if health.missed.swap(false, Ordering::AcqRel) {
             tracing::info!("NATS was away or dropped messages; resyncing local connections");
-            hubs.resync_all();
+            crate::telemetry::metrics::bus_repair("missed", 1);
+            topics.hubs.resync_all();
         }
         if health.connected.load(Ordering::Acquire)
             && health.publish_failed.swap(false, Ordering::AcqRel)
@@ -285,6 +473,73 @@ async fn repair_periodically(
             } else {
                 tracing::info!("asked the other nodes to resync after failed bus publishes");
             }
+        }
+        check_heads(&topics, &*store).await;
+    }
+}
+
+/// Reads the store's heads of every followed topic, [`HEAD_CHECK_CHUNK`]
+/// at a time, and resyncs the topics whose head at the previous check is
+/// still ahead of what the node has seen: their events were committed a
+/// whole interval ago and the bus never brought them.
+async fn check_heads(topics: &Topics, store: &dyn Store) {
+    let followed: Vec<Topic> = topics.followed.lock().keys().cloned().collect();
+    let mut behind = Vec::new();
+    for chunk in followed.chunks(HEAD_CHECK_CHUNK) {
+        let heads = match store.heads(chunk).await {
+            Ok(heads) => heads,
+            Err(e) => {
+                tracing::warn!(error = %e, "head check: reading heads failed; next tick retries");
+                return;
+            }
+        };
+        let mut map = topics.followed.lock();
+        for (topic, head) in chunk.iter().zip(heads) {
+            // Gone meanwhile: its subscribers left.
+            let Some(followed) = map.get_mut(topic) else {
+                continue;
+            };
+            if let Some(previous) = followed.checked_head
+                && previous > followed.seen.load(Ordering::Acquire)
+            {
+                // The resync reads at least up to `previous`.
+                followed.seen.fetch_max(previous, Ordering::AcqRel);
+                behind.push(topic.clone());
+            }
+            followed.checked_head = Some(head);
+        }
+    }
+    if !behind.is_empty() {
+        tracing::info!(
+            topics = behind.len(),
+            "head check: events the bus did not bring; resyncing those topics from the store"
+        );
+        crate::telemetry::metrics::bus_repair("head_check", behind.len() as u64);
+        topics.hubs.resync_topics(behind);
+    }
+}
+
+/// Applies the revocations other nodes announce.
+async fn receive_revocations(
+    mut subscriber: async_nats::Subscriber,
+    control: Arc<OnceLock<Arc<dyn Control>>>,
+) {
+    while let Some(message) = subscriber.next().await {
+        let decoded = serde_json::from_slice::<RevocationMessage>(&message.payload)
+            .ok()
+            .and_then(|m| {
+                Some(Revocation {
+                    kind: m.kind.parse::<RevocationKind>().ok()?,
+                    value: m.value,
+                    revoked_at_secs: m.revoked_at_secs,
+                })
+            });
+        match (decoded, control.get()) {
+            (Some(revocation), Some(control)) => control.revoked(revocation),
+            (Some(_), None) => {
+                // Still starting: the store read at start-up has it.
+            }
+            (None, _) => tracing::warn!("ignoring a malformed revocation message"),
         }
     }
 }

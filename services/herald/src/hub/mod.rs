@@ -12,11 +12,17 @@
 //! worker's hub with a bounded `try_send`. A hub whose mailbox is full loses
 //! that event for its connections; it then asks all of them to resync from
 //! the store, so the loss is repaired, never silent.
+//!
+//! With a cluster bus, the registries also keep [`Interest`] up to date:
+//! the node receives a topic's events from other nodes only while it has a
+//! local subscriber of that topic.
+
+pub mod interest;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use parking_lot::RwLock;
@@ -24,6 +30,7 @@ use parking_lot::RwLock;
 use crate::bus::Sink;
 use crate::event::Encoded;
 use crate::topic::Topic;
+pub use interest::{Follow, Interest, Ready};
 
 /// Events waiting for one hub before the bus gives up on it and resyncs it.
 const HUB_MAILBOX: usize = 65_536;
@@ -57,6 +64,19 @@ struct Registry {
     topics: HashMap<Topic, Vec<(u64, Member)>>,
     /// Connections marked slow: no further deliveries.
     slow: Vec<u64>,
+    /// The node's interest, when a cluster bus follows it.
+    interest: Option<Arc<Interest>>,
+}
+
+impl Registry {
+    /// Removes `topic`'s entry (it has no connection left on this thread).
+    fn forget(&mut self, topic: &Topic) {
+        if self.topics.remove(topic).is_some()
+            && let Some(interest) = &self.interest
+        {
+            interest.leave(topic);
+        }
+    }
 }
 
 thread_local! {
@@ -71,18 +91,29 @@ pub fn connection_id() -> u64 {
     NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Registers `member` for `topics` with this thread's hub. Effective at once.
-pub fn register(hubs: &Hubs, id: u64, topics: &[Topic], member: &Member) {
+/// Registers `member` for `topics` with this thread's hub. Effective at
+/// once for events this node hands to its hubs; the returned [`Ready`] says
+/// when events of other nodes arrive too (a cluster bus may have to
+/// subscribe first): wait for it before reading the store.
+pub fn register(hubs: &Hubs, id: u64, topics: &[Topic], member: &Member) -> Ready {
     ensure_hub(hubs);
     REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
+        let mut joined = Vec::new();
         for topic in topics {
-            let members = r.topics.entry(topic.clone()).or_default();
+            let members = r.topics.entry(topic.clone()).or_insert_with(|| {
+                joined.push(topic.clone());
+                Vec::new()
+            });
             if !members.iter().any(|(m, _)| *m == id) {
                 members.push((id, member.clone()));
             }
         }
-    });
+        match &r.interest {
+            Some(interest) => interest.join(&joined, topics),
+            None => Ready::now(),
+        }
+    })
 }
 
 /// Removes connection `id` from `topics` on this thread's hub.
@@ -93,7 +124,7 @@ pub fn unregister(id: u64, topics: &[Topic]) {
             if let Some(members) = r.topics.get_mut(topic) {
                 members.retain(|(m, _)| *m != id);
                 if members.is_empty() {
-                    r.topics.remove(topic);
+                    r.forget(topic);
                 }
             }
         }
@@ -116,6 +147,7 @@ fn ensure_hub(hubs: &Hubs) {
             }
             .start();
             hubs.add(addr.clone(), shared);
+            REGISTRY.with(|r| r.borrow_mut().interest = hubs.interest.get().cloned());
             *h = Some(addr);
         }
     });
@@ -169,7 +201,7 @@ impl Handler<Deliver> for Hub {
         self.repair_if_lost();
         REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
-            let Registry { topics, slow } = &mut *r;
+            let Registry { topics, slow, .. } = &mut *r;
             let Some(members) = topics.get_mut(&msg.0.topic) else {
                 return;
             };
@@ -186,7 +218,28 @@ impl Handler<Deliver> for Hub {
                 Err(SendError::Closed(_)) => false,
             });
             if members.is_empty() {
-                topics.remove(&msg.0.topic);
+                r.forget(&msg.0.topic);
+            }
+        });
+    }
+}
+
+/// Asks the connections of some topics to re-read them from the store (the
+/// head check found events that the bus did not bring).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+struct ResyncTopics(Arc<[Topic]>);
+
+impl Handler<ResyncTopics> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResyncTopics, _: &mut Self::Context) {
+        REGISTRY.with(|r| {
+            let r = r.borrow();
+            for topic in msg.0.iter() {
+                for (_, member) in r.topics.get(topic).into_iter().flatten() {
+                    let _ = member.resync.try_send(Resync);
+                }
             }
         });
     }
@@ -196,6 +249,9 @@ impl Handler<Deliver> for Hub {
 #[derive(Default)]
 pub struct Hubs {
     hubs: RwLock<Vec<(Addr<Hub>, Arc<HubShared>)>>,
+    /// Set once, before the first connection, when a cluster bus follows
+    /// local interest.
+    interest: OnceLock<Arc<Interest>>,
 }
 
 impl Hubs {
@@ -206,6 +262,38 @@ impl Hubs {
 
     fn add(&self, addr: Addr<Hub>, shared: Arc<HubShared>) {
         self.hubs.write().push((addr, shared));
+    }
+
+    /// Makes the registries report which topics have local subscribers to
+    /// `follow`. Call it before the first connection registers; later
+    /// calls are ignored.
+    pub fn follow(&self, follow: impl Follow) {
+        let _ = self.interest.set(Arc::new(Interest::new(follow)));
+    }
+
+    /// Connections read these heads from the store as they subscribed.
+    pub fn saw_heads(&self, heads: &[(Topic, u64)]) {
+        if let Some(interest) = self.interest.get() {
+            for (topic, head) in heads {
+                interest.seen(topic, *head);
+            }
+        }
+    }
+
+    /// How many topics have local subscribers, when interest is followed.
+    pub fn followed_topics(&self) -> Option<usize> {
+        self.interest.get().map(|i| i.len())
+    }
+
+    /// Asks the connections of `topics`, on every hub, to re-read them from
+    /// the store.
+    pub fn resync_topics(&self, topics: Vec<Topic>) {
+        let topics: Arc<[Topic]> = topics.into();
+        for (addr, shared) in self.hubs.read().iter() {
+            if addr.try_send(ResyncTopics(topics.clone())).is_err() {
+                shared.lost.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Asks every connection on every hub to resync from the store (after a

@@ -25,6 +25,7 @@ use crate::auth::token::now_secs;
 use crate::auth::{
     AuthError, Principal, Revocation, RevocationKind, Revocations, TokenError, TokenId, Verifier,
 };
+use crate::bus::{Bus, Control};
 use crate::event::Encoded;
 use crate::hub::{self, Deliver, Hubs, Member, Resync, SlowConsumer};
 use crate::store::{Store, StoreError};
@@ -53,6 +54,7 @@ pub struct SessionSettings {
 /// revocations, the settings, and the node's list of open connections.
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
     pub hubs: Arc<Hubs>,
     pub verifier: Arc<Verifier>,
     pub revocations: Arc<Revocations>,
@@ -93,14 +95,29 @@ impl Shared {
         self.store
             .revoke(kind, &value, revoked_at_secs, revoked_at_secs + ttl_secs)
             .await?;
-        self.revocations.add(Revocation {
+        let revocation = Revocation {
             kind,
             value,
             revoked_at_secs,
-        });
+        };
+        // The other nodes learn it at once from the bus, or from the store
+        // within a heartbeat if the bus is away.
+        if let Err(e) = self.bus.announce_revocation(&revocation).await {
+            tracing::warn!(error = %e, "announcing a revocation on the bus failed; other nodes read it from the store within a heartbeat");
+        }
+        self.revocations.add(revocation);
         let closed = self.connections.close_revoked(&self.revocations);
         tracing::info!(%kind, closed, "revoked");
         Ok(revoked_at_secs)
+    }
+}
+
+impl Control for Shared {
+    fn revoked(&self, revocation: Revocation) {
+        let kind = revocation.kind;
+        self.revocations.add(revocation);
+        let closed = self.connections.close_revoked(&self.revocations);
+        tracing::info!(%kind, closed, "revoked by another node");
     }
 }
 
@@ -373,18 +390,24 @@ impl<T: Transport> Session<T> {
         for topic in &topics {
             self.subs.add(topic.clone());
         }
-        if let Some(member) = &self.member {
-            hub::register(&self.shared.hubs, self.id, &topics, member);
-        }
+        let ready = match &self.member {
+            Some(member) => hub::register(&self.shared.hubs, self.id, &topics, member),
+            None => hub::Ready::now(),
+        };
         let store = self.shared.store.clone();
         let read_topics = topics.clone();
-        let heads = async move { store.heads(&read_topics).await };
+        let ready_limit = self.shared.settings.heartbeat;
+        let heads = async move {
+            ready.wait(ready_limit).await;
+            store.heads(&read_topics).await
+        };
         ctx.spawn(
             heads
                 .into_actor(self)
                 .map(move |heads, session, ctx| match heads {
                     Ok(heads) => {
                         let heads: Vec<(Topic, u64)> = topics.into_iter().zip(heads).collect();
+                        session.shared.hubs.saw_heads(&heads);
                         let started: Vec<(Topic, u64)> = heads
                             .iter()
                             .filter(|(t, _)| session.subs.contains(t))

@@ -192,7 +192,7 @@ pub async fn handler(
         slow: waiter.clone().recipient(),
     };
     let id = hub::connection_id();
-    hub::register(&state.sessions.hubs, id, &query.topics, &member);
+    let ready = hub::register(&state.sessions.hubs, id, &query.topics, &member);
     state.sessions.connections.add_long_poll(
         id,
         waiter.clone().recipient(),
@@ -201,6 +201,15 @@ pub async fn handler(
     let _pending = crate::telemetry::metrics::PendingPoll::start();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait_secs);
     let result = async {
+        ready
+            .wait(
+                state
+                    .sessions
+                    .settings
+                    .heartbeat
+                    .min(Duration::from_secs(query.wait_secs)),
+            )
+            .await;
         loop {
             let answer = read(store, &positions, query.limit).await?;
             if !answer.is_empty() || state.gate.is_draining() {

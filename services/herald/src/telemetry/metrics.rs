@@ -45,6 +45,10 @@ pub const AUTH_CODES: [&str; 5] = [
     "other",
 ];
 
+/// Why a node re-read topics from the store because the bus may have lost
+/// events, as the `cause` label names them.
+pub const REPAIR_CAUSES: [&str; 4] = ["reconnect", "missed", "peer_request", "head_check"];
+
 /// Upper bounds of the latency histograms, in seconds.
 const LATENCY_BOUNDS_SECS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -101,6 +105,8 @@ struct Counts {
     duplicates: AtomicU64,
     bus_received: AtomicU64,
     bus_publish_failures: AtomicU64,
+    bus_repairs: [AtomicU64; REPAIR_CAUSES.len()],
+    bus_topics_followed: AtomicU64,
     store_commit_failures: AtomicU64,
     hub_overflows: AtomicU64,
     queue_high_water_frames: AtomicU64,
@@ -123,6 +129,8 @@ static COUNTS: Counts = Counts {
     duplicates: AtomicU64::new(0),
     bus_received: AtomicU64::new(0),
     bus_publish_failures: AtomicU64::new(0),
+    bus_repairs: zeros(),
+    bus_topics_followed: AtomicU64::new(0),
     store_commit_failures: AtomicU64::new(0),
     hub_overflows: AtomicU64::new(0),
     queue_high_water_frames: AtomicU64::new(0),
@@ -321,6 +329,25 @@ fn observe(meter: &Meter) {
         "Bus publishes that failed after commit (repaired from the store)",
         || COUNTS.bus_publish_failures.load(Ordering::Relaxed),
     );
+    meter
+        .u64_observable_counter("herald_bus_repairs")
+        .with_description(
+            "Re-reads from the store because the bus may have lost events (head_check: topics)",
+        )
+        .with_callback(|o| {
+            for (i, c) in REPAIR_CAUSES.iter().enumerate() {
+                o.observe(
+                    COUNTS.bus_repairs[i].load(Ordering::Relaxed),
+                    &[KeyValue::new("cause", *c)],
+                );
+            }
+        })
+        .build();
+    gauge(
+        "herald_bus_topics_followed",
+        "Topics this node receives from the bus (those with local subscribers)",
+        || COUNTS.bus_topics_followed.load(Ordering::Relaxed),
+    );
     single(
         "herald_store_commit_failures",
         "Group-commit transactions that failed",
@@ -481,6 +508,20 @@ pub fn bus_published(elapsed: Duration, ok: bool) {
     if let Some(h) = histograms() {
         h.bus_publish.record(elapsed.as_secs_f64(), &[]);
     }
+}
+
+/// The node re-read `n` connections' topics (`head_check`: `n` topics)
+/// from the store for `cause`, one of [`REPAIR_CAUSES`].
+pub fn bus_repair(cause: &str, n: u64) {
+    let i = REPAIR_CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
+    COUNTS.bus_repairs[i].fetch_add(n, Ordering::Relaxed);
+}
+
+/// The node now receives `n` topics from the bus.
+pub fn topics_followed(n: usize) {
+    COUNTS
+        .bus_topics_followed
+        .store(n as u64, Ordering::Relaxed);
 }
 
 /// An event arrived from another node.
