@@ -6,6 +6,11 @@
 //! deliveries per second, that latency, and the server's CPU per million
 //! deliveries. Once per (subscriber count, rate) pair, on a fresh topic.
 //!
+//! With several nodes (`--nodes N`, or several `--url`s), events are
+//! published to the first node and subscribers are spread evenly over the
+//! others: every delivery crosses the bus from one node to another, and the
+//! server CPU is summed over all nodes.
+//!
 //! Subscribers are opened like the `conns` scenario's (spread over source
 //! addresses 127.0.0.1 ..= 127.0.0.N), all subscribed before the first
 //! publish. Each is a task that reads frames and parses only what it needs
@@ -283,8 +288,11 @@ impl Scenario for FanoutArgs {
     }
 
     async fn run(settings: &FanoutSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoint = Endpoint::resolve(&target.base_url, &target.token).await?;
-        if let Some(pid) = target.pid {
+        let mut endpoints = Vec::new();
+        for url in target.subscriber_urls() {
+            endpoints.push(Endpoint::resolve(url, &target.token).await?);
+        }
+        for &pid in &target.pids {
             let most = settings.subscribers.iter().copied().max().unwrap_or(0);
             check_server_fd_limit(pid, most + settings.publishers)?;
         }
@@ -296,7 +304,7 @@ impl Scenario for FanoutArgs {
                     tokio::time::sleep(PAUSE_BETWEEN_RUNS).await;
                 }
                 let topic = format!("{TOPIC_PREFIX}.fanout.{tag}.r{}", runs.len());
-                runs.push(run_once(settings, target, &endpoint, subscribers, rate, &topic).await?);
+                runs.push(run_once(settings, target, &endpoints, subscribers, rate, &topic).await?);
                 if !target.is_running() {
                     bail!("the server exited during the run with {subscribers} subscribers");
                 }
@@ -309,6 +317,9 @@ impl Scenario for FanoutArgs {
 /// What one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutFigures {
+    /// Herald nodes: 1, or N with publishes to the first and subscribers
+    /// spread over the others (server CPU summed over all of them).
+    pub nodes: usize,
     /// Subscribers on the topic.
     pub subscribers: usize,
     /// The asked publishing rate.
@@ -392,6 +403,7 @@ impl FanoutFigures {
 /// The table for a list of runs, with details below it.
 pub fn render(runs: &[FanoutFigures]) -> String {
     let mut table = Table::new(&[
+        "nodes",
         "subscribers",
         "rate",
         "events",
@@ -413,6 +425,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
     ]);
     for r in runs {
         table.row(vec![
+            r.nodes.to_string(),
             r.subscribers.to_string(),
             r.rate.to_string(),
             r.events.to_string(),
@@ -642,7 +655,8 @@ struct SubTally {
 
 /// What every subscriber task shares.
 struct SubShared {
-    endpoint: Endpoint,
+    /// Subscriber i connects to `endpoints[i % len]`.
+    endpoints: Vec<Endpoint>,
     topic: String,
     connect_timeout: Duration,
     permits: Semaphore,
@@ -663,7 +677,12 @@ async fn subscriber(
     };
     let opened = tokio::time::timeout(
         shared.connect_timeout,
-        client::ws_subscribe(&shared.endpoint, source, &shared.topic, WS_READ_BUFFER),
+        client::ws_subscribe(
+            &shared.endpoints[index % shared.endpoints.len()],
+            source,
+            &shared.topic,
+            WS_READ_BUFFER,
+        ),
     )
     .await
     .unwrap_or_else(|_| Err(OpenError("timeout".into())));
@@ -860,21 +879,24 @@ async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally 
 }
 
 /// CPU counters and the time they were read.
-struct Sample {
-    at: Instant,
-    server: Option<(Duration, ThreadSample)>,
-    client: Duration,
-    machine: Duration,
+pub(crate) struct Sample {
+    pub(crate) at: Instant,
+    pub(crate) server: Option<(Duration, ThreadSample)>,
+    pub(crate) client: Duration,
+    pub(crate) machine: Duration,
 }
 
 impl Sample {
-    fn take(server_pid: Option<u32>) -> anyhow::Result<Sample> {
-        let server = match server_pid {
-            Some(pid) => Some((
-                cpu::process_cpu(pid).context("reading the server's CPU time")?,
-                cpu::thread_sample(pid),
-            )),
-            None => None,
+    /// Reads the CPU of every server process in `server_pids` (empty: not
+    /// measured), this process's, and the machine's.
+    pub(crate) fn take(server_pids: &[u32]) -> anyhow::Result<Sample> {
+        let server = if server_pids.is_empty() {
+            None
+        } else {
+            Some((
+                cpu::processes_cpu(server_pids).context("reading the server's CPU time")?,
+                cpu::threads_sample(server_pids),
+            ))
         };
         Ok(Sample {
             at: Instant::now(),
@@ -888,7 +910,7 @@ impl Sample {
 async fn run_once(
     settings: &FanoutSettings,
     target: &Target,
-    endpoint: &Endpoint,
+    endpoints: &[Endpoint],
     subscribers: usize,
     rate: Rate,
     topic: &str,
@@ -897,7 +919,7 @@ async fn run_once(
     let sources = Sources::new(settings.source_ips)?;
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
     let subs = Arc::new(SubShared {
-        endpoint: endpoint.clone(),
+        endpoints: endpoints.to_vec(),
         topic: topic.to_owned(),
         connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
         permits: Semaphore::new(settings.open_concurrency),
@@ -934,7 +956,7 @@ async fn run_once(
         .map(|_| http_client(request_timeout))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let end_client = http_client(request_timeout)?;
-    let before = Sample::take(target.pid)?;
+    let before = Sample::take(&target.pids)?;
     let start = Instant::now();
     let shared = Arc::new(PubShared {
         url: format!("{}/v1/publish", target.base_url),
@@ -1000,7 +1022,7 @@ async fn run_once(
             }
         }
     }
-    let after = Sample::take(target.pid)?;
+    let after = Sample::take(&target.pids)?;
     // Closing the connections is not part of the window.
     tasks.shutdown().await;
     drop(connections);
@@ -1050,6 +1072,7 @@ async fn run_once(
     let machine_secs = after.machine.saturating_sub(before.machine).as_secs_f64();
     let other_secs = (machine_secs - client_cpu_secs - server_cpu_secs.unwrap_or(0.0)).max(0.0);
     Ok(FanoutFigures {
+        nodes: target.node_urls.len(),
         subscribers,
         rate,
         publishers: settings.publishers,
