@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, publish};
+use crate::scenarios::{Scenario, conns, fanout, publish, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -46,13 +46,16 @@ pub enum Command {
     /// S WebSocket subscribers on one topic, M events published: deliveries/s,
     /// publish-to-delivery latency, loss, server CPU per delivery.
     Fanout(fanout::FanoutArgs),
+    /// T topics with K WebSocket subscribers each (the per-user pattern),
+    /// events spread over them: deliveries/s, latency, loss, CPU per delivery.
+    Topics(topics::TopicsArgs),
 }
 
 impl Command {
     /// Load generator threads when `--client-threads` is not given.
     pub fn default_client_threads(&self) -> usize {
         match self {
-            Command::Fanout(_) => DEFAULT_FANOUT_CLIENT_THREADS,
+            Command::Fanout(_) | Command::Topics(_) => DEFAULT_FANOUT_CLIENT_THREADS,
             Command::Publish(_) | Command::Conns(_) => DEFAULT_CLIENT_THREADS,
         }
     }
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Publish(args) => execute(&args, threads).await,
         Command::Conns(args) => execute(&args, threads).await,
         Command::Fanout(args) => execute(&args, threads).await,
+        Command::Topics(args) => execute(&args, threads).await,
     }
 }
 

@@ -65,6 +65,7 @@ pub enum Runs {
     Publish(Vec<publish::RunFigures>),
     Conns(Vec<conns::ConnsFigures>),
     Fanout(Vec<fanout::FanoutFigures>),
+    Topics(Vec<fanout::FanoutFigures>),
 }
 
 /// One invocation's record.
@@ -100,7 +101,9 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => runs.iter().map(|r| r.failed + r.order_violations).sum(),
             Runs::Conns(runs) => runs.iter().map(|r| r.failed + r.dropped_while_held).sum(),
-            Runs::Fanout(runs) => runs.iter().map(fanout::FanoutFigures::failures).sum(),
+            Runs::Fanout(runs) | Runs::Topics(runs) => {
+                runs.iter().map(fanout::FanoutFigures::failures).sum()
+            }
         }
     }
 
@@ -120,7 +123,7 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
-            Runs::Fanout(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

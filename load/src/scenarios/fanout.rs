@@ -288,10 +288,7 @@ impl Scenario for FanoutArgs {
     }
 
     async fn run(settings: &FanoutSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let mut endpoints = Vec::new();
-        for url in target.subscriber_urls() {
-            endpoints.push(Endpoint::resolve(url, &target.token).await?);
-        }
+        let endpoints = subscriber_endpoints(target).await?;
         for &pid in &target.pids {
             let most = settings.subscribers.iter().copied().max().unwrap_or(0);
             check_server_fd_limit(pid, most + settings.publishers)?;
@@ -303,8 +300,10 @@ impl Scenario for FanoutArgs {
                 if !runs.is_empty() {
                     tokio::time::sleep(PAUSE_BETWEEN_RUNS).await;
                 }
-                let topic = format!("{TOPIC_PREFIX}.fanout.{tag}.r{}", runs.len());
-                runs.push(run_once(settings, target, &endpoints, subscribers, rate, &topic).await?);
+                let topics = vec![format!("{TOPIC_PREFIX}.fanout.{tag}.r{}", runs.len())];
+                runs.push(
+                    run_once(settings, target, &endpoints, subscribers, rate, &topics).await?,
+                );
                 if !target.is_running() {
                     bail!("the server exited during the run with {subscribers} subscribers");
                 }
@@ -314,13 +313,26 @@ impl Scenario for FanoutArgs {
     }
 }
 
+/// Where subscribers connect: every node but the first (published to) when
+/// there are several, else the only one.
+pub(crate) async fn subscriber_endpoints(target: &Target) -> anyhow::Result<Vec<Endpoint>> {
+    let mut endpoints = Vec::new();
+    for url in target.subscriber_urls() {
+        endpoints.push(Endpoint::resolve(url, &target.token).await?);
+    }
+    Ok(endpoints)
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutFigures {
     /// Herald nodes: 1, or N with publishes to the first and subscribers
     /// spread over the others (server CPU summed over all of them).
     pub nodes: usize,
-    /// Subscribers on the topic.
+    /// Topics published to (1 for `fanout`); subscriber i is on topic
+    /// i % topics, event n goes to topic n % topics.
+    pub topics: usize,
+    /// Subscribers, over all topics.
     pub subscribers: usize,
     /// The asked publishing rate.
     pub rate: Rate,
@@ -328,8 +340,8 @@ pub struct FanoutFigures {
     pub publishers: usize,
     /// Events the run was to publish (`--events`).
     pub events_planned: u64,
-    /// Events the topic holds (the end event's seq - 1): what each
-    /// subscriber should receive.
+    /// Events the topics hold (each end event's seq - 1, summed): with one
+    /// topic, what each subscriber should receive.
     pub events: u64,
     /// Publishes answered `201` (equals `events` unless a publish timed out
     /// after all).
@@ -349,7 +361,8 @@ pub struct FanoutFigures {
     pub stopped_by: &'static str,
     /// Event frames the subscribers received (the end event not counted).
     pub deliveries: u64,
-    /// `subscribers * events`: what a lossless run delivers.
+    /// What a lossless run delivers: for each subscriber, the events of its
+    /// topic (`subscribers * events` with one topic).
     pub deliveries_expected: u64,
     /// From the first publish until the last subscriber had the end event.
     pub window_secs: f64,
@@ -404,6 +417,7 @@ impl FanoutFigures {
 pub fn render(runs: &[FanoutFigures]) -> String {
     let mut table = Table::new(&[
         "nodes",
+        "topics",
         "subscribers",
         "rate",
         "events",
@@ -426,6 +440,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
     for r in runs {
         table.row(vec![
             r.nodes.to_string(),
+            r.topics.to_string(),
             r.subscribers.to_string(),
             r.rate.to_string(),
             r.events.to_string(),
@@ -645,6 +660,8 @@ impl Shards {
 /// What one subscriber counted.
 #[derive(Debug, Default)]
 struct SubTally {
+    /// Index of its topic.
+    topic: usize,
     deliveries: u64,
     seqs: Seqs,
     resets: u64,
@@ -657,7 +674,8 @@ struct SubTally {
 struct SubShared {
     /// Subscriber i connects to `endpoints[i % len]`.
     endpoints: Vec<Endpoint>,
-    topic: String,
+    /// Subscriber i is on `topics[i % len]`.
+    topics: Vec<String>,
     connect_timeout: Duration,
     permits: Semaphore,
     opened: mpsc::UnboundedSender<Result<(), OpenError>>,
@@ -680,7 +698,7 @@ async fn subscriber(
         client::ws_subscribe(
             &shared.endpoints[index % shared.endpoints.len()],
             source,
-            &shared.topic,
+            &shared.topics[index % shared.topics.len()],
             WS_READ_BUFFER,
         ),
     )
@@ -697,7 +715,10 @@ async fn subscriber(
             return (SubTally::default(), None);
         }
     };
-    let mut tally = SubTally::default();
+    let mut tally = SubTally {
+        topic: index % shared.topics.len(),
+        ..SubTally::default()
+    };
     let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
     loop {
         match ws.next().await {
@@ -744,7 +765,8 @@ async fn subscriber(
 struct PubShared {
     url: String,
     authorization: HeaderValue,
-    topic: String,
+    /// Event n goes to `topics[n % len]`.
+    topics: Vec<String>,
     rate: Rate,
     events: u64,
     next: AtomicU64,
@@ -765,14 +787,20 @@ struct PubTally {
 
 /// The fields of a receipt the check needs.
 #[derive(Deserialize)]
-struct Receipt {
+pub(crate) struct Receipt {
     topic: String,
     seq: u64,
 }
 
 /// The JSON body of event `n`, sent at `sent_ns`: `data` is padded to
 /// `data_bytes` (or just over, when the fields alone are longer).
-fn event_body(topic: &str, sent_ns: u64, n: u64, pad: &str, data_bytes: usize) -> String {
+pub(crate) fn event_body(
+    topic: &str,
+    sent_ns: u64,
+    n: u64,
+    pad: &str,
+    data_bytes: usize,
+) -> String {
     let bare = format!(r#"{{"t":{sent_ns},"n":{n},"pad":""}}"#);
     let fill = data_bytes.saturating_sub(bare.len()).min(pad.len());
     format!(
@@ -782,7 +810,7 @@ fn event_body(topic: &str, sent_ns: u64, n: u64, pad: &str, data_bytes: usize) -
 }
 
 /// A transport failure's kind.
-fn classify(e: &reqwest::Error) -> &'static str {
+pub(crate) fn classify(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -795,7 +823,7 @@ fn classify(e: &reqwest::Error) -> &'static str {
 }
 
 /// One client holding one keep-alive HTTP/1.1 connection.
-fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .http1_only()
         .no_proxy()
@@ -807,14 +835,16 @@ fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Publishes `body` once; the receipt's seq, or the error's kind.
-async fn publish_one(
+pub(crate) async fn publish_one(
     client: &reqwest::Client,
-    shared: &PubShared,
+    url: &str,
+    authorization: &HeaderValue,
+    topic: &str,
     body: String,
 ) -> Result<u64, String> {
     let response = client
-        .post(&shared.url)
-        .header(AUTHORIZATION, shared.authorization.clone())
+        .post(url)
+        .header(AUTHORIZATION, authorization.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(body)
         .send()
@@ -829,7 +859,7 @@ async fn publish_one(
         return Err(status.as_str().to_owned());
     }
     match serde_json::from_slice::<Receipt>(&body) {
-        Ok(receipt) if receipt.topic == shared.topic => Ok(receipt.seq),
+        Ok(receipt) if receipt.topic == topic => Ok(receipt.seq),
         _ => Err("unreadable_answer".to_owned()),
     }
 }
@@ -858,9 +888,10 @@ async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally 
             break;
         }
         let sent_ns = now_ns();
-        let body = event_body(&shared.topic, sent_ns, n, &shared.pad, shared.data_bytes);
+        let topic = &shared.topics[(n % shared.topics.len() as u64) as usize];
+        let body = event_body(topic, sent_ns, n, &shared.pad, shared.data_bytes);
         let sent = Instant::now();
-        let answer = publish_one(&client, &shared, body).await;
+        let answer = publish_one(&client, &shared.url, &shared.authorization, topic, body).await;
         tally.last_answer = Some(Instant::now());
         match answer {
             Ok(_) => {
@@ -876,6 +907,77 @@ async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally 
         }
     }
     tally
+}
+
+/// Most events in one publish request (the API's batch limit).
+const MAX_BATCH: usize = 1_000;
+
+/// Publishes the end event `{"end":true}` on every topic, in batches of up
+/// to 1,000 (one transaction each), a few attempts each; returns each
+/// topic's end seq.
+pub(crate) async fn publish_ends(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &HeaderValue,
+    topics: &[String],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut seqs = BTreeMap::new();
+    for chunk in topics.chunks(MAX_BATCH) {
+        let body = format!(
+            "[{}]",
+            chunk
+                .iter()
+                .map(|t| format!(r#"{{"topic":"{t}","data":{{"end":true}}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut errors = Vec::new();
+        let mut done = false;
+        for _ in 0..END_ATTEMPTS {
+            match publish_batch(client, url, authorization, body.clone()).await {
+                Ok(receipts) if receipts.len() == chunk.len() => {
+                    for r in receipts {
+                        seqs.insert(r.topic, r.seq);
+                    }
+                    done = true;
+                    break;
+                }
+                Ok(_) => errors.push("unreadable_answer".to_owned()),
+                Err(kind) => errors.push(kind),
+            }
+            tokio::time::sleep(ERROR_PAUSE * 10).await;
+        }
+        if !done {
+            bail!("the end events could not be published: {errors:?}");
+        }
+    }
+    Ok(seqs)
+}
+
+/// Publishes a JSON array of events; the receipts, or the error's kind.
+async fn publish_batch(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &HeaderValue,
+    body: String,
+) -> Result<Vec<Receipt>, String> {
+    let response = client
+        .post(url)
+        .header(AUTHORIZATION, authorization.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| classify(&e).to_owned())?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| classify(&e).to_owned())?;
+    if status != StatusCode::CREATED {
+        return Err(status.as_str().to_owned());
+    }
+    serde_json::from_slice(&body).map_err(|_| "unreadable_answer".to_owned())
 }
 
 /// CPU counters and the time they were read.
@@ -907,20 +1009,24 @@ impl Sample {
     }
 }
 
-async fn run_once(
+/// One run: `subscribers` WebSocket subscribers spread over `topics`
+/// (subscriber i on topic i % len) and over `endpoints`, the events
+/// published to the target's first node (event n on topic n % len), the end
+/// event on every topic; what it measured.
+pub(crate) async fn run_once(
     settings: &FanoutSettings,
     target: &Target,
     endpoints: &[Endpoint],
     subscribers: usize,
     rate: Rate,
-    topic: &str,
+    topics: &[String],
 ) -> anyhow::Result<FanoutFigures> {
     // 1. Subscribers, all subscribed before the first publish.
     let sources = Sources::new(settings.source_ips)?;
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
     let subs = Arc::new(SubShared {
         endpoints: endpoints.to_vec(),
-        topic: topic.to_owned(),
+        topics: topics.to_vec(),
         connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
         permits: Semaphore::new(settings.open_concurrency),
         opened: opened_tx,
@@ -961,7 +1067,7 @@ async fn run_once(
     let shared = Arc::new(PubShared {
         url: format!("{}/v1/publish", target.base_url),
         authorization,
-        topic: topic.to_owned(),
+        topics: topics.to_vec(),
         rate,
         events: settings.events,
         next: AtomicU64::new(0),
@@ -986,24 +1092,7 @@ async fn run_once(
     }
 
     // 3. The end event, then wait for every subscriber to have it.
-    let mut end_seq = None;
-    let mut end_errors = Vec::new();
-    for _ in 0..END_ATTEMPTS {
-        let body = format!(r#"{{"topic":"{topic}","data":{{"end":true}}}}"#);
-        match publish_one(&end_client, &shared, body).await {
-            Ok(seq) => {
-                end_seq = Some(seq);
-                break;
-            }
-            Err(kind) => {
-                end_errors.push(kind);
-                tokio::time::sleep(ERROR_PAUSE * 10).await;
-            }
-        }
-    }
-    let Some(end_seq) = end_seq else {
-        bail!("the end event could not be published: {end_errors:?}");
-    };
+    let end_seqs = publish_ends(&end_client, &shared.url, &shared.authorization, topics).await?;
     let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
     let mut tallies = Vec::with_capacity(subscribers);
     let mut connections = Vec::with_capacity(subscribers);
@@ -1028,7 +1117,8 @@ async fn run_once(
     drop(connections);
 
     // 4. Figures.
-    let events = end_seq - 1;
+    let held = |topic: usize| end_seqs.get(&topics[topic]).map_or(0, |seq| seq - 1);
+    let events: u64 = (0..topics.len()).map(held).sum();
     let mut publish_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut publish_latency = latency_histogram();
     let mut published = 0;
@@ -1048,9 +1138,11 @@ async fn run_once(
     let (mut deliveries, mut lost, mut duplicates, mut order_violations, mut resets) =
         (0, 0, 0, 0, 0);
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
+    let mut deliveries_expected = 0;
     for t in &tallies {
         deliveries += t.deliveries;
-        lost += events.saturating_sub(t.seqs.distinct());
+        deliveries_expected += held(t.topic);
+        lost += held(t.topic).saturating_sub(t.seqs.distinct());
         duplicates += t.seqs.duplicates;
         order_violations += t.seqs.order_violations;
         resets += t.resets;
@@ -1073,6 +1165,7 @@ async fn run_once(
     let other_secs = (machine_secs - client_cpu_secs - server_cpu_secs.unwrap_or(0.0)).max(0.0);
     Ok(FanoutFigures {
         nodes: target.node_urls.len(),
+        topics: topics.len(),
         subscribers,
         rate,
         publishers: settings.publishers,
@@ -1090,7 +1183,7 @@ async fn run_once(
             "events"
         },
         deliveries,
-        deliveries_expected: events * subscribers as u64,
+        deliveries_expected,
         window_secs,
         deliveries_per_sec: deliveries as f64 / window_secs,
         latency: Latency::from_histogram(&subs.shards.merged()),
