@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, publish, topics};
+use crate::scenarios::{Scenario, conns, fanout, publish, storm, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -49,13 +49,18 @@ pub enum Command {
     /// T topics with K WebSocket subscribers each (the per-user pattern),
     /// events spread over them: deliveries/s, latency, loss, CPU per delivery.
     Topics(topics::TopicsArgs),
+    /// N WebSocket clients disconnect together and reconnect with their
+    /// cursors while publishing continues: time until all are resumed, loss.
+    Storm(storm::StormArgs),
 }
 
 impl Command {
     /// Load generator threads when `--client-threads` is not given.
     pub fn default_client_threads(&self) -> usize {
         match self {
-            Command::Fanout(_) | Command::Topics(_) => DEFAULT_FANOUT_CLIENT_THREADS,
+            Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) => {
+                DEFAULT_FANOUT_CLIENT_THREADS
+            }
             Command::Publish(_) | Command::Conns(_) => DEFAULT_CLIENT_THREADS,
         }
     }
@@ -104,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Conns(args) => execute(&args, threads).await,
         Command::Fanout(args) => execute(&args, threads).await,
         Command::Topics(args) => execute(&args, threads).await,
+        Command::Storm(args) => execute(&args, threads).await,
     }
 }
 

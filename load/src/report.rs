@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, publish};
+use crate::scenarios::{conns, fanout, publish, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -66,6 +66,7 @@ pub enum Runs {
     Conns(Vec<conns::ConnsFigures>),
     Fanout(Vec<fanout::FanoutFigures>),
     Topics(Vec<fanout::FanoutFigures>),
+    Storm(Vec<storm::StormFigures>),
 }
 
 /// One invocation's record.
@@ -104,6 +105,7 @@ impl Report {
             Runs::Fanout(runs) | Runs::Topics(runs) => {
                 runs.iter().map(fanout::FanoutFigures::failures).sum()
             }
+            Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
         }
     }
 
@@ -124,6 +126,7 @@ impl Report {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
             Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Storm(runs) => out.push_str(&storm::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

@@ -81,19 +81,19 @@ const MAX_SECS: u64 = 3_600;
 const MAX_DATA_BYTES: usize = 60 * 1024;
 const MAX_OPEN_CONCURRENCY: usize = 4_096;
 /// Client read buffer per subscriber.
-const WS_READ_BUFFER: usize = 8 * 1024;
+pub(crate) const WS_READ_BUFFER: usize = 8 * 1024;
 /// Shared latency histograms (subscriber i records into i % SHARDS).
 const SHARDS: usize = 16;
 /// Latencies a subscriber keeps before recording them into its shard.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// A publisher waits this long after a failed request.
-const ERROR_PAUSE: Duration = Duration::from_millis(10);
+pub(crate) const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Attempts at publishing the end event.
 const END_ATTEMPTS: usize = 3;
 /// Idle time between runs.
 const PAUSE_BETWEEN_RUNS: Duration = Duration::from_secs(1);
 /// How long after their deadline publishers may take to stop.
-const STOP_SLACK: Duration = Duration::from_secs(5);
+pub(crate) const STOP_SLACK: Duration = Duration::from_secs(5);
 /// Extra validity of a minted token beyond the planned run time.
 const TOKEN_MARGIN_SECS: u64 = 3_600;
 
@@ -533,7 +533,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
 }
 
 /// Nanoseconds since the Unix epoch, by this machine's clock.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -541,7 +541,7 @@ fn now_ns() -> u64 {
 
 /// What a subscriber makes of a text frame.
 #[derive(Debug, PartialEq, Eq)]
-enum Frame {
+pub(crate) enum Frame {
     /// An event with its seq and, when present, the send time in its data.
     Event { seq: u64, sent_ns: Option<u64> },
     /// The end event.
@@ -557,7 +557,7 @@ enum Frame {
 /// event) with `data` last and written by this tool as
 /// `{"t":NS,...}` or `{"end":true}`. Topics and server-made ids cannot hold
 /// a quote, so the first `,"seq":` is the seq.
-fn parse_frame(text: &str) -> Frame {
+pub(crate) fn parse_frame(text: &str) -> Frame {
     let Some(rest) = text.strip_prefix(r#"{"op":"event","#) else {
         // Control frames: keys in any order.
         return if text.contains(r#""op":"reset""#) {
@@ -589,16 +589,16 @@ fn leading_u64(s: &str) -> Option<u64> {
 /// Which seqs of one topic a subscriber has seen: all up to `contiguous`,
 /// plus the few above it (only after a gap or a reordering).
 #[derive(Debug, Default)]
-struct Seqs {
-    contiguous: u64,
+pub(crate) struct Seqs {
+    pub(crate) contiguous: u64,
     above: BTreeSet<u64>,
     highest: u64,
-    duplicates: u64,
-    order_violations: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) order_violations: u64,
 }
 
 impl Seqs {
-    fn see(&mut self, seq: u64) {
+    pub(crate) fn see(&mut self, seq: u64) {
         if seq <= self.contiguous || self.above.contains(&seq) {
             self.duplicates += 1;
             return;
@@ -618,16 +618,16 @@ impl Seqs {
     }
 
     /// Distinct seqs seen.
-    fn distinct(&self) -> u64 {
+    pub(crate) fn distinct(&self) -> u64 {
         self.contiguous + self.above.len() as u64
     }
 }
 
 /// The run's latency histograms, shared by subscribers in batches.
-struct Shards(Vec<Mutex<Histogram<u64>>>);
+pub(crate) struct Shards(Vec<Mutex<Histogram<u64>>>);
 
 impl Shards {
-    fn new() -> Shards {
+    pub(crate) fn new() -> Shards {
         Shards(
             (0..SHARDS)
                 .map(|_| Mutex::new(latency_histogram()))
@@ -635,7 +635,7 @@ impl Shards {
         )
     }
 
-    fn record(&self, shard: usize, values: &mut Vec<u64>) {
+    pub(crate) fn record(&self, shard: usize, values: &mut Vec<u64>) {
         let mut h = self.0[shard % SHARDS]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -645,7 +645,7 @@ impl Shards {
         values.clear();
     }
 
-    fn merged(&self) -> Histogram<u64> {
+    pub(crate) fn merged(&self) -> Histogram<u64> {
         let mut all = latency_histogram();
         for shard in &self.0 {
             let h = shard
@@ -762,27 +762,27 @@ async fn subscriber(
 }
 
 /// What every publisher of a run shares.
-struct PubShared {
-    url: String,
-    authorization: HeaderValue,
+pub(crate) struct PubShared {
+    pub(crate) url: String,
+    pub(crate) authorization: HeaderValue,
     /// Event n goes to `topics[n % len]`.
-    topics: Vec<String>,
-    rate: Rate,
-    events: u64,
-    next: AtomicU64,
-    start: Instant,
-    deadline: Instant,
-    out_of_time: AtomicBool,
-    pad: String,
-    data_bytes: usize,
+    pub(crate) topics: Vec<String>,
+    pub(crate) rate: Rate,
+    pub(crate) events: u64,
+    pub(crate) next: AtomicU64,
+    pub(crate) start: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) out_of_time: AtomicBool,
+    pub(crate) pad: String,
+    pub(crate) data_bytes: usize,
 }
 
 /// What one publisher counted.
-struct PubTally {
-    published: u64,
-    errors: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
-    last_answer: Option<Instant>,
+pub(crate) struct PubTally {
+    pub(crate) published: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) last_answer: Option<Instant>,
 }
 
 /// The fields of a receipt the check needs.
@@ -867,7 +867,7 @@ pub(crate) async fn publish_one(
 /// One publisher: takes the next event number, waits for its time (at a
 /// set rate), publishes it with the send time in `data`, waits for the
 /// answer; until every event is taken or the time is up.
-async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally {
+pub(crate) async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally {
     let mut tally = PubTally {
         published: 0,
         errors: BTreeMap::new(),

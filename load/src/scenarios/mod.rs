@@ -15,6 +15,7 @@ use crate::target::{Target, TargetArgs};
 pub mod conns;
 pub mod fanout;
 pub mod publish;
+pub mod storm;
 pub mod topics;
 
 /// A load scenario.
