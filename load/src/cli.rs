@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, publish, storm, topics};
+use crate::scenarios::{Scenario, conns, fanout, poll_cost, publish, storm, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -52,6 +52,9 @@ pub enum Command {
     /// N WebSocket clients disconnect together and reconnect with their
     /// cursors while publishing continues: time until all are resumed, loss.
     Storm(storm::StormArgs),
+    /// The same stream over WebSocket, SSE, long and short polling: bytes
+    /// per delivered event, requests per minute, server CPU, latency.
+    PollCost(poll_cost::PollCostArgs),
 }
 
 impl Command {
@@ -61,7 +64,9 @@ impl Command {
             Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) => {
                 DEFAULT_FANOUT_CLIENT_THREADS
             }
-            Command::Publish(_) | Command::Conns(_) => DEFAULT_CLIENT_THREADS,
+            Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) => {
+                DEFAULT_CLIENT_THREADS
+            }
         }
     }
 }
@@ -110,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Fanout(args) => execute(&args, threads).await,
         Command::Topics(args) => execute(&args, threads).await,
         Command::Storm(args) => execute(&args, threads).await,
+        Command::PollCost(args) => execute(&args, threads).await,
     }
 }
 

@@ -11,7 +11,9 @@
 //! - [`client`]: subscriber connections (WebSocket, SSE) from chosen source addresses
 //! - [`machine`]: what the machine is, for the record
 //! - [`report`]: each run's figures, the human table and the JSON record
-//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`)
+//! - [`wire`]: byte-counting connections and a minimal HTTP/1.1 client (`poll-cost`)
+//! - [`plot`]: SVG plots of latency distributions and memory per connection
+//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`, `topics`, `storm`, `poll-cost`)
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -23,5 +25,6 @@ pub mod report;
 pub mod scenarios;
 pub mod server;
 pub mod target;
+pub mod wire;
 
 pub use cli::{Cli, Command, run};

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, publish, storm};
+use crate::scenarios::{conns, fanout, poll_cost, publish, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -67,6 +67,7 @@ pub enum Runs {
     Fanout(Vec<fanout::FanoutFigures>),
     Topics(Vec<fanout::FanoutFigures>),
     Storm(Vec<storm::StormFigures>),
+    PollCost(Vec<poll_cost::PollCostFigures>),
 }
 
 /// One invocation's record.
@@ -106,6 +107,7 @@ impl Report {
                 runs.iter().map(fanout::FanoutFigures::failures).sum()
             }
             Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
+            Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
         }
     }
 
@@ -127,6 +129,7 @@ impl Report {
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
             Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
             Runs::Storm(runs) => out.push_str(&storm::render(runs)),
+            Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

@@ -14,6 +14,7 @@ use crate::target::{Target, TargetArgs};
 
 pub mod conns;
 pub mod fanout;
+pub mod poll_cost;
 pub mod publish;
 pub mod storm;
 pub mod topics;
