@@ -80,6 +80,10 @@ pub struct OutputArgs {
     /// Free text kept in the JSON record (for example the Postgres settings).
     #[arg(long, env = "HERALD_LOAD_NOTE")]
     pub note: Option<String>,
+    /// Also draw SVG plots into this directory: latency distributions
+    /// (`SCENARIO-latency.svg`, ...), memory per connection for `conns`.
+    #[arg(long, env = "HERALD_LOAD_PLOTS")]
+    pub plots: Option<PathBuf>,
 }
 
 impl Cli {
@@ -155,6 +159,11 @@ async fn execute<S: Scenario>(scenario: &S, client_threads: usize) -> anyhow::Re
     if let Some(path) = &output.json {
         report.write_json(path)?;
         println!("\nwrote {}", path.display());
+    }
+    if let Some(dir) = &output.plots {
+        for path in crate::plot::write_all(&report, dir)? {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(report)
 }

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod machine;
+pub mod plot;
 pub mod proc;
 pub mod report;
 pub mod scenarios;

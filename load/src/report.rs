@@ -26,6 +26,11 @@ pub fn latency_histogram() -> Histogram<u64> {
         .expect("the bounds are constants that hdrhistogram accepts")
 }
 
+/// The quantiles of [`Latency::curve_ms`]: the median to the maximum.
+pub const CURVE_QUANTILES: [f64; 10] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
 /// A latency distribution, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Latency {
@@ -37,6 +42,8 @@ pub struct Latency {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// The latency at each of [`CURVE_QUANTILES`], for plots.
+    pub curve_ms: [f64; CURVE_QUANTILES.len()],
 }
 
 impl Latency {
@@ -54,6 +61,7 @@ impl Latency {
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            curve_ms: CURVE_QUANTILES.map(|q| ms(h.value_at_quantile(q))),
         }
     }
 }
