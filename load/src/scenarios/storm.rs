@@ -226,10 +226,9 @@ impl Scenario for StormArgs {
     }
 
     fn fds_needed(s: &StormSettings) -> u64 {
-        // During the storm a client's old socket may still be closing while
-        // its new one opens.
+        // A client drops its old socket before it opens the new one.
         let most = s.clients.iter().copied().max().unwrap_or(0);
-        (2 * most + s.publishers) as u64 + SPARE_FDS
+        (most + s.publishers) as u64 + SPARE_FDS
     }
 
     async fn run(settings: &StormSettings, target: &mut Target) -> anyhow::Result<Runs> {
