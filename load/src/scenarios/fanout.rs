@@ -403,6 +403,11 @@ pub struct FanoutFigures {
     /// threads); all busy CPU minus the server's (when measured) and this
     /// process's. A core or more means other work disturbed the figures.
     pub other_cores_busy: f64,
+    /// The database server's CPU in the window (postmaster and its live
+    /// children), seconds, with `--db-pid`.
+    pub db_cpu_secs: Option<f64>,
+    /// Per million deliveries.
+    pub db_cpu_secs_per_million_deliveries: Option<f64>,
 }
 
 impl FanoutFigures {
@@ -505,6 +510,12 @@ pub fn render(runs: &[FanoutFigures]) -> String {
             notes.push(format!(
                 "stopped by {} after {} of {} events",
                 r.stopped_by, r.published, r.events_planned
+            ));
+        }
+        if let (Some(db), Some(per_m)) = (r.db_cpu_secs, r.db_cpu_secs_per_million_deliveries) {
+            notes.push(format!(
+                "database CPU {db:.2} s ({per_m:.2} s per million deliveries, {:.2} cores)",
+                db / r.window_secs
             ));
         }
         if !r.server_threads.is_empty() {
@@ -909,6 +920,18 @@ pub(crate) async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -
     tally
 }
 
+impl Sample {
+    /// [`Sample::take`] plus the database server's CPU (`db_pid`).
+    pub(crate) fn take_with_db(server_pids: &[u32], db_pid: Option<u32>) -> anyhow::Result<Sample> {
+        let mut sample = Sample::take(server_pids)?;
+        sample.db = db_pid
+            .map(cpu::process_tree_cpu)
+            .transpose()
+            .context("reading the database server's CPU time")?;
+        Ok(sample)
+    }
+}
+
 /// Most events in one publish request (the API's batch limit).
 const MAX_BATCH: usize = 1_000;
 
@@ -986,6 +1009,9 @@ pub(crate) struct Sample {
     pub(crate) server: Option<(Duration, ThreadSample)>,
     pub(crate) client: Duration,
     pub(crate) machine: Duration,
+    /// The database server's CPU (postmaster and live children), when
+    /// `--db-pid` is given.
+    pub(crate) db: Option<Duration>,
 }
 
 impl Sample {
@@ -1001,6 +1027,7 @@ impl Sample {
             ))
         };
         Ok(Sample {
+            db: None,
             at: Instant::now(),
             server,
             client: cpu::own_cpu()?,
@@ -1062,7 +1089,7 @@ pub(crate) async fn run_once(
         .map(|_| http_client(request_timeout))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let end_client = http_client(request_timeout)?;
-    let before = Sample::take(&target.pids)?;
+    let before = Sample::take_with_db(&target.pids, target.db_pid)?;
     let start = Instant::now();
     let shared = Arc::new(PubShared {
         url: format!("{}/v1/publish", target.base_url),
@@ -1111,7 +1138,7 @@ pub(crate) async fn run_once(
             }
         }
     }
-    let after = Sample::take(&target.pids)?;
+    let after = Sample::take_with_db(&target.pids, target.db_pid)?;
     // Closing the connections is not part of the window.
     tasks.shutdown().await;
     drop(connections);
@@ -1162,7 +1189,15 @@ pub(crate) async fn run_once(
     };
     let client_cpu_secs = after.client.saturating_sub(before.client).as_secs_f64();
     let machine_secs = after.machine.saturating_sub(before.machine).as_secs_f64();
-    let other_secs = (machine_secs - client_cpu_secs - server_cpu_secs.unwrap_or(0.0)).max(0.0);
+    let db_cpu_secs = match (before.db, after.db) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b).as_secs_f64()),
+        _ => None,
+    };
+    let other_secs = (machine_secs
+        - client_cpu_secs
+        - server_cpu_secs.unwrap_or(0.0)
+        - db_cpu_secs.unwrap_or(0.0))
+    .max(0.0);
     Ok(FanoutFigures {
         nodes: target.node_urls.len(),
         topics: topics.len(),
@@ -1202,6 +1237,10 @@ pub(crate) async fn run_once(
         client_cpu_secs,
         client_cores_busy: client_cpu_secs / window_secs,
         other_cores_busy: other_secs / window_secs,
+        db_cpu_secs,
+        db_cpu_secs_per_million_deliveries: db_cpu_secs
+            .filter(|_| deliveries > 0)
+            .map(|s| s * 1e6 / deliveries as f64),
     })
 }
 
