@@ -597,4 +597,90 @@ mod tests {
         assert!(check_database_url("postgres://postgres@127.0.0.1:55432/db").is_ok());
         assert!(check_database_url("postgres://u@db.example.com/db").is_err());
     }
+
+    /// The target arguments of a `fanout` command line.
+    fn target_args(args: &[&str]) -> TargetArgs {
+        let mut argv = vec!["herald-load", "fanout"];
+        argv.extend_from_slice(args);
+        let cli = <crate::Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
+        match cli.command {
+            crate::Command::Fanout(f) => f.target,
+            _ => unreachable!("a fanout command line"),
+        }
+    }
+
+    #[test]
+    fn several_urls_make_a_cluster_with_one_pid_each() {
+        let plan = target_args(&[
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://127.0.0.1:8082",
+            "--server-pid",
+            "11",
+            "--server-pid",
+            "12",
+            "--jwt-secret",
+            "s",
+        ])
+        .plan()
+        .expect("a valid plan");
+        let TargetPlan::Remote {
+            base_urls, pids, ..
+        } = plan
+        else {
+            panic!("--url plans a remote target");
+        };
+        assert_eq!(
+            base_urls,
+            ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+        );
+        assert_eq!(pids, [11, 12]);
+        let mismatched = target_args(&[
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://127.0.0.1:8082",
+            "--server-pid",
+            "11",
+            "--jwt-secret",
+            "s",
+        ]);
+        assert!(mismatched.plan().is_err(), "one pid for two urls");
+    }
+
+    #[test]
+    fn several_started_nodes_need_postgres_and_a_local_nats() {
+        let bin = std::env::current_exe().expect("the test binary");
+        let bin = bin.to_str().expect("a UTF-8 path");
+        let pg = "postgres://postgres@127.0.0.1:55432/db";
+        let ok = target_args(&[
+            "--nodes",
+            "3",
+            "--database-url",
+            pg,
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--herald-bin",
+            bin,
+        ]);
+        assert!(matches!(ok.plan(), Ok(TargetPlan::Local { nodes: 3, .. })));
+        for bad in [
+            vec!["--nodes", "3", "--nats-url", "nats://127.0.0.1:4222"],
+            vec!["--nodes", "3", "--database-url", pg],
+            vec![
+                "--nodes",
+                "3",
+                "--database-url",
+                pg,
+                "--nats-url",
+                "nats://10.0.0.1:4222",
+            ],
+            vec!["--nodes", "0"],
+        ] {
+            let mut args = bad.clone();
+            args.extend(["--herald-bin", bin]);
+            assert!(target_args(&args).plan().is_err(), "{bad:?}");
+        }
+    }
 }
