@@ -55,6 +55,20 @@ pub enum Command {
     /// The same stream over WebSocket, SSE, long and short polling: bytes
     /// per delivered event, requests per minute, server CPU, latency.
     PollCost(poll_cost::PollCostArgs),
+    /// Draw SVG plots from JSON records of earlier runs: every latency
+    /// distribution in one plot, every `conns` run's memory in another.
+    Plot(PlotArgs),
+}
+
+/// `herald-load plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// Directory to write `latency.svg` and `memory.svg` into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON records written by `--json`.
+    #[arg(required = true)]
+    pub records: Vec<PathBuf>,
 }
 
 impl Command {
@@ -64,7 +78,7 @@ impl Command {
             Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) => {
                 DEFAULT_FANOUT_CLIENT_THREADS
             }
-            Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) => {
+            Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) | Command::Plot(_) => {
                 DEFAULT_CLIENT_THREADS
             }
         }
@@ -110,6 +124,15 @@ impl Cli {
     }
 }
 
+/// `herald-load plot`: draws the plots of earlier records; prints the
+/// files written.
+pub fn plot_records(args: &PlotArgs) -> anyhow::Result<()> {
+    for path in crate::plot::from_records(&args.records, &args.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs the chosen scenario, prints its table and writes its record.
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let threads = cli.client_threads();
@@ -120,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Topics(args) => execute(&args, threads).await,
         Command::Storm(args) => execute(&args, threads).await,
         Command::PollCost(args) => execute(&args, threads).await,
+        Command::Plot(_) => bail!("`plot` runs no scenario: use `plot_records`"),
     }
 }
 

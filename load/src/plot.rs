@@ -10,7 +10,6 @@ use anyhow::Context;
 use plotters::prelude::*;
 
 use crate::report::{CURVE_QUANTILES, Latency, Report, Runs};
-use crate::scenarios::conns::ConnsFigures;
 
 /// Plot size in pixels.
 const SIZE: (u32, u32) = (900, 520);
@@ -84,7 +83,15 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .collect(),
             )?;
             let path = dir.join(format!("{name}-memory.svg"));
-            memory_svg(&path, runs)?;
+            let bars: Vec<MemoryBar> = runs
+                .iter()
+                .map(|r| MemoryBar {
+                    label: format!("{} {}", r.transport, r.count),
+                    server_kib: r.server_kib_per_conn.unwrap_or(0.0),
+                    client_kib: r.client_kib_per_conn.unwrap_or(0.0),
+                })
+                .collect();
+            memory_svg(&path, &bars)?;
             written.push(path);
         }
     }
@@ -169,17 +176,22 @@ pub fn latency_svg(path: &Path, title: &str, series: &[(String, Latency)]) -> an
     Ok(())
 }
 
+/// One `conns` run in a memory plot.
+#[derive(Debug, Clone)]
+pub struct MemoryBar {
+    /// What the run was (`ws 10000`).
+    pub label: String,
+    /// Server KiB per idle connection.
+    pub server_kib: f64,
+    /// Load generator KiB per connection.
+    pub client_kib: f64,
+}
+
 /// Server and client memory per idle connection, one pair of bars per run,
 /// with the 6 KiB target.
-pub fn memory_svg(path: &Path, runs: &[ConnsFigures]) -> anyhow::Result<()> {
-    let server: Vec<f64> = runs
-        .iter()
-        .map(|r| r.server_kib_per_conn.unwrap_or(0.0))
-        .collect();
-    let client: Vec<f64> = runs
-        .iter()
-        .map(|r| r.client_kib_per_conn.unwrap_or(0.0))
-        .collect();
+pub fn memory_svg(path: &Path, runs: &[MemoryBar]) -> anyhow::Result<()> {
+    let server: Vec<f64> = runs.iter().map(|r| r.server_kib).collect();
+    let client: Vec<f64> = runs.iter().map(|r| r.client_kib).collect();
     let y_max = server
         .iter()
         .chain(&client)
@@ -223,12 +235,7 @@ pub fn memory_svg(path: &Path, runs: &[ConnsFigures]) -> anyhow::Result<()> {
     chart
         .draw_series(runs.iter().enumerate().map(|(i, r)| {
             Text::new(
-                format!(
-                    "{} {} conns: {:.1} KiB",
-                    r.transport,
-                    r.count,
-                    r.server_kib_per_conn.unwrap_or(0.0)
-                ),
+                format!("{}: {:.1} KiB", r.label, r.server_kib),
                 (i as f64 - 0.35, server[i] + y_max * 0.04),
                 ("sans-serif", 13),
             )
@@ -253,6 +260,81 @@ pub fn memory_svg(path: &Path, runs: &[ConnsFigures]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Draws plots from JSON records of earlier runs (`herald-load plot`):
+/// `latency.svg` with every run of every record that has a latency
+/// distribution, and `memory.svg` with every `conns` run. Returns the files
+/// written.
+pub fn from_records(records: &[PathBuf], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut series = Vec::new();
+    let mut bars = Vec::new();
+    for path in records {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let record: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let scenario = record["scenario"].as_str().unwrap_or("?").to_owned();
+        let runs = record["runs"].as_array().cloned().unwrap_or_default();
+        for run in &runs {
+            let label = format!(
+                "{scenario}, {} store, {} bus: {}",
+                record["target"]["store"].as_str().unwrap_or("?"),
+                record["target"]["bus"].as_str().unwrap_or("?"),
+                run_label(run)
+            );
+            let latency = run.get("latency").or_else(|| run.get("open_latency"));
+            if let Some(latency) =
+                latency.and_then(|l| serde_json::from_value::<Latency>(l.clone()).ok())
+                && latency.count > 0
+            {
+                series.push((label.clone(), latency));
+            }
+            if scenario == "conns" {
+                bars.push(MemoryBar {
+                    label: run_label(run),
+                    server_kib: run["server_kib_per_conn"].as_f64().unwrap_or(0.0),
+                    client_kib: run["client_kib_per_conn"].as_f64().unwrap_or(0.0),
+                });
+            }
+        }
+    }
+    let mut written = Vec::new();
+    if !series.is_empty() {
+        let path = dir.join("latency.svg");
+        latency_svg(&path, "latency by percentile", &series)?;
+        written.push(path);
+    }
+    if !bars.is_empty() {
+        let path = dir.join("memory.svg");
+        memory_svg(&path, &bars)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A short label for a run of a JSON record: the fields that tell runs
+/// apart, when present.
+fn run_label(run: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    for key in [
+        "transport",
+        "nodes",
+        "topics",
+        "subscribers",
+        "clients",
+        "publishers",
+        "count",
+        "rate",
+    ] {
+        match &run[key] {
+            serde_json::Value::Null => {}
+            serde_json::Value::String(s) => parts.push(s.clone()),
+            v => parts.push(format!("{key} {v}")),
+        }
+    }
+    parts.join(", ")
+}
+
 fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e:?}")
 }
@@ -267,6 +349,30 @@ mod tests {
         assert_eq!(percentile_label(nines(0.99)), "99%");
         assert_eq!(percentile_label(nines(0.999)), "99.9%");
         assert_eq!(percentile_label(nines(1.0)), "max");
+    }
+
+    #[test]
+    fn records_are_plotted_together() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let record = |kib: f64| {
+            serde_json::json!({"scenario": "conns", "runs": [{
+                "transport": "ws", "topics": "own", "count": 10, "server_kib_per_conn": kib,
+                "client_kib_per_conn": 9.0,
+                "open_latency": {"count": 10, "mean_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.0,
+                    "p99_ms": 2.0, "p999_ms": 2.0, "max_ms": 2.0,
+                    "curve_ms": [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]}
+            }]})
+        };
+        let mut paths = Vec::new();
+        for (i, kib) in [20.0, 18.0].into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.json"));
+            std::fs::write(&path, record(kib).to_string()).expect("written");
+            paths.push(path);
+        }
+        let written = from_records(&paths, dir.path()).expect("plotted");
+        assert_eq!(written.len(), 2);
+        let memory = std::fs::read_to_string(dir.path().join("memory.svg")).expect("memory.svg");
+        assert!(memory.contains("20.0 KiB") && memory.contains("18.0 KiB"));
     }
 
     #[test]

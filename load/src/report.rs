@@ -32,7 +32,7 @@ pub const CURVE_QUANTILES: [f64; 10] = [
 ];
 
 /// A latency distribution, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
