@@ -90,7 +90,9 @@ impl AsyncWrite for Counted {
 /// An HTTP response: status and body.
 #[derive(Debug)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
+    /// The body, decoded.
     pub body: Vec<u8>,
     /// The server asked to close the connection (`Connection: close`).
     pub close: bool,

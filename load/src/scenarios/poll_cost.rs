@@ -154,17 +154,29 @@ pub struct PollCostArgs {
 /// The checked settings of a `poll-cost` invocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct PollCostSettings {
+    /// `--transports`.
     pub transports: Vec<Consumer>,
+    /// `--clients`.
     pub clients: usize,
+    /// `--rate`.
     pub rate: f64,
+    /// `--duration-secs`.
     pub duration_secs: u64,
+    /// `--poll-interval-secs`.
     pub poll_interval_secs: u64,
+    /// `--long-poll-wait-secs`.
     pub long_poll_wait_secs: u64,
+    /// `--data-bytes`.
     pub data_bytes: usize,
+    /// `--drain-secs`.
     pub drain_secs: u64,
+    /// `--source-ips`.
     pub source_ips: u8,
+    /// `--open-concurrency`.
     pub open_concurrency: usize,
+    /// `--connect-timeout-secs`.
     pub connect_timeout_secs: u64,
+    /// `--request-timeout-secs`.
     pub request_timeout_secs: u64,
 }
 

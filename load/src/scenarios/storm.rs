@@ -135,19 +135,33 @@ pub struct StormArgs {
 /// The checked settings of a `storm` invocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct StormSettings {
+    /// `--clients`.
     pub clients: Vec<usize>,
+    /// `--topics`.
     pub topics: usize,
+    /// `--rate`.
     pub rate: f64,
+    /// `--publishers`.
     pub publishers: usize,
+    /// `--before-secs`.
     pub before_secs: u64,
+    /// `--after-secs`.
     pub after_secs: u64,
+    /// `--resume-timeout-secs`.
     pub resume_timeout_secs: u64,
+    /// `--data-bytes`.
     pub data_bytes: usize,
+    /// `--drain-secs`.
     pub drain_secs: u64,
+    /// `--open-concurrency`.
     pub open_concurrency: usize,
+    /// `--source-ips`.
     pub source_ips: u8,
+    /// `--connect-timeout-secs`.
     pub connect_timeout_secs: u64,
+    /// `--open-timeout-secs`.
     pub open_timeout_secs: u64,
+    /// `--request-timeout-secs`.
     pub request_timeout_secs: u64,
 }
 

@@ -92,7 +92,9 @@ pub struct TopicsArgs {
 /// The checked settings of a `topics` invocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicsSettings {
+    /// `--topics`.
     pub topics: Vec<usize>,
+    /// `--subscribers-per-topic`.
     pub subscribers_per_topic: usize,
     /// The engine's settings (its `subscribers` are T × K for each T).
     pub run: FanoutSettings,
