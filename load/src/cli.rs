@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, publish};
+use crate::scenarios::{Scenario, conns, fanout, poll_cost, publish, storm, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -46,14 +46,41 @@ pub enum Command {
     /// S WebSocket subscribers on one topic, M events published: deliveries/s,
     /// publish-to-delivery latency, loss, server CPU per delivery.
     Fanout(fanout::FanoutArgs),
+    /// T topics with K WebSocket subscribers each (the per-user pattern),
+    /// events spread over them: deliveries/s, latency, loss, CPU per delivery.
+    Topics(topics::TopicsArgs),
+    /// N WebSocket clients disconnect together and reconnect with their
+    /// cursors while publishing continues: time until all are resumed, loss.
+    Storm(storm::StormArgs),
+    /// The same stream over WebSocket, SSE, long and short polling: bytes
+    /// per delivered event, requests per minute, server CPU, latency.
+    PollCost(poll_cost::PollCostArgs),
+    /// Draw SVG plots from JSON records of earlier runs: every latency
+    /// distribution in one plot, every `conns` run's memory in another.
+    Plot(PlotArgs),
+}
+
+/// `herald-load plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// Directory to write `latency.svg` and `memory.svg` into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON records written by `--json`.
+    #[arg(required = true)]
+    pub records: Vec<PathBuf>,
 }
 
 impl Command {
     /// Load generator threads when `--client-threads` is not given.
     pub fn default_client_threads(&self) -> usize {
         match self {
-            Command::Fanout(_) => DEFAULT_FANOUT_CLIENT_THREADS,
-            Command::Publish(_) | Command::Conns(_) => DEFAULT_CLIENT_THREADS,
+            Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) => {
+                DEFAULT_FANOUT_CLIENT_THREADS
+            }
+            Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) | Command::Plot(_) => {
+                DEFAULT_CLIENT_THREADS
+            }
         }
     }
 }
@@ -67,6 +94,10 @@ pub struct OutputArgs {
     /// Free text kept in the JSON record (for example the Postgres settings).
     #[arg(long, env = "HERALD_LOAD_NOTE")]
     pub note: Option<String>,
+    /// Also draw SVG plots into this directory: latency distributions
+    /// (`SCENARIO-latency.svg`, ...), memory per connection for `conns`.
+    #[arg(long, env = "HERALD_LOAD_PLOTS")]
+    pub plots: Option<PathBuf>,
 }
 
 impl Cli {
@@ -93,6 +124,15 @@ impl Cli {
     }
 }
 
+/// `herald-load plot`: draws the plots of earlier records; prints the
+/// files written.
+pub fn plot_records(args: &PlotArgs) -> anyhow::Result<()> {
+    for path in crate::plot::from_records(&args.records, &args.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs the chosen scenario, prints its table and writes its record.
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let threads = cli.client_threads();
@@ -100,6 +140,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Publish(args) => execute(&args, threads).await,
         Command::Conns(args) => execute(&args, threads).await,
         Command::Fanout(args) => execute(&args, threads).await,
+        Command::Topics(args) => execute(&args, threads).await,
+        Command::Storm(args) => execute(&args, threads).await,
+        Command::PollCost(args) => execute(&args, threads).await,
+        Command::Plot(_) => bail!("`plot` runs no scenario: use `plot_records`"),
     }
 }
 
@@ -139,6 +183,11 @@ async fn execute<S: Scenario>(scenario: &S, client_threads: usize) -> anyhow::Re
     if let Some(path) = &output.json {
         report.write_json(path)?;
         println!("\nwrote {}", path.display());
+    }
+    if let Some(dir) = &output.plots {
+        for path in crate::plot::write_all(&report, dir)? {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(report)
 }

@@ -138,6 +138,21 @@ pub async fn ws_subscribe(
     topic: &str,
     read_buffer: usize,
 ) -> Result<WsStream, OpenError> {
+    ws_subscribe_since(endpoint, source, topic, None, read_buffer)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// As [`ws_subscribe`], resuming from `since` (a cursor, `topic:seq`) when
+/// given; also returns the topic's head seq from the `subscribed` frame's
+/// `heads` (0 when absent).
+pub async fn ws_subscribe_since(
+    endpoint: &Endpoint,
+    source: Ipv4Addr,
+    topic: &str,
+    since: Option<&str>,
+    read_buffer: usize,
+) -> Result<(WsStream, u64), OpenError> {
     let stream = connect_from(source, endpoint.server).await?;
     let mut request = format!("ws://{}/v1/ws", endpoint.server)
         .into_client_request()
@@ -156,17 +171,22 @@ pub async fn ws_subscribe(
             WsError::Io(e) => OpenError::io("handshake", &e),
             _ => OpenError::new("handshake"),
         })?;
-    ws.send(Message::text(format!(
-        r#"{{"op":"subscribe","topics":["{topic}"]}}"#
-    )))
-    .await
-    .map_err(|_| OpenError::new("send"))?;
+    let frame = match since {
+        Some(cursor) => {
+            format!(r#"{{"op":"subscribe","topics":["{topic}"],"since":"{cursor}"}}"#)
+        }
+        None => format!(r#"{{"op":"subscribe","topics":["{topic}"]}}"#),
+    };
+    ws.send(Message::text(frame))
+        .await
+        .map_err(|_| OpenError::new("send"))?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 // Control frames are JSON objects whose keys come in any order.
                 if text.contains(r#""op":"subscribed""#) {
-                    return Ok(ws);
+                    let head = head_of(text.as_str(), topic).unwrap_or(0);
+                    return Ok((ws, head));
                 }
                 if text.contains(r#""op":"error""#) {
                     return Err(OpenError::new("subscribe_refused"));
@@ -178,6 +198,16 @@ pub async fn ws_subscribe(
             Some(Err(_)) => return Err(OpenError::new("read")),
         }
     }
+}
+
+/// The seq of `topic` in a `subscribed` frame's `heads` cursor.
+fn head_of(frame: &str, topic: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_str(frame).ok()?;
+    let heads = value.get("heads")?.as_str()?;
+    heads.split(',').find_map(|pair| {
+        let (t, seq) = pair.rsplit_once(':')?;
+        (t == topic).then(|| seq.parse().ok()).flatten()
+    })
 }
 
 /// Reads a WebSocket until it ends, answering pings (tungstenite queues the
@@ -275,6 +305,14 @@ mod tests {
             Sources::new(254).expect("254 is allowed").nth(253),
             Ipv4Addr::new(127, 0, 0, 254)
         );
+    }
+
+    #[test]
+    fn heads_give_the_topic_head() {
+        let frame = r#"{"op":"subscribed","topics":["a.b","c"],"heads":"a.b:25,c:0"}"#;
+        assert_eq!(head_of(frame, "a.b"), Some(25));
+        assert_eq!(head_of(frame, "c"), Some(0));
+        assert_eq!(head_of(frame, "d"), None);
     }
 
     #[test]

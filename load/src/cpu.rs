@@ -64,6 +64,16 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     ticks_to_duration(utime + stime)
 }
 
+/// CPU time (user + system, all threads) that processes `pids` (the nodes
+/// of a cluster) have used so far, summed.
+pub fn processes_cpu(pids: &[u32]) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for &pid in pids {
+        total += process_cpu(pid)?;
+    }
+    Ok(total)
+}
+
 /// CPU time used so far by process `pid` and its live children (for a
 /// Postgres postmaster: its backends and background workers). Children that
 /// exited are not counted.
@@ -154,6 +164,17 @@ pub fn thread_sample(pid: u32) -> ThreadSample {
         }
     }
     ThreadSample(sample)
+}
+
+/// Reads every thread of every process of `pids` into one sample (thread
+/// ids are unique across processes, so threads of the same name in
+/// different nodes count together).
+pub fn threads_sample(pids: &[u32]) -> ThreadSample {
+    let mut all = ThreadSample::default();
+    for &pid in pids {
+        all.0.append(&mut thread_sample(pid).0);
+    }
+    all
 }
 
 /// CPU used by one group of threads between two samples.

@@ -11,17 +11,21 @@
 //! - [`client`]: subscriber connections (WebSocket, SSE) from chosen source addresses
 //! - [`machine`]: what the machine is, for the record
 //! - [`report`]: each run's figures, the human table and the JSON record
-//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`)
+//! - [`wire`]: byte-counting connections and a minimal HTTP/1.1 client (`poll-cost`)
+//! - [`plot`]: SVG plots of latency distributions and memory per connection
+//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`, `topics`, `storm`, `poll-cost`)
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod machine;
+pub mod plot;
 pub mod proc;
 pub mod report;
 pub mod scenarios;
 pub mod server;
 pub mod target;
+pub mod wire;
 
 pub use cli::{Cli, Command, run};

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, publish};
+use crate::scenarios::{conns, fanout, poll_cost, publish, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -26,8 +26,13 @@ pub fn latency_histogram() -> Histogram<u64> {
         .expect("the bounds are constants that hdrhistogram accepts")
 }
 
+/// The quantiles of [`Latency::curve_ms`]: the median to the maximum.
+pub const CURVE_QUANTILES: [f64; 10] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
 /// A latency distribution, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
@@ -37,6 +42,8 @@ pub struct Latency {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// The latency at each of [`CURVE_QUANTILES`], for plots.
+    pub curve_ms: [f64; CURVE_QUANTILES.len()],
 }
 
 impl Latency {
@@ -54,6 +61,7 @@ impl Latency {
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            curve_ms: CURVE_QUANTILES.map(|q| ms(h.value_at_quantile(q))),
         }
     }
 }
@@ -65,6 +73,9 @@ pub enum Runs {
     Publish(Vec<publish::RunFigures>),
     Conns(Vec<conns::ConnsFigures>),
     Fanout(Vec<fanout::FanoutFigures>),
+    Topics(Vec<fanout::FanoutFigures>),
+    Storm(Vec<storm::StormFigures>),
+    PollCost(Vec<poll_cost::PollCostFigures>),
 }
 
 /// One invocation's record.
@@ -100,7 +111,11 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => runs.iter().map(|r| r.failed + r.order_violations).sum(),
             Runs::Conns(runs) => runs.iter().map(|r| r.failed + r.dropped_while_held).sum(),
-            Runs::Fanout(runs) => runs.iter().map(fanout::FanoutFigures::failures).sum(),
+            Runs::Fanout(runs) | Runs::Topics(runs) => {
+                runs.iter().map(fanout::FanoutFigures::failures).sum()
+            }
+            Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
+            Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
         }
     }
 
@@ -120,7 +135,9 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
-            Runs::Fanout(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Storm(runs) => out.push_str(&storm::render(runs)),
+            Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

@@ -2,6 +2,13 @@
 //! `herald serve` on a throwaway SQLite file, or on `--database-url`), or a
 //! running one at `--url`. Either way it is on 127.0.0.1, and the load
 //! generator holds a token allowed to publish.
+//!
+//! A target may have several nodes: `--nodes N` starts N `herald serve`
+//! processes sharing one Postgres (`--database-url`) and one NATS
+//! (`--nats-url`), and `--url` may be given once per running node.
+//! Scenarios publish to the first node and spread their subscribers over
+//! the others ([`Target::subscriber_urls`]); the server CPU they report is
+//! the sum over every node whose process id is known.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,9 +67,10 @@ impl FromStr for Secret {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Base URL of a running Herald, on 127.0.0.1 (for example
-    /// http://127.0.0.1:8080); unset: start one.
-    #[arg(long, env = "HERALD_LOAD_URL")]
-    pub url: Option<String>,
+    /// http://127.0.0.1:8080); repeat it for the nodes of a cluster (the
+    /// first one is published to); unset: start one (or --nodes).
+    #[arg(long, env = "HERALD_LOAD_URL", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// HS256 secret of the Herald at --url, to mint a token (publish: `>`);
     /// ignored without --url (a started Herald gets a random one).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
@@ -71,10 +79,29 @@ pub struct TargetArgs {
     /// (instead of --jwt-secret); ignored without --url.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
-    /// Process id of the Herald at --url, to measure its CPU time; unset:
-    /// not measured.
-    #[arg(long, env = "HERALD_LOAD_SERVER_PID", requires = "url")]
-    pub server_pid: Option<u32>,
+    /// Process id of the Herald at --url, to measure its CPU time; repeat
+    /// it (in the order of the --url's) to sum every node's; unset: not
+    /// measured.
+    #[arg(
+        long,
+        env = "HERALD_LOAD_SERVER_PID",
+        requires = "url",
+        value_delimiter = ','
+    )]
+    pub server_pid: Vec<u32>,
+    /// Herald nodes to start, sharing --database-url (Postgres) and
+    /// --nats-url when more than one.
+    #[arg(
+        long,
+        env = "HERALD_LOAD_NODES",
+        default_value_t = 1,
+        conflicts_with = "url"
+    )]
+    pub nodes: usize,
+    /// NATS server of the started nodes (`nats://127.0.0.1:PORT`), their
+    /// `HERALD_NATS_URL`; needed with --nodes 2 or more.
+    #[arg(long, env = "HERALD_LOAD_NATS_URL", conflicts_with = "url")]
+    pub nats_url: Option<String>,
     /// Process id of the database server (the Postgres postmaster), to
     /// measure its CPU time and its children's (the backends); unset: not
     /// measured.
@@ -124,12 +151,17 @@ pub enum TargetPlan {
         database_url: Option<String>,
         env: Vec<(String, String)>,
         start_timeout: Duration,
+        /// Nodes to start (1: no NATS).
+        nodes: usize,
+        /// `HERALD_NATS_URL` of every node.
+        nats_url: Option<String>,
     },
-    /// A running Herald.
+    /// Running nodes (the first is published to).
     Remote {
-        base_url: String,
+        base_urls: Vec<String>,
         credential: Credential,
-        pid: Option<u32>,
+        /// One per node, or empty (CPU not measured).
+        pids: Vec<u32>,
     },
 }
 
@@ -143,18 +175,48 @@ pub enum Credential {
 impl TargetArgs {
     /// Checks the arguments; nothing is started yet.
     pub fn plan(&self) -> anyhow::Result<TargetPlan> {
-        if let Some(url) = &self.url {
-            let base_url = loopback_http_url(url)?;
+        if !self.url.is_empty() {
+            let base_urls = self
+                .url
+                .iter()
+                .map(|url| loopback_http_url(url))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let credential = match (&self.token, &self.jwt_secret) {
                 (Some(token), _) => Credential::Token(token.clone()),
                 (None, Some(secret)) => Credential::Secret(secret.clone()),
                 (None, None) => bail!("--url needs --jwt-secret or --token"),
             };
+            if !self.server_pid.is_empty() && self.server_pid.len() != base_urls.len() {
+                bail!(
+                    "--server-pid: give one per --url ({} urls, {} pids)",
+                    base_urls.len(),
+                    self.server_pid.len()
+                );
+            }
             return Ok(TargetPlan::Remote {
-                base_url,
+                base_urls,
                 credential,
-                pid: self.server_pid,
+                pids: self.server_pid.clone(),
             });
+        }
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            bail!("--nodes must be 1..={MAX_NODES}");
+        }
+        if let Some(url) = &self.nats_url {
+            check_nats_url(url)?;
+        }
+        if self.nodes > 1 {
+            let on_postgres = self
+                .database_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres"));
+            if !on_postgres || self.nats_url.is_none() {
+                bail!(
+                    "--nodes {} needs a shared Postgres (--database-url postgres://...) and \
+                     --nats-url nats://127.0.0.1:PORT",
+                    self.nodes
+                );
+            }
         }
         let bin = match &self.herald_bin {
             Some(bin) if bin.is_file() => bin.clone(),
@@ -172,8 +234,25 @@ impl TargetArgs {
             database_url: self.database_url.clone(),
             env: self.herald_env.clone(),
             start_timeout: Duration::from_secs(self.start_timeout_secs),
+            nodes: self.nodes,
+            nats_url: self.nats_url.clone(),
         })
     }
+}
+
+/// Most nodes this tool starts.
+const MAX_NODES: usize = 16;
+
+/// A NATS URL must be `nats://` to this machine.
+fn check_nats_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--nats-url {url:?}"))?;
+    if parsed.scheme() != "nats" {
+        bail!("--nats-url must be nats://... (got {url:?})");
+    }
+    if !parsed.host_str().is_some_and(is_loopback_host) {
+        bail!("--nats-url must point at this machine (127.0.0.1); got {url:?}");
+    }
+    Ok(())
 }
 
 /// `url` without a trailing slash, if it is `http://` to a loopback address.
@@ -237,8 +316,10 @@ fn default_herald_bin() -> anyhow::Result<PathBuf> {
 pub struct TargetInfo {
     /// `started` (by this tool) or `url`.
     pub mode: &'static str,
-    /// The base URL.
+    /// The base URL (of the first node).
     pub base_url: String,
+    /// Every node's base URL, the first one first.
+    pub nodes: Vec<String>,
     /// The binary, when started here.
     pub herald_bin: Option<String>,
     /// Its `--version`, when started here.
@@ -261,13 +342,17 @@ pub struct Target {
     pub base_url: String,
     /// A bearer token allowed to publish under [`TOPIC_PREFIX`].
     pub token: Secret,
-    /// The server's process id, when its CPU can be measured.
+    /// The (first) server's process id, when its CPU can be measured.
     pub pid: Option<u32>,
+    /// Every node's base URL, the first one first.
+    pub node_urls: Vec<String>,
+    /// Every node's process id, when all are known (else empty).
+    pub pids: Vec<u32>,
     /// The database server's process id, when its CPU is measured.
     pub db_pid: Option<u32>,
     /// For the report.
     pub info: TargetInfo,
-    local: Option<LocalHerald>,
+    locals: Vec<LocalHerald>,
     // Holds the started server's SQLite file and log; removed on drop,
     // after `local` (fields drop in order).
     _dir: Option<tempfile::TempDir>,
@@ -287,6 +372,8 @@ impl Target {
                 database_url,
                 env,
                 start_timeout,
+                nodes,
+                nats_url,
             } => {
                 let dir = tempfile::Builder::new()
                     .prefix("herald-load-")
@@ -296,62 +383,82 @@ impl Target {
                     format!("sqlite://{}", dir.path().join("herald.db").display())
                 });
                 let secret = random_secret();
-                let launch = Launch {
-                    bin: bin.clone(),
-                    database_url,
-                    jwt_secret: secret.clone(),
-                    env: env.clone(),
-                    log_path: dir.path().join("herald.log"),
-                    start_timeout,
-                };
+                let mut node_env = env.clone();
+                if let Some(nats) = &nats_url {
+                    node_env.push(("HERALD_NATS_URL".into(), nats.clone()));
+                }
                 let version = herald_version(&bin);
-                let local = tokio::task::spawn_blocking(move || LocalHerald::start(&launch))
-                    .await
-                    .context("the start-up task panicked")??;
+                let mut locals = Vec::with_capacity(nodes);
+                // One after the other: the first applies the migrations.
+                for i in 0..nodes {
+                    let launch = Launch {
+                        bin: bin.clone(),
+                        database_url: database_url.clone(),
+                        jwt_secret: secret.clone(),
+                        env: node_env.clone(),
+                        log_path: dir.path().join(if nodes == 1 {
+                            "herald.log".to_owned()
+                        } else {
+                            format!("herald-{}.log", i + 1)
+                        }),
+                        start_timeout,
+                    };
+                    let local = tokio::task::spawn_blocking(move || LocalHerald::start(&launch))
+                        .await
+                        .context("the start-up task panicked")??;
+                    locals.push(local);
+                }
+                let node_urls: Vec<String> = locals.iter().map(|l| l.base_url.clone()).collect();
                 Target {
-                    base_url: local.base_url.clone(),
+                    base_url: node_urls[0].clone(),
                     token: mint(secret.as_bytes(), token_secs)?,
-                    pid: Some(local.pid),
+                    pid: Some(locals[0].pid),
+                    pids: locals.iter().map(|l| l.pid).collect(),
                     db_pid: None,
                     info: TargetInfo {
                         mode: "started",
-                        base_url: local.base_url.clone(),
+                        base_url: node_urls[0].clone(),
+                        nodes: node_urls.clone(),
                         herald_bin: Some(bin.display().to_string()),
                         herald_version: version,
                         store: String::new(),
                         bus: String::new(),
-                        herald_env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        herald_env: node_env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                         cpu_measured: true,
                         db_cpu_measured: false,
                     },
-                    local: Some(local),
+                    node_urls,
+                    locals,
                     _dir: Some(dir),
                 }
             }
             TargetPlan::Remote {
-                base_url,
+                base_urls,
                 credential,
-                pid,
+                pids,
             } => Target {
                 token: match credential {
                     Credential::Token(token) => token,
                     Credential::Secret(secret) => mint(secret.expose().as_bytes(), token_secs)?,
                 },
-                pid,
+                pid: pids.first().copied(),
                 db_pid: None,
                 info: TargetInfo {
                     mode: "url",
-                    base_url: base_url.clone(),
+                    base_url: base_urls[0].clone(),
+                    nodes: base_urls.clone(),
                     herald_bin: None,
                     herald_version: None,
                     store: String::new(),
                     bus: String::new(),
                     herald_env: Vec::new(),
-                    cpu_measured: pid.is_some(),
+                    cpu_measured: !pids.is_empty(),
                     db_cpu_measured: false,
                 },
-                base_url,
-                local: None,
+                pids,
+                base_url: base_urls[0].clone(),
+                node_urls: base_urls,
+                locals: Vec::new(),
                 _dir: None,
             },
         };
@@ -367,9 +474,48 @@ impl Target {
         Ok(target)
     }
 
-    /// Asks `/readyz` for the store and bus kinds; fails unless ready.
+    /// Base URLs subscribers connect to: every node but the first (which
+    /// is published to) when there are several, else the only one.
+    pub fn subscriber_urls(&self) -> &[String] {
+        if self.node_urls.len() > 1 {
+            &self.node_urls[1..]
+        } else {
+            &self.node_urls
+        }
+    }
+
+    /// Asks every node's `/readyz`; returns the first node's store and bus
+    /// kinds; fails unless all are ready.
     async fn readiness(&self) -> anyhow::Result<(String, String)> {
-        let url = format!("{}/readyz", self.base_url);
+        let mut first = None;
+        for base in &self.node_urls {
+            let kinds = readiness_of(base).await?;
+            first.get_or_insert(kinds);
+        }
+        first.context("no node")
+    }
+
+    /// Whether every started server is still running (always true for `--url`).
+    pub fn is_running(&mut self) -> bool {
+        self.locals.iter_mut().all(LocalHerald::is_running)
+    }
+
+    /// Stops the started servers; returns the lines of their logs (warnings
+    /// and errors). Nothing to do for `--url`.
+    pub fn stop(mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for mut local in self.locals.drain(..) {
+            local.kill();
+            lines.extend(local.log_lines());
+        }
+        lines
+    }
+}
+
+/// Asks `/readyz` of `base` for the store and bus kinds; fails unless ready.
+async fn readiness_of(base: &str) -> anyhow::Result<(String, String)> {
+    {
+        let url = format!("{base}/readyz");
         let response = reqwest::Client::builder()
             .no_proxy()
             .timeout(READY_TIMEOUT)
@@ -389,23 +535,6 @@ impl Target {
         }
         let kind = |part: &str| body[part]["kind"].as_str().unwrap_or("unknown").to_owned();
         Ok((kind("store"), kind("bus")))
-    }
-
-    /// Whether the started server is still running (always true for `--url`).
-    pub fn is_running(&mut self) -> bool {
-        self.local.as_mut().is_none_or(LocalHerald::is_running)
-    }
-
-    /// Stops a started server; returns the lines of its log (warnings and
-    /// errors). Nothing to do for `--url`.
-    pub fn stop(mut self) -> Vec<String> {
-        match self.local.take() {
-            Some(mut local) => {
-                local.kill();
-                local.log_lines()
-            }
-            None => Vec::new(),
-        }
     }
 }
 
@@ -467,5 +596,91 @@ mod tests {
         assert!(check_database_url("sqlite:///tmp/x.db").is_ok());
         assert!(check_database_url("postgres://postgres@127.0.0.1:55432/db").is_ok());
         assert!(check_database_url("postgres://u@db.example.com/db").is_err());
+    }
+
+    /// The target arguments of a `fanout` command line.
+    fn target_args(args: &[&str]) -> TargetArgs {
+        let mut argv = vec!["herald-load", "fanout"];
+        argv.extend_from_slice(args);
+        let cli = <crate::Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
+        match cli.command {
+            crate::Command::Fanout(f) => f.target,
+            _ => unreachable!("a fanout command line"),
+        }
+    }
+
+    #[test]
+    fn several_urls_make_a_cluster_with_one_pid_each() {
+        let plan = target_args(&[
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://127.0.0.1:8082",
+            "--server-pid",
+            "11",
+            "--server-pid",
+            "12",
+            "--jwt-secret",
+            "s",
+        ])
+        .plan()
+        .expect("a valid plan");
+        let TargetPlan::Remote {
+            base_urls, pids, ..
+        } = plan
+        else {
+            panic!("--url plans a remote target");
+        };
+        assert_eq!(
+            base_urls,
+            ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+        );
+        assert_eq!(pids, [11, 12]);
+        let mismatched = target_args(&[
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://127.0.0.1:8082",
+            "--server-pid",
+            "11",
+            "--jwt-secret",
+            "s",
+        ]);
+        assert!(mismatched.plan().is_err(), "one pid for two urls");
+    }
+
+    #[test]
+    fn several_started_nodes_need_postgres_and_a_local_nats() {
+        let bin = std::env::current_exe().expect("the test binary");
+        let bin = bin.to_str().expect("a UTF-8 path");
+        let pg = "postgres://postgres@127.0.0.1:55432/db";
+        let ok = target_args(&[
+            "--nodes",
+            "3",
+            "--database-url",
+            pg,
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--herald-bin",
+            bin,
+        ]);
+        assert!(matches!(ok.plan(), Ok(TargetPlan::Local { nodes: 3, .. })));
+        for bad in [
+            vec!["--nodes", "3", "--nats-url", "nats://127.0.0.1:4222"],
+            vec!["--nodes", "3", "--database-url", pg],
+            vec![
+                "--nodes",
+                "3",
+                "--database-url",
+                pg,
+                "--nats-url",
+                "nats://10.0.0.1:4222",
+            ],
+            vec!["--nodes", "0"],
+        ] {
+            let mut args = bad.clone();
+            args.extend(["--herald-bin", bin]);
+            assert!(target_args(&args).plan().is_err(), "{bad:?}");
+        }
     }
 }

@@ -6,6 +6,11 @@
 //! deliveries per second, that latency, and the server's CPU per million
 //! deliveries. Once per (subscriber count, rate) pair, on a fresh topic.
 //!
+//! With several nodes (`--nodes N`, or several `--url`s), events are
+//! published to the first node and subscribers are spread evenly over the
+//! others: every delivery crosses the bus from one node to another, and the
+//! server CPU is summed over all nodes.
+//!
 //! Subscribers are opened like the `conns` scenario's (spread over source
 //! addresses 127.0.0.1 ..= 127.0.0.N), all subscribed before the first
 //! publish. Each is a task that reads frames and parses only what it needs
@@ -76,19 +81,19 @@ const MAX_SECS: u64 = 3_600;
 const MAX_DATA_BYTES: usize = 60 * 1024;
 const MAX_OPEN_CONCURRENCY: usize = 4_096;
 /// Client read buffer per subscriber.
-const WS_READ_BUFFER: usize = 8 * 1024;
+pub(crate) const WS_READ_BUFFER: usize = 8 * 1024;
 /// Shared latency histograms (subscriber i records into i % SHARDS).
 const SHARDS: usize = 16;
 /// Latencies a subscriber keeps before recording them into its shard.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// A publisher waits this long after a failed request.
-const ERROR_PAUSE: Duration = Duration::from_millis(10);
+pub(crate) const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Attempts at publishing the end event.
 const END_ATTEMPTS: usize = 3;
 /// Idle time between runs.
 const PAUSE_BETWEEN_RUNS: Duration = Duration::from_secs(1);
 /// How long after their deadline publishers may take to stop.
-const STOP_SLACK: Duration = Duration::from_secs(5);
+pub(crate) const STOP_SLACK: Duration = Duration::from_secs(5);
 /// Extra validity of a minted token beyond the planned run time.
 const TOKEN_MARGIN_SECS: u64 = 3_600;
 
@@ -283,8 +288,8 @@ impl Scenario for FanoutArgs {
     }
 
     async fn run(settings: &FanoutSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoint = Endpoint::resolve(&target.base_url, &target.token).await?;
-        if let Some(pid) = target.pid {
+        let endpoints = subscriber_endpoints(target).await?;
+        for &pid in &target.pids {
             let most = settings.subscribers.iter().copied().max().unwrap_or(0);
             check_server_fd_limit(pid, most + settings.publishers)?;
         }
@@ -295,8 +300,10 @@ impl Scenario for FanoutArgs {
                 if !runs.is_empty() {
                     tokio::time::sleep(PAUSE_BETWEEN_RUNS).await;
                 }
-                let topic = format!("{TOPIC_PREFIX}.fanout.{tag}.r{}", runs.len());
-                runs.push(run_once(settings, target, &endpoint, subscribers, rate, &topic).await?);
+                let topics = vec![format!("{TOPIC_PREFIX}.fanout.{tag}.r{}", runs.len())];
+                runs.push(
+                    run_once(settings, target, &endpoints, subscribers, rate, &topics).await?,
+                );
                 if !target.is_running() {
                     bail!("the server exited during the run with {subscribers} subscribers");
                 }
@@ -306,10 +313,26 @@ impl Scenario for FanoutArgs {
     }
 }
 
+/// Where subscribers connect: every node but the first (published to) when
+/// there are several, else the only one.
+pub(crate) async fn subscriber_endpoints(target: &Target) -> anyhow::Result<Vec<Endpoint>> {
+    let mut endpoints = Vec::new();
+    for url in target.subscriber_urls() {
+        endpoints.push(Endpoint::resolve(url, &target.token).await?);
+    }
+    Ok(endpoints)
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutFigures {
-    /// Subscribers on the topic.
+    /// Herald nodes: 1, or N with publishes to the first and subscribers
+    /// spread over the others (server CPU summed over all of them).
+    pub nodes: usize,
+    /// Topics published to (1 for `fanout`); subscriber i is on topic
+    /// i % topics, event n goes to topic n % topics.
+    pub topics: usize,
+    /// Subscribers, over all topics.
     pub subscribers: usize,
     /// The asked publishing rate.
     pub rate: Rate,
@@ -317,8 +340,8 @@ pub struct FanoutFigures {
     pub publishers: usize,
     /// Events the run was to publish (`--events`).
     pub events_planned: u64,
-    /// Events the topic holds (the end event's seq - 1): what each
-    /// subscriber should receive.
+    /// Events the topics hold (each end event's seq - 1, summed): with one
+    /// topic, what each subscriber should receive.
     pub events: u64,
     /// Publishes answered `201` (equals `events` unless a publish timed out
     /// after all).
@@ -338,7 +361,8 @@ pub struct FanoutFigures {
     pub stopped_by: &'static str,
     /// Event frames the subscribers received (the end event not counted).
     pub deliveries: u64,
-    /// `subscribers * events`: what a lossless run delivers.
+    /// What a lossless run delivers: for each subscriber, the events of its
+    /// topic (`subscribers * events` with one topic).
     pub deliveries_expected: u64,
     /// From the first publish until the last subscriber had the end event.
     pub window_secs: f64,
@@ -379,6 +403,11 @@ pub struct FanoutFigures {
     /// threads); all busy CPU minus the server's (when measured) and this
     /// process's. A core or more means other work disturbed the figures.
     pub other_cores_busy: f64,
+    /// The database server's CPU in the window (postmaster and its live
+    /// children), seconds, with `--db-pid`.
+    pub db_cpu_secs: Option<f64>,
+    /// Per million deliveries.
+    pub db_cpu_secs_per_million_deliveries: Option<f64>,
 }
 
 impl FanoutFigures {
@@ -392,6 +421,8 @@ impl FanoutFigures {
 /// The table for a list of runs, with details below it.
 pub fn render(runs: &[FanoutFigures]) -> String {
     let mut table = Table::new(&[
+        "nodes",
+        "topics",
         "subscribers",
         "rate",
         "events",
@@ -413,6 +444,8 @@ pub fn render(runs: &[FanoutFigures]) -> String {
     ]);
     for r in runs {
         table.row(vec![
+            r.nodes.to_string(),
+            r.topics.to_string(),
             r.subscribers.to_string(),
             r.rate.to_string(),
             r.events.to_string(),
@@ -479,6 +512,12 @@ pub fn render(runs: &[FanoutFigures]) -> String {
                 r.stopped_by, r.published, r.events_planned
             ));
         }
+        if let (Some(db), Some(per_m)) = (r.db_cpu_secs, r.db_cpu_secs_per_million_deliveries) {
+            notes.push(format!(
+                "database CPU {db:.2} s ({per_m:.2} s per million deliveries, {:.2} cores)",
+                db / r.window_secs
+            ));
+        }
         if !r.server_threads.is_empty() {
             let top: Vec<String> = r
                 .server_threads
@@ -505,7 +544,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
 }
 
 /// Nanoseconds since the Unix epoch, by this machine's clock.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -513,7 +552,7 @@ fn now_ns() -> u64 {
 
 /// What a subscriber makes of a text frame.
 #[derive(Debug, PartialEq, Eq)]
-enum Frame {
+pub(crate) enum Frame {
     /// An event with its seq and, when present, the send time in its data.
     Event { seq: u64, sent_ns: Option<u64> },
     /// The end event.
@@ -529,7 +568,7 @@ enum Frame {
 /// event) with `data` last and written by this tool as
 /// `{"t":NS,...}` or `{"end":true}`. Topics and server-made ids cannot hold
 /// a quote, so the first `,"seq":` is the seq.
-fn parse_frame(text: &str) -> Frame {
+pub(crate) fn parse_frame(text: &str) -> Frame {
     let Some(rest) = text.strip_prefix(r#"{"op":"event","#) else {
         // Control frames: keys in any order.
         return if text.contains(r#""op":"reset""#) {
@@ -561,16 +600,16 @@ fn leading_u64(s: &str) -> Option<u64> {
 /// Which seqs of one topic a subscriber has seen: all up to `contiguous`,
 /// plus the few above it (only after a gap or a reordering).
 #[derive(Debug, Default)]
-struct Seqs {
-    contiguous: u64,
+pub(crate) struct Seqs {
+    pub(crate) contiguous: u64,
     above: BTreeSet<u64>,
     highest: u64,
-    duplicates: u64,
-    order_violations: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) order_violations: u64,
 }
 
 impl Seqs {
-    fn see(&mut self, seq: u64) {
+    pub(crate) fn see(&mut self, seq: u64) {
         if seq <= self.contiguous || self.above.contains(&seq) {
             self.duplicates += 1;
             return;
@@ -590,16 +629,16 @@ impl Seqs {
     }
 
     /// Distinct seqs seen.
-    fn distinct(&self) -> u64 {
+    pub(crate) fn distinct(&self) -> u64 {
         self.contiguous + self.above.len() as u64
     }
 }
 
 /// The run's latency histograms, shared by subscribers in batches.
-struct Shards(Vec<Mutex<Histogram<u64>>>);
+pub(crate) struct Shards(Vec<Mutex<Histogram<u64>>>);
 
 impl Shards {
-    fn new() -> Shards {
+    pub(crate) fn new() -> Shards {
         Shards(
             (0..SHARDS)
                 .map(|_| Mutex::new(latency_histogram()))
@@ -607,7 +646,7 @@ impl Shards {
         )
     }
 
-    fn record(&self, shard: usize, values: &mut Vec<u64>) {
+    pub(crate) fn record(&self, shard: usize, values: &mut Vec<u64>) {
         let mut h = self.0[shard % SHARDS]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -617,7 +656,7 @@ impl Shards {
         values.clear();
     }
 
-    fn merged(&self) -> Histogram<u64> {
+    pub(crate) fn merged(&self) -> Histogram<u64> {
         let mut all = latency_histogram();
         for shard in &self.0 {
             let h = shard
@@ -632,6 +671,8 @@ impl Shards {
 /// What one subscriber counted.
 #[derive(Debug, Default)]
 struct SubTally {
+    /// Index of its topic.
+    topic: usize,
     deliveries: u64,
     seqs: Seqs,
     resets: u64,
@@ -642,8 +683,10 @@ struct SubTally {
 
 /// What every subscriber task shares.
 struct SubShared {
-    endpoint: Endpoint,
-    topic: String,
+    /// Subscriber i connects to `endpoints[i % len]`.
+    endpoints: Vec<Endpoint>,
+    /// Subscriber i is on `topics[i % len]`.
+    topics: Vec<String>,
     connect_timeout: Duration,
     permits: Semaphore,
     opened: mpsc::UnboundedSender<Result<(), OpenError>>,
@@ -663,7 +706,12 @@ async fn subscriber(
     };
     let opened = tokio::time::timeout(
         shared.connect_timeout,
-        client::ws_subscribe(&shared.endpoint, source, &shared.topic, WS_READ_BUFFER),
+        client::ws_subscribe(
+            &shared.endpoints[index % shared.endpoints.len()],
+            source,
+            &shared.topics[index % shared.topics.len()],
+            WS_READ_BUFFER,
+        ),
     )
     .await
     .unwrap_or_else(|_| Err(OpenError("timeout".into())));
@@ -678,7 +726,10 @@ async fn subscriber(
             return (SubTally::default(), None);
         }
     };
-    let mut tally = SubTally::default();
+    let mut tally = SubTally {
+        topic: index % shared.topics.len(),
+        ..SubTally::default()
+    };
     let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
     loop {
         match ws.next().await {
@@ -722,38 +773,45 @@ async fn subscriber(
 }
 
 /// What every publisher of a run shares.
-struct PubShared {
-    url: String,
-    authorization: HeaderValue,
-    topic: String,
-    rate: Rate,
-    events: u64,
-    next: AtomicU64,
-    start: Instant,
-    deadline: Instant,
-    out_of_time: AtomicBool,
-    pad: String,
-    data_bytes: usize,
+pub(crate) struct PubShared {
+    pub(crate) url: String,
+    pub(crate) authorization: HeaderValue,
+    /// Event n goes to `topics[n % len]`.
+    pub(crate) topics: Vec<String>,
+    pub(crate) rate: Rate,
+    pub(crate) events: u64,
+    pub(crate) next: AtomicU64,
+    pub(crate) start: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) out_of_time: AtomicBool,
+    pub(crate) pad: String,
+    pub(crate) data_bytes: usize,
 }
 
 /// What one publisher counted.
-struct PubTally {
-    published: u64,
-    errors: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
-    last_answer: Option<Instant>,
+pub(crate) struct PubTally {
+    pub(crate) published: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) last_answer: Option<Instant>,
 }
 
 /// The fields of a receipt the check needs.
 #[derive(Deserialize)]
-struct Receipt {
+pub(crate) struct Receipt {
     topic: String,
     seq: u64,
 }
 
 /// The JSON body of event `n`, sent at `sent_ns`: `data` is padded to
 /// `data_bytes` (or just over, when the fields alone are longer).
-fn event_body(topic: &str, sent_ns: u64, n: u64, pad: &str, data_bytes: usize) -> String {
+pub(crate) fn event_body(
+    topic: &str,
+    sent_ns: u64,
+    n: u64,
+    pad: &str,
+    data_bytes: usize,
+) -> String {
     let bare = format!(r#"{{"t":{sent_ns},"n":{n},"pad":""}}"#);
     let fill = data_bytes.saturating_sub(bare.len()).min(pad.len());
     format!(
@@ -763,7 +821,7 @@ fn event_body(topic: &str, sent_ns: u64, n: u64, pad: &str, data_bytes: usize) -
 }
 
 /// A transport failure's kind.
-fn classify(e: &reqwest::Error) -> &'static str {
+pub(crate) fn classify(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -776,7 +834,7 @@ fn classify(e: &reqwest::Error) -> &'static str {
 }
 
 /// One client holding one keep-alive HTTP/1.1 connection.
-fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .http1_only()
         .no_proxy()
@@ -788,14 +846,16 @@ fn http_client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Publishes `body` once; the receipt's seq, or the error's kind.
-async fn publish_one(
+pub(crate) async fn publish_one(
     client: &reqwest::Client,
-    shared: &PubShared,
+    url: &str,
+    authorization: &HeaderValue,
+    topic: &str,
     body: String,
 ) -> Result<u64, String> {
     let response = client
-        .post(&shared.url)
-        .header(AUTHORIZATION, shared.authorization.clone())
+        .post(url)
+        .header(AUTHORIZATION, authorization.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(body)
         .send()
@@ -810,7 +870,7 @@ async fn publish_one(
         return Err(status.as_str().to_owned());
     }
     match serde_json::from_slice::<Receipt>(&body) {
-        Ok(receipt) if receipt.topic == shared.topic => Ok(receipt.seq),
+        Ok(receipt) if receipt.topic == topic => Ok(receipt.seq),
         _ => Err("unreadable_answer".to_owned()),
     }
 }
@@ -818,7 +878,7 @@ async fn publish_one(
 /// One publisher: takes the next event number, waits for its time (at a
 /// set rate), publishes it with the send time in `data`, waits for the
 /// answer; until every event is taken or the time is up.
-async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally {
+pub(crate) async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally {
     let mut tally = PubTally {
         published: 0,
         errors: BTreeMap::new(),
@@ -839,9 +899,10 @@ async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally 
             break;
         }
         let sent_ns = now_ns();
-        let body = event_body(&shared.topic, sent_ns, n, &shared.pad, shared.data_bytes);
+        let topic = &shared.topics[(n % shared.topics.len() as u64) as usize];
+        let body = event_body(topic, sent_ns, n, &shared.pad, shared.data_bytes);
         let sent = Instant::now();
-        let answer = publish_one(&client, &shared, body).await;
+        let answer = publish_one(&client, &shared.url, &shared.authorization, topic, body).await;
         tally.last_answer = Some(Instant::now());
         match answer {
             Ok(_) => {
@@ -859,24 +920,114 @@ async fn publisher(shared: Arc<PubShared>, client: reqwest::Client) -> PubTally 
     tally
 }
 
+impl Sample {
+    /// [`Sample::take`] plus the database server's CPU (`db_pid`).
+    pub(crate) fn take_with_db(server_pids: &[u32], db_pid: Option<u32>) -> anyhow::Result<Sample> {
+        let mut sample = Sample::take(server_pids)?;
+        sample.db = db_pid
+            .map(cpu::process_tree_cpu)
+            .transpose()
+            .context("reading the database server's CPU time")?;
+        Ok(sample)
+    }
+}
+
+/// Most events in one publish request (the API's batch limit).
+const MAX_BATCH: usize = 1_000;
+
+/// Publishes the end event `{"end":true}` on every topic, in batches of up
+/// to 1,000 (one transaction each), a few attempts each; returns each
+/// topic's end seq.
+pub(crate) async fn publish_ends(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &HeaderValue,
+    topics: &[String],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut seqs = BTreeMap::new();
+    for chunk in topics.chunks(MAX_BATCH) {
+        let body = format!(
+            "[{}]",
+            chunk
+                .iter()
+                .map(|t| format!(r#"{{"topic":"{t}","data":{{"end":true}}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut errors = Vec::new();
+        let mut done = false;
+        for _ in 0..END_ATTEMPTS {
+            match publish_batch(client, url, authorization, body.clone()).await {
+                Ok(receipts) if receipts.len() == chunk.len() => {
+                    for r in receipts {
+                        seqs.insert(r.topic, r.seq);
+                    }
+                    done = true;
+                    break;
+                }
+                Ok(_) => errors.push("unreadable_answer".to_owned()),
+                Err(kind) => errors.push(kind),
+            }
+            tokio::time::sleep(ERROR_PAUSE * 10).await;
+        }
+        if !done {
+            bail!("the end events could not be published: {errors:?}");
+        }
+    }
+    Ok(seqs)
+}
+
+/// Publishes a JSON array of events; the receipts, or the error's kind.
+async fn publish_batch(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &HeaderValue,
+    body: String,
+) -> Result<Vec<Receipt>, String> {
+    let response = client
+        .post(url)
+        .header(AUTHORIZATION, authorization.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| classify(&e).to_owned())?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| classify(&e).to_owned())?;
+    if status != StatusCode::CREATED {
+        return Err(status.as_str().to_owned());
+    }
+    serde_json::from_slice(&body).map_err(|_| "unreadable_answer".to_owned())
+}
+
 /// CPU counters and the time they were read.
-struct Sample {
-    at: Instant,
-    server: Option<(Duration, ThreadSample)>,
-    client: Duration,
-    machine: Duration,
+pub(crate) struct Sample {
+    pub(crate) at: Instant,
+    pub(crate) server: Option<(Duration, ThreadSample)>,
+    pub(crate) client: Duration,
+    pub(crate) machine: Duration,
+    /// The database server's CPU (postmaster and live children), when
+    /// `--db-pid` is given.
+    pub(crate) db: Option<Duration>,
 }
 
 impl Sample {
-    fn take(server_pid: Option<u32>) -> anyhow::Result<Sample> {
-        let server = match server_pid {
-            Some(pid) => Some((
-                cpu::process_cpu(pid).context("reading the server's CPU time")?,
-                cpu::thread_sample(pid),
-            )),
-            None => None,
+    /// Reads the CPU of every server process in `server_pids` (empty: not
+    /// measured), this process's, and the machine's.
+    pub(crate) fn take(server_pids: &[u32]) -> anyhow::Result<Sample> {
+        let server = if server_pids.is_empty() {
+            None
+        } else {
+            Some((
+                cpu::processes_cpu(server_pids).context("reading the server's CPU time")?,
+                cpu::threads_sample(server_pids),
+            ))
         };
         Ok(Sample {
+            db: None,
             at: Instant::now(),
             server,
             client: cpu::own_cpu()?,
@@ -885,20 +1036,24 @@ impl Sample {
     }
 }
 
-async fn run_once(
+/// One run: `subscribers` WebSocket subscribers spread over `topics`
+/// (subscriber i on topic i % len) and over `endpoints`, the events
+/// published to the target's first node (event n on topic n % len), the end
+/// event on every topic; what it measured.
+pub(crate) async fn run_once(
     settings: &FanoutSettings,
     target: &Target,
-    endpoint: &Endpoint,
+    endpoints: &[Endpoint],
     subscribers: usize,
     rate: Rate,
-    topic: &str,
+    topics: &[String],
 ) -> anyhow::Result<FanoutFigures> {
     // 1. Subscribers, all subscribed before the first publish.
     let sources = Sources::new(settings.source_ips)?;
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
     let subs = Arc::new(SubShared {
-        endpoint: endpoint.clone(),
-        topic: topic.to_owned(),
+        endpoints: endpoints.to_vec(),
+        topics: topics.to_vec(),
         connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
         permits: Semaphore::new(settings.open_concurrency),
         opened: opened_tx,
@@ -934,12 +1089,12 @@ async fn run_once(
         .map(|_| http_client(request_timeout))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let end_client = http_client(request_timeout)?;
-    let before = Sample::take(target.pid)?;
+    let before = Sample::take_with_db(&target.pids, target.db_pid)?;
     let start = Instant::now();
     let shared = Arc::new(PubShared {
         url: format!("{}/v1/publish", target.base_url),
         authorization,
-        topic: topic.to_owned(),
+        topics: topics.to_vec(),
         rate,
         events: settings.events,
         next: AtomicU64::new(0),
@@ -964,24 +1119,7 @@ async fn run_once(
     }
 
     // 3. The end event, then wait for every subscriber to have it.
-    let mut end_seq = None;
-    let mut end_errors = Vec::new();
-    for _ in 0..END_ATTEMPTS {
-        let body = format!(r#"{{"topic":"{topic}","data":{{"end":true}}}}"#);
-        match publish_one(&end_client, &shared, body).await {
-            Ok(seq) => {
-                end_seq = Some(seq);
-                break;
-            }
-            Err(kind) => {
-                end_errors.push(kind);
-                tokio::time::sleep(ERROR_PAUSE * 10).await;
-            }
-        }
-    }
-    let Some(end_seq) = end_seq else {
-        bail!("the end event could not be published: {end_errors:?}");
-    };
+    let end_seqs = publish_ends(&end_client, &shared.url, &shared.authorization, topics).await?;
     let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
     let mut tallies = Vec::with_capacity(subscribers);
     let mut connections = Vec::with_capacity(subscribers);
@@ -1000,13 +1138,14 @@ async fn run_once(
             }
         }
     }
-    let after = Sample::take(target.pid)?;
+    let after = Sample::take_with_db(&target.pids, target.db_pid)?;
     // Closing the connections is not part of the window.
     tasks.shutdown().await;
     drop(connections);
 
     // 4. Figures.
-    let events = end_seq - 1;
+    let held = |topic: usize| end_seqs.get(&topics[topic]).map_or(0, |seq| seq - 1);
+    let events: u64 = (0..topics.len()).map(held).sum();
     let mut publish_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut publish_latency = latency_histogram();
     let mut published = 0;
@@ -1026,9 +1165,11 @@ async fn run_once(
     let (mut deliveries, mut lost, mut duplicates, mut order_violations, mut resets) =
         (0, 0, 0, 0, 0);
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
+    let mut deliveries_expected = 0;
     for t in &tallies {
         deliveries += t.deliveries;
-        lost += events.saturating_sub(t.seqs.distinct());
+        deliveries_expected += held(t.topic);
+        lost += held(t.topic).saturating_sub(t.seqs.distinct());
         duplicates += t.seqs.duplicates;
         order_violations += t.seqs.order_violations;
         resets += t.resets;
@@ -1048,8 +1189,18 @@ async fn run_once(
     };
     let client_cpu_secs = after.client.saturating_sub(before.client).as_secs_f64();
     let machine_secs = after.machine.saturating_sub(before.machine).as_secs_f64();
-    let other_secs = (machine_secs - client_cpu_secs - server_cpu_secs.unwrap_or(0.0)).max(0.0);
+    let db_cpu_secs = match (before.db, after.db) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b).as_secs_f64()),
+        _ => None,
+    };
+    let other_secs = (machine_secs
+        - client_cpu_secs
+        - server_cpu_secs.unwrap_or(0.0)
+        - db_cpu_secs.unwrap_or(0.0))
+    .max(0.0);
     Ok(FanoutFigures {
+        nodes: target.node_urls.len(),
+        topics: topics.len(),
         subscribers,
         rate,
         publishers: settings.publishers,
@@ -1067,7 +1218,7 @@ async fn run_once(
             "events"
         },
         deliveries,
-        deliveries_expected: events * subscribers as u64,
+        deliveries_expected,
         window_secs,
         deliveries_per_sec: deliveries as f64 / window_secs,
         latency: Latency::from_histogram(&subs.shards.merged()),
@@ -1086,6 +1237,10 @@ async fn run_once(
         client_cpu_secs,
         client_cores_busy: client_cpu_secs / window_secs,
         other_cores_busy: other_secs / window_secs,
+        db_cpu_secs,
+        db_cpu_secs_per_million_deliveries: db_cpu_secs
+            .filter(|_| deliveries > 0)
+            .map(|s| s * 1e6 / deliveries as f64),
     })
 }
 

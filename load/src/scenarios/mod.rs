@@ -14,7 +14,10 @@ use crate::target::{Target, TargetArgs};
 
 pub mod conns;
 pub mod fanout;
+pub mod poll_cost;
 pub mod publish;
+pub mod storm;
+pub mod topics;
 
 /// A load scenario.
 pub trait Scenario {

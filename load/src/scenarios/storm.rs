@@ -1,0 +1,912 @@
+//! `storm`: N WebSocket clients, spread over T topics, all drop their
+//! connections at the same moment and reconnect at once with their cursors
+//! while publishing continues: how long until every client is resumed, and
+//! whether anything was lost or delivered twice across the reconnection
+//! (both must be zero).
+//!
+//! 1. N clients open (`--open-concurrency` at a time, from 127.0.0.1 ..=
+//!    127.0.0.N) and subscribe live to topic i % T; all are subscribed
+//!    before the first publish.
+//! 2. Publishers publish at `--rate` events per second over the topics
+//!    (event n on topic n % T) for `--before-secs` + `--after-secs`.
+//! 3. After `--before-secs`, every client drops its TCP connection (no
+//!    close frame, like a network change) and reconnects at once, without
+//!    any spreading, subscribing with `since` = its topic and the last seq
+//!    it holds. A failed attempt is retried after a short back-off
+//!    (100 ms doubling up to 2 s) until `--resume-timeout-secs` after the
+//!    storm. A client counts as *resumed* once it has its `subscribed`
+//!    frame and has received every event up to the head that frame
+//!    announced: from then on it is live again.
+//! 4. After publishing, one end event per topic; clients stop when theirs
+//!    arrives. Each client's seqs, across both connections, give lost,
+//!    duplicated and out-of-order events.
+//!
+//! A client that the server closes later (a slow consumer, `4008`) or whose
+//! connection fails reconnects the same way; that is counted under
+//! `closed_after_storm`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use reqwest::header::HeaderValue;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::Scenario;
+use super::conns::{SPARE_FDS, check_server_fd_limit};
+use super::fanout::{
+    self, BATCH, Frame, PubShared, PubTally, Rate, STOP_SLACK, Sample, Seqs, Shards,
+    WS_READ_BUFFER, now_ns, parse_frame,
+};
+use crate::cli::OutputArgs;
+use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources, WsStream};
+use crate::cpu::ThreadGroupCpu;
+use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
+
+/// Client counts, one run each, by default.
+pub const DEFAULT_CLIENTS: [usize; 1] = [1_000];
+/// Topics the clients are spread over, by default.
+pub const DEFAULT_TOPICS: usize = 100;
+/// Events per second over all topics, by default.
+pub const DEFAULT_RATE: f64 = 100.0;
+/// Concurrent publishers, by default.
+pub const DEFAULT_PUBLISHERS: usize = 4;
+/// Seconds of publishing before the storm, by default.
+pub const DEFAULT_BEFORE_SECS: u64 = 5;
+/// Seconds of publishing after it, by default.
+pub const DEFAULT_AFTER_SECS: u64 = 15;
+/// Seconds after the storm within which every client must have resumed, by
+/// default (reconnection attempts stop then).
+pub const DEFAULT_RESUME_TIMEOUT_SECS: u64 = 60;
+
+const MAX_CLIENTS: usize = 50_000;
+const MAX_SECS: u64 = 3_600;
+/// First back-off after a failed reconnection attempt; it doubles.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest back-off.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Extra validity of a minted token beyond the planned run time.
+const TOKEN_MARGIN_SECS: u64 = 3_600;
+
+/// `herald-load storm`.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Client counts, comma-separated: one run each, in turn.
+    #[arg(long, env = "HERALD_LOAD_CLIENTS", value_delimiter = ',', default_values_t = DEFAULT_CLIENTS)]
+    pub clients: Vec<usize>,
+    /// Topics the clients are spread over (client i on topic i % T; at most
+    /// the client count).
+    #[arg(long, env = "HERALD_LOAD_TOPICS", default_value_t = DEFAULT_TOPICS)]
+    pub topics: usize,
+    /// Events per second over all topics, published throughout.
+    #[arg(long, env = "HERALD_LOAD_RATE", default_value_t = DEFAULT_RATE)]
+    pub rate: f64,
+    /// Concurrent publishers, each with one HTTP/1.1 connection.
+    #[arg(long, env = "HERALD_LOAD_PUBLISHERS", default_value_t = DEFAULT_PUBLISHERS)]
+    pub publishers: usize,
+    /// Seconds of publishing before every client disconnects.
+    #[arg(long, env = "HERALD_LOAD_BEFORE_SECS", default_value_t = DEFAULT_BEFORE_SECS)]
+    pub before_secs: u64,
+    /// Seconds of publishing after it.
+    #[arg(long, env = "HERALD_LOAD_AFTER_SECS", default_value_t = DEFAULT_AFTER_SECS)]
+    pub after_secs: u64,
+    /// Seconds after the storm within which clients must have resumed.
+    #[arg(long, env = "HERALD_LOAD_RESUME_TIMEOUT_SECS", default_value_t = DEFAULT_RESUME_TIMEOUT_SECS)]
+    pub resume_timeout_secs: u64,
+    /// Bytes of each event's `data`.
+    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = fanout::DEFAULT_DATA_BYTES)]
+    pub data_bytes: usize,
+    /// Seconds after the last publish that clients may take to receive
+    /// everything.
+    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = fanout::DEFAULT_DRAIN_SECS)]
+    pub drain_secs: u64,
+    /// Clients being opened at once before the storm (the reconnections
+    /// are not limited).
+    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = fanout::DEFAULT_OPEN_CONCURRENCY)]
+    pub open_concurrency: usize,
+    /// Source addresses: clients are spread over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
+    pub source_ips: u8,
+    /// Seconds one connection attempt may take (connect, upgrade, subscribe).
+    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout_secs: u64,
+    /// Seconds opening all clients before the storm may take.
+    #[arg(long, env = "HERALD_LOAD_OPEN_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_OPEN_TIMEOUT_SECS)]
+    pub open_timeout_secs: u64,
+    /// Seconds one publish may take before it counts as a `timeout` error.
+    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+}
+
+/// The checked settings of a `storm` invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormSettings {
+    /// `--clients`.
+    pub clients: Vec<usize>,
+    /// `--topics`.
+    pub topics: usize,
+    /// `--rate`.
+    pub rate: f64,
+    /// `--publishers`.
+    pub publishers: usize,
+    /// `--before-secs`.
+    pub before_secs: u64,
+    /// `--after-secs`.
+    pub after_secs: u64,
+    /// `--resume-timeout-secs`.
+    pub resume_timeout_secs: u64,
+    /// `--data-bytes`.
+    pub data_bytes: usize,
+    /// `--drain-secs`.
+    pub drain_secs: u64,
+    /// `--open-concurrency`.
+    pub open_concurrency: usize,
+    /// `--source-ips`.
+    pub source_ips: u8,
+    /// `--connect-timeout-secs`.
+    pub connect_timeout_secs: u64,
+    /// `--open-timeout-secs`.
+    pub open_timeout_secs: u64,
+    /// `--request-timeout-secs`.
+    pub request_timeout_secs: u64,
+}
+
+impl Scenario for StormArgs {
+    const NAME: &'static str = "storm";
+    type Settings = StormSettings;
+
+    fn target(&self) -> &TargetArgs {
+        &self.target
+    }
+
+    fn output(&self) -> &OutputArgs {
+        &self.output
+    }
+
+    fn settings(&self) -> anyhow::Result<StormSettings> {
+        if self.clients.is_empty() || self.clients.iter().any(|&c| c == 0 || c > MAX_CLIENTS) {
+            bail!("--clients: each count must be 1..={MAX_CLIENTS}");
+        }
+        if self.topics == 0 {
+            bail!("--topics must be at least 1");
+        }
+        if !(self.rate > 0.0 && self.rate <= 1e6) {
+            bail!("--rate must be above 0 and at most 1e6 events/s");
+        }
+        if self.publishers == 0 || self.publishers > 256 {
+            bail!("--publishers must be 1..=256");
+        }
+        if self.before_secs > MAX_SECS || self.after_secs > MAX_SECS {
+            bail!("--before-secs and --after-secs must be at most {MAX_SECS}");
+        }
+        for (name, secs) in [
+            ("--resume-timeout-secs", self.resume_timeout_secs),
+            ("--drain-secs", self.drain_secs),
+            ("--connect-timeout-secs", self.connect_timeout_secs),
+            ("--open-timeout-secs", self.open_timeout_secs),
+            ("--request-timeout-secs", self.request_timeout_secs),
+        ] {
+            if secs == 0 || secs > MAX_SECS {
+                bail!("{name} must be 1..={MAX_SECS}");
+            }
+        }
+        if self.open_concurrency == 0 || self.open_concurrency > 4_096 {
+            bail!("--open-concurrency must be 1..=4096");
+        }
+        if self.data_bytes > 60 * 1024 {
+            bail!("--data-bytes must be at most 61440");
+        }
+        Sources::new(self.source_ips)?;
+        Ok(StormSettings {
+            clients: self.clients.clone(),
+            topics: self.topics,
+            rate: self.rate,
+            publishers: self.publishers,
+            before_secs: self.before_secs,
+            after_secs: self.after_secs,
+            resume_timeout_secs: self.resume_timeout_secs,
+            data_bytes: self.data_bytes,
+            drain_secs: self.drain_secs,
+            open_concurrency: self.open_concurrency,
+            source_ips: self.source_ips,
+            connect_timeout_secs: self.connect_timeout_secs,
+            open_timeout_secs: self.open_timeout_secs,
+            request_timeout_secs: self.request_timeout_secs,
+        })
+    }
+
+    fn token_secs(s: &StormSettings) -> u64 {
+        let per_run = s.open_timeout_secs
+            + s.before_secs
+            + s.after_secs
+            + s.resume_timeout_secs
+            + s.request_timeout_secs
+            + s.drain_secs;
+        per_run * s.clients.len() as u64 + TOKEN_MARGIN_SECS
+    }
+
+    fn fds_needed(s: &StormSettings) -> u64 {
+        // A client drops its old socket before it opens the new one.
+        let most = s.clients.iter().copied().max().unwrap_or(0);
+        (most + s.publishers) as u64 + SPARE_FDS
+    }
+
+    async fn run(settings: &StormSettings, target: &mut Target) -> anyhow::Result<Runs> {
+        let endpoints = fanout::subscriber_endpoints(target).await?;
+        for &pid in &target.pids {
+            let most = settings.clients.iter().copied().max().unwrap_or(0);
+            check_server_fd_limit(pid, most + settings.publishers)?;
+        }
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let mut runs = Vec::new();
+        for &clients in &settings.clients {
+            if !runs.is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let topics: Vec<String> = (0..settings.topics.min(clients))
+                .map(|i| format!("{TOPIC_PREFIX}.storm.{tag}.r{}.t{i}", runs.len()))
+                .collect();
+            runs.push(run_once(settings, target, &endpoints, clients, &topics).await?);
+            if !target.is_running() {
+                bail!("the server exited during the run with {clients} clients");
+            }
+        }
+        Ok(Runs::Storm(runs))
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormFigures {
+    /// Herald nodes (publishes to the first, clients on the others).
+    pub nodes: usize,
+    /// Clients (WebSocket connections).
+    pub clients: usize,
+    /// Topics they are spread over.
+    pub topics: usize,
+    /// The asked publishing rate, events/s over all topics.
+    pub rate: f64,
+    /// Events the topics hold (end events not counted).
+    pub events: u64,
+    /// Publishes answered `201`.
+    pub published: u64,
+    /// Failed publishes by kind (must be none).
+    pub publish_errors: BTreeMap<String, u64>,
+    /// Publishes answered per second.
+    pub publish_events_per_sec: f64,
+    /// Clients that resumed (reconnected, subscribed, caught up with the
+    /// head announced at resubscription) within `--resume-timeout-secs`.
+    pub resumed: u64,
+    /// Clients that did not (must be 0).
+    pub not_resumed: u64,
+    /// Storm to resubscribed (the `subscribed` frame), ms, over clients.
+    pub reconnect_latency: Latency,
+    /// Storm to resumed (caught up), ms, over clients.
+    pub resume_latency: Latency,
+    /// Seconds from the storm until the last client had resumed.
+    pub all_resumed_secs: Option<f64>,
+    /// Failed reconnection attempts by kind (each was retried).
+    pub reconnect_failures: BTreeMap<String, u64>,
+    /// Clients closed by the server before the storm, by close code or
+    /// `eof` / `error` (they reconnected at the storm).
+    pub closed_before_storm: BTreeMap<String, u64>,
+    /// Connections closed after the storm (they reconnected again).
+    pub closed_after_storm: BTreeMap<String, u64>,
+    /// Event frames received, over both connections of every client.
+    pub deliveries: u64,
+    /// What a lossless run delivers: each client, every event of its topic.
+    pub deliveries_expected: u64,
+    /// Publisher's send time to the client's read, ms, over every delivery
+    /// (replayed ones included).
+    pub latency: Latency,
+    /// Seqs a client never received, summed (must be 0).
+    pub lost: u64,
+    /// Seqs received twice, summed (must be 0).
+    pub duplicates: u64,
+    /// Seqs received after a higher one, summed (must be 0).
+    pub order_violations: u64,
+    /// `reset` frames (must be 0: everything is retained).
+    pub resets: u64,
+    /// Clients that never had their end event (must be 0).
+    pub unfinished: u64,
+    /// Server CPU from the storm until every client had resumed, seconds.
+    pub storm_server_cpu_secs: Option<f64>,
+    /// Cores the server kept busy over that time.
+    pub storm_server_cores_busy: Option<f64>,
+    /// Server CPU over the whole run (first publish to last end event), s.
+    pub server_cpu_secs: Option<f64>,
+    /// The server's CPU during the storm by thread name.
+    pub storm_server_threads: Vec<ThreadGroupCpu>,
+    /// Cores this process kept busy during the storm.
+    pub storm_client_cores_busy: f64,
+    /// Cores everything else kept busy during the storm.
+    pub storm_other_cores_busy: f64,
+}
+
+impl StormFigures {
+    /// Correctness failures: lost, duplicated or reordered events, failed
+    /// publishes, clients that did not resume or finish.
+    pub fn failures(&self) -> u64 {
+        self.lost
+            + self.duplicates
+            + self.order_violations
+            + self.publish_errors.values().sum::<u64>()
+            + self.not_resumed
+            + self.unfinished
+    }
+}
+
+/// The table for a list of runs, with details below it.
+pub fn render(runs: &[StormFigures]) -> String {
+    let mut table = Table::new(&[
+        "nodes",
+        "clients",
+        "topics",
+        "events",
+        "resumed",
+        "reconn p50 ms",
+        "reconn p99 ms",
+        "resume p50 ms",
+        "resume p99 ms",
+        "all resumed s",
+        "retries",
+        "lost",
+        "dup",
+        "order",
+        "storm srv cores",
+        "other cores",
+    ]);
+    for r in runs {
+        table.row(vec![
+            r.nodes.to_string(),
+            r.clients.to_string(),
+            r.topics.to_string(),
+            r.events.to_string(),
+            format!("{}/{}", r.resumed, r.clients),
+            format!("{:.1}", r.reconnect_latency.p50_ms),
+            format!("{:.1}", r.reconnect_latency.p99_ms),
+            format!("{:.1}", r.resume_latency.p50_ms),
+            format!("{:.1}", r.resume_latency.p99_ms),
+            fmt_opt(r.all_resumed_secs, 2),
+            r.reconnect_failures.values().sum::<u64>().to_string(),
+            r.lost.to_string(),
+            r.duplicates.to_string(),
+            r.order_violations.to_string(),
+            fmt_opt(r.storm_server_cores_busy, 2),
+            format!("{:.2}", r.storm_other_cores_busy),
+        ]);
+    }
+    let mut out = table.render();
+    let list = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for r in runs {
+        let mut notes = vec![format!(
+            "published {} at {:.0}/s; delivery p50 {:.2} ms, p99 {:.2} ms (replays included); \
+             deliveries {}/{}",
+            r.published,
+            r.publish_events_per_sec,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.deliveries,
+            r.deliveries_expected
+        )];
+        if !r.reconnect_failures.is_empty() {
+            notes.push(format!(
+                "failed reconnection attempts (retried): {}",
+                list(&r.reconnect_failures)
+            ));
+        }
+        if !r.publish_errors.is_empty() {
+            notes.push(format!("publish errors: {}", list(&r.publish_errors)));
+        }
+        if !r.closed_before_storm.is_empty() {
+            notes.push(format!(
+                "closed before the storm: {}",
+                list(&r.closed_before_storm)
+            ));
+        }
+        if !r.closed_after_storm.is_empty() {
+            notes.push(format!(
+                "closed after the storm (reconnected again): {}",
+                list(&r.closed_after_storm)
+            ));
+        }
+        if r.unfinished > 0 {
+            notes.push(format!("{} clients unfinished", r.unfinished));
+        }
+        if r.resets > 0 {
+            notes.push(format!("{} resets", r.resets));
+        }
+        if !r.storm_server_threads.is_empty() {
+            let top: Vec<String> = r
+                .storm_server_threads
+                .iter()
+                .take(4)
+                .map(|t| format!("{} x{} {:.0} ms", t.name, t.threads, t.cpu_ms))
+                .collect();
+            notes.push(format!("server CPU during the storm: {}", top.join("; ")));
+        }
+        out.push_str(&format!("\n{} clients: {}", r.clients, notes.join("\n  ")));
+    }
+    out.push('\n');
+    out
+}
+
+/// What every client task shares.
+struct Shared {
+    endpoints: Vec<Endpoint>,
+    topics: Vec<String>,
+    connect_timeout: Duration,
+    permits: Semaphore,
+    opened: mpsc::UnboundedSender<Result<(), OpenError>>,
+    resumed: mpsc::UnboundedSender<(Duration, Duration)>,
+    shards: Shards,
+    resume_timeout: Duration,
+}
+
+/// What one client counted.
+#[derive(Debug, Default)]
+struct Tally {
+    topic: usize,
+    deliveries: u64,
+    seqs: Seqs,
+    resets: u64,
+    end_seq: Option<u64>,
+    closed_before: Option<String>,
+    closed_after: Vec<String>,
+    reconnect_failures: BTreeMap<String, u64>,
+    resumed: bool,
+}
+
+/// How reading a connection ended.
+enum Ended {
+    /// The storm began.
+    Storm(Instant),
+    /// The end event arrived.
+    End,
+    /// The connection closed (close code, `eof` or `error`).
+    Closed(String),
+}
+
+/// One client: opens, reads until the storm, reconnects with its cursor,
+/// reads until its end event (reconnecting again after any close).
+async fn client_task(
+    shared: Arc<Shared>,
+    index: usize,
+    source: Ipv4Addr,
+    mut storm: watch::Receiver<Option<Instant>>,
+) -> Tally {
+    let topic_index = index % shared.topics.len();
+    let topic = shared.topics[topic_index].clone();
+    let endpoint = &shared.endpoints[index % shared.endpoints.len()];
+    let mut tally = Tally {
+        topic: topic_index,
+        ..Tally::default()
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    let Ok(permit) = shared.permits.acquire().await else {
+        return tally;
+    };
+    let opened = tokio::time::timeout(
+        shared.connect_timeout,
+        client::ws_subscribe_since(endpoint, source, &topic, None, WS_READ_BUFFER),
+    )
+    .await
+    .unwrap_or_else(|_| Err(OpenError("timeout".into())));
+    drop(permit);
+    let mut ws = match opened {
+        Ok((ws, head)) => {
+            let _ = shared.opened.send(Ok(()));
+            tally.seqs.contiguous = head;
+            Some(ws)
+        }
+        Err(e) => {
+            let _ = shared.opened.send(Err(e));
+            return tally;
+        }
+    };
+    // Before the storm.
+    let storm_at = loop {
+        let ended = match ws.as_mut() {
+            Some(conn) => {
+                read(
+                    conn,
+                    &mut tally,
+                    &shared,
+                    index,
+                    &mut batch,
+                    None,
+                    Some(&mut storm),
+                )
+                .await
+            }
+            None => match storm.wait_for(Option::is_some).await {
+                Ok(at) => Ended::Storm(at.unwrap_or_else(Instant::now)),
+                Err(_) => return tally,
+            },
+        };
+        match ended {
+            Ended::Storm(at) => break at,
+            Ended::End => {
+                shared.shards.record(index, &mut batch);
+                return tally;
+            }
+            Ended::Closed(why) => {
+                tally.closed_before.get_or_insert(why);
+                ws = None;
+            }
+        }
+    };
+    // The storm: drop the connection, no close frame.
+    drop(ws);
+    let deadline = storm_at + shared.resume_timeout;
+    loop {
+        let mut backoff = BACKOFF_FIRST;
+        let (mut conn, head) = loop {
+            if Instant::now() >= deadline {
+                shared.shards.record(index, &mut batch);
+                return tally;
+            }
+            let cursor = format!("{topic}:{}", tally.seqs.contiguous);
+            let attempt = tokio::time::timeout(
+                shared.connect_timeout,
+                client::ws_subscribe_since(endpoint, source, &topic, Some(&cursor), WS_READ_BUFFER),
+            )
+            .await
+            .unwrap_or_else(|_| Err(OpenError("timeout".into())));
+            match attempt {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    *tally.reconnect_failures.entry(e.0).or_default() += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+        let resubscribed = storm_at.elapsed();
+        let catch_up = if tally.resumed {
+            None
+        } else if tally.seqs.contiguous >= head {
+            tally.resumed = true;
+            let _ = shared.resumed.send((resubscribed, resubscribed));
+            None
+        } else {
+            Some((head, resubscribed))
+        };
+        match read(
+            &mut conn,
+            &mut tally,
+            &shared,
+            index,
+            &mut batch,
+            catch_up.map(|c| (c.0, c.1, storm_at)),
+            None,
+        )
+        .await
+        {
+            Ended::End | Ended::Storm(_) => {
+                shared.shards.record(index, &mut batch);
+                return tally;
+            }
+            Ended::Closed(why) => tally.closed_after.push(why),
+        }
+    }
+}
+
+/// Reads a connection until the storm (when `storm` is given), the end
+/// event or a close. `catch_up`: (head, resubscribed after, storm time):
+/// report the client resumed once its seqs reach the head.
+async fn read(
+    ws: &mut WsStream,
+    tally: &mut Tally,
+    shared: &Shared,
+    index: usize,
+    batch: &mut Vec<u64>,
+    mut catch_up: Option<(u64, Duration, Instant)>,
+    mut storm: Option<&mut watch::Receiver<Option<Instant>>>,
+) -> Ended {
+    loop {
+        let message = match storm.as_deref_mut() {
+            Some(storm) => tokio::select! {
+                m = ws.next() => m,
+                at = storm.wait_for(Option::is_some) => {
+                    return Ended::Storm(at.ok().and_then(|a| *a).unwrap_or_else(Instant::now));
+                }
+            },
+            None => ws.next().await,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => match parse_frame(text.as_str()) {
+                Frame::Event { seq, sent_ns } => {
+                    tally.deliveries += 1;
+                    tally.seqs.see(seq);
+                    if let Some(sent) = sent_ns {
+                        batch.push(now_ns().saturating_sub(sent) / 1_000);
+                        if batch.len() == BATCH {
+                            shared.shards.record(index, batch);
+                        }
+                    }
+                    if let Some((head, resubscribed, storm_at)) = catch_up
+                        && tally.seqs.contiguous >= head
+                    {
+                        tally.resumed = true;
+                        let _ = shared.resumed.send((resubscribed, storm_at.elapsed()));
+                        catch_up = None;
+                    }
+                }
+                Frame::End { seq } => {
+                    tally.end_seq = Some(seq);
+                    return Ended::End;
+                }
+                Frame::Reset => tally.resets += 1,
+                Frame::Other => {}
+            },
+            Some(Ok(Message::Close(frame))) => {
+                return Ended::Closed(
+                    frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()),
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return Ended::Closed("error".into()),
+            None => return Ended::Closed("eof".into()),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn run_once(
+    settings: &StormSettings,
+    target: &Target,
+    endpoints: &[Endpoint],
+    clients: usize,
+    topics: &[String],
+) -> anyhow::Result<StormFigures> {
+    // 1. Clients, all subscribed before the first publish.
+    let sources = Sources::new(settings.source_ips)?;
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
+    let (resumed_tx, mut resumed_rx) = mpsc::unbounded_channel();
+    let (storm_tx, storm_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        endpoints: endpoints.to_vec(),
+        topics: topics.to_vec(),
+        connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
+        permits: Semaphore::new(settings.open_concurrency),
+        opened: opened_tx,
+        resumed: resumed_tx,
+        shards: Shards::new(),
+        resume_timeout: Duration::from_secs(settings.resume_timeout_secs),
+    });
+    let mut tasks = JoinSet::new();
+    for i in 0..clients {
+        tasks.spawn(client_task(
+            shared.clone(),
+            i,
+            sources.nth(i),
+            storm_rx.clone(),
+        ));
+    }
+    drop(storm_rx);
+    let open_deadline = Instant::now() + Duration::from_secs(settings.open_timeout_secs);
+    let mut open_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..clients {
+        match tokio::time::timeout_at(open_deadline.into(), opened_rx.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => *open_errors.entry(e.0).or_default() += 1,
+            Ok(None) => break,
+            Err(_) => bail!(
+                "{clients} clients did not all open within {} s (--open-timeout-secs)",
+                settings.open_timeout_secs
+            ),
+        }
+    }
+    if !open_errors.is_empty() {
+        bail!("{clients} clients: some failed to open: {open_errors:?}");
+    }
+
+    // 2. Publishing, throughout.
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
+        .context("the token is not a valid header value")?;
+    authorization.set_sensitive(true);
+    let request_timeout = Duration::from_secs(settings.request_timeout_secs);
+    let publish_secs = settings.before_secs + settings.after_secs;
+    let before = Sample::take(&target.pids)?;
+    let start = Instant::now();
+    let pub_shared = Arc::new(PubShared {
+        url: format!("{}/v1/publish", target.base_url),
+        authorization,
+        topics: topics.to_vec(),
+        rate: Rate::PerSec(settings.rate),
+        events: (settings.rate * publish_secs as f64).ceil().max(1.0) as u64,
+        next: AtomicU64::new(0),
+        start,
+        deadline: start + Duration::from_secs(publish_secs),
+        out_of_time: AtomicBool::new(false),
+        pad: "x".repeat(settings.data_bytes),
+        data_bytes: settings.data_bytes,
+    });
+    let mut pubs = JoinSet::new();
+    for _ in 0..settings.publishers {
+        pubs.spawn(fanout::publisher(
+            pub_shared.clone(),
+            fanout::http_client(request_timeout)?,
+        ));
+    }
+
+    // 3. The storm.
+    tokio::time::sleep_until((start + Duration::from_secs(settings.before_secs)).into()).await;
+    let storm_sample = Sample::take(&target.pids)?;
+    let storm_at = storm_sample.at;
+    let _ = storm_tx.send(Some(storm_at));
+    let resume_deadline = storm_at + Duration::from_secs(settings.resume_timeout_secs);
+    let mut reconnect_h = latency_histogram();
+    let mut resume_h = latency_histogram();
+    let mut resumed = 0u64;
+    while resumed < clients as u64 {
+        match tokio::time::timeout_at(resume_deadline.into(), resumed_rx.recv()).await {
+            Ok(Some((reconnect, resume))) => {
+                reconnect_h.saturating_record(micros(reconnect));
+                resume_h.saturating_record(micros(resume));
+                resumed += 1;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let resumed_sample = Sample::take(&target.pids)?;
+
+    // 4. Publishing ends; one end event per topic; clients drain.
+    let stop_by = pub_shared.deadline + request_timeout + STOP_SLACK;
+    let mut pub_tallies: Vec<PubTally> = Vec::new();
+    loop {
+        match tokio::time::timeout_at(stop_by.into(), pubs.join_next()).await {
+            Ok(Some(joined)) => pub_tallies.push(joined.context("a publisher panicked")?),
+            Ok(None) => break,
+            Err(_) => bail!("publishers were still running {STOP_SLACK:?} after their deadline"),
+        }
+    }
+    let end_client = fanout::http_client(request_timeout)?;
+    let end_seqs = fanout::publish_ends(
+        &end_client,
+        &pub_shared.url,
+        &pub_shared.authorization,
+        topics,
+    )
+    .await?;
+    let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
+    let mut tallies = Vec::with_capacity(clients);
+    let mut unfinished = 0;
+    loop {
+        match tokio::time::timeout_at(drain_deadline.into(), tasks.join_next()).await {
+            Ok(Some(joined)) => tallies.push(joined.context("a client panicked")?),
+            Ok(None) => break,
+            Err(_) => {
+                unfinished = tasks.len() as u64;
+                break;
+            }
+        }
+    }
+    let after = Sample::take(&target.pids)?;
+    tasks.shutdown().await;
+
+    // 5. Figures.
+    let held = |t: usize| end_seqs.get(&topics[t]).map_or(0, |seq| seq - 1);
+    let events: u64 = (0..topics.len()).map(held).sum();
+    let mut publish_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut published = 0;
+    let mut last_answer = start;
+    for t in &pub_tallies {
+        published += t.published;
+        for (kind, n) in &t.errors {
+            *publish_errors.entry(kind.clone()).or_default() += n;
+        }
+        if let Some(at) = t.last_answer {
+            last_answer = last_answer.max(at);
+        }
+    }
+    let (mut deliveries, mut expected, mut lost, mut duplicates, mut order_violations, mut resets) =
+        (0, 0, 0, 0, 0, 0);
+    let mut reconnect_failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut closed_before_storm: BTreeMap<String, u64> = BTreeMap::new();
+    let mut closed_after_storm: BTreeMap<String, u64> = BTreeMap::new();
+    for t in &tallies {
+        deliveries += t.deliveries;
+        expected += held(t.topic);
+        lost += held(t.topic).saturating_sub(t.seqs.distinct());
+        duplicates += t.seqs.duplicates;
+        order_violations += t.seqs.order_violations;
+        resets += t.resets;
+        for (kind, n) in &t.reconnect_failures {
+            *reconnect_failures.entry(kind.clone()).or_default() += n;
+        }
+        if let Some(why) = &t.closed_before {
+            *closed_before_storm.entry(why.clone()).or_default() += 1;
+        }
+        for why in &t.closed_after {
+            *closed_after_storm.entry(why.clone()).or_default() += 1;
+        }
+    }
+    let cpu_between = |a: &Sample, b: &Sample| match (&a.server, &b.server) {
+        (Some((x, _)), Some((y, _))) => Some(y.saturating_sub(*x).as_secs_f64()),
+        _ => None,
+    };
+    let storm_secs = resumed_sample
+        .at
+        .duration_since(storm_sample.at)
+        .as_secs_f64()
+        .max(1e-9);
+    let storm_server_cpu_secs = cpu_between(&storm_sample, &resumed_sample);
+    let storm_client = resumed_sample
+        .client
+        .saturating_sub(storm_sample.client)
+        .as_secs_f64();
+    let storm_machine = resumed_sample
+        .machine
+        .saturating_sub(storm_sample.machine)
+        .as_secs_f64();
+    let storm_server_threads = match (&storm_sample.server, &resumed_sample.server) {
+        (Some((_, a)), Some((_, b))) => a.since(b)?,
+        _ => Vec::new(),
+    };
+    let publish_window = last_answer.duration_since(start).as_secs_f64().max(1e-9);
+    let not_resumed = clients as u64 - resumed;
+    Ok(StormFigures {
+        nodes: target.node_urls.len(),
+        clients,
+        topics: topics.len(),
+        rate: settings.rate,
+        events,
+        published,
+        publish_errors,
+        publish_events_per_sec: published as f64 / publish_window,
+        resumed,
+        not_resumed,
+        reconnect_latency: Latency::from_histogram(&reconnect_h),
+        resume_latency: Latency::from_histogram(&resume_h),
+        all_resumed_secs: (not_resumed == 0).then(|| resume_h.max() as f64 / 1e6),
+        reconnect_failures,
+        closed_before_storm,
+        closed_after_storm,
+        deliveries,
+        deliveries_expected: expected,
+        latency: Latency::from_histogram(&merged(&shared.shards)),
+        lost,
+        duplicates,
+        order_violations,
+        resets,
+        unfinished,
+        storm_server_cores_busy: storm_server_cpu_secs.map(|s| s / storm_secs),
+        storm_other_cores_busy: (storm_machine
+            - storm_client
+            - storm_server_cpu_secs.unwrap_or(0.0))
+        .max(0.0)
+            / storm_secs,
+        storm_server_cpu_secs,
+        server_cpu_secs: cpu_between(&before, &after),
+        storm_server_threads,
+        storm_client_cores_busy: storm_client / storm_secs,
+    })
+}
+
+fn merged(shards: &Shards) -> Histogram<u64> {
+    shards.merged()
+}
