@@ -142,6 +142,10 @@ impl Application {
         })
         // The drain owns SIGTERM and SIGINT (see `crate::drain`).
         .disable_signals()
+        .keep_alive(match settings.keep_alive_secs {
+            0 => actix_web::http::KeepAlive::Disabled,
+            secs => actix_web::http::KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
         .shutdown_timeout(crate::drain::STOP_TIMEOUT.as_secs())
         .listen(listener)?;
         if settings.workers > 0 {

@@ -15,6 +15,9 @@ pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
 pub const DEFAULT_RETENTION_EVENTS: u64 = 10_000;
 pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_DRAIN_SECS: u64 = 20;
+/// How long an idle HTTP connection is kept open for its next request: long
+/// enough that a client polling every few seconds reuses its connection.
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
 pub const DEFAULT_MAX_TICKETS: usize = 100_000;
@@ -185,6 +188,10 @@ pub struct ServeArgs {
     /// How long a draining node spreads its clients' reconnects, in seconds.
     #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
+    /// How long an idle HTTP connection stays open for its next request, in
+    /// seconds (0: close after each response).
+    #[arg(long, env = "HERALD_KEEP_ALIVE_SECS", default_value_t = DEFAULT_KEEP_ALIVE_SECS)]
+    pub keep_alive_secs: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
     pub ticket_secs: u64,

@@ -421,3 +421,47 @@ async fn a_subscriber_that_stops_reading_is_closed_as_slow_consumer_and_resumes_
     }
     assert_eq!(got, (1..=EVENTS).collect::<Vec<_>>());
 }
+
+/// Sends `GET {path}` on `stream` (HTTP/1.1, keep-alive) and returns the
+/// status line, or `None` if the server had closed the connection.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: herald\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut buffer = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buffer))
+        .await
+        .expect("the server answers or closes within WAIT")
+        .ok()?;
+    let text = String::from_utf8_lossy(&buffer[..n]);
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_polling_client_reuses_its_connection_between_polls_seconds_apart() {
+    let app = spawn_with(Options::new(Backend::Sqlite)).await;
+    let topic = unique_topic("keepalive");
+    let token = app.root_token();
+    app.publish(&topic, json!(1)).await;
+    let path = format!("/v1/poll?topic={topic}&since={topic}:0&access_token={token}");
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connects");
+    assert_eq!(
+        get_on(&mut stream, &path).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    // Longer than actix-web's own default keep-alive (5 s): a client polling
+    // every few seconds must not pay a new connection each time.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        get_on(&mut stream, &path).await.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "the idle connection is still open for the next poll"
+    );
+}
