@@ -175,6 +175,18 @@ async fn metrics_parse_and_move_as_clients_publish_subscribe_resume_and_disconne
         failures.get(r#"herald_auth_failures_total{code="unauthorized"}"#),
         1.0
     );
+    // A refused refresh on an open WebSocket keeps the connection, and counts.
+    live.send_json(json!({"op": "auth", "token": "not-a-token"}))
+        .await;
+    let refused = live.next_json().await;
+    assert_eq!(refused["op"], "error", "{refused}");
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    assert_eq!(
+        scrape(&app)
+            .await
+            .get(r#"herald_auth_failures_total{code="unauthorized"}"#),
+        2.0
+    );
 
     // Disconnects, by reason.
     for mut ws in [live, resumed] {
@@ -211,8 +223,8 @@ async fn metrics_parse_and_move_as_clients_publish_subscribe_resume_and_disconne
     .await;
     assert_eq!(
         last.get(r#"herald_auth_failures_total{code="unauthorized"}"#),
-        2.0,
-        "the refused publish and the refused WebSocket"
+        3.0,
+        "the refused publish, the refused refresh and the refused WebSocket"
     );
 
     // Every metric that the dashboard and the docs name is served, and every

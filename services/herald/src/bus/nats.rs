@@ -389,6 +389,7 @@ fn on_event(health: &Health, hubs: &Hubs, event: async_nats::Event) {
             health.missed.store(true, Ordering::Release);
         }
         async_nats::Event::SlowConsumer(_) => {
+            crate::telemetry::metrics::bus_slow_consumer();
             let count = health.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
             // Dropped messages show up as seq gaps and are read from the
             // store; a power-of-two log keeps a storm from flooding the log.

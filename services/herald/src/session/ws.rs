@@ -428,6 +428,8 @@ impl Session<Ws> {
                 if self.principal.is_none() {
                     return self.close(CloseReason::Unauthorized(e.to_string()), ctx);
                 }
+                // A refused refresh keeps the connection, but counts.
+                crate::telemetry::metrics::auth_failure(e.code());
                 return self.reply_error(e.code(), &[], &e.to_string(), ctx);
             }
         };

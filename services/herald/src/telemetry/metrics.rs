@@ -107,6 +107,7 @@ struct Counts {
     bus_publish_failures: AtomicU64,
     bus_repairs: [AtomicU64; REPAIR_CAUSES.len()],
     bus_topics_followed: AtomicU64,
+    bus_slow_consumer_events: AtomicU64,
     store_commit_failures: AtomicU64,
     hub_overflows: AtomicU64,
     queue_high_water_frames: AtomicU64,
@@ -131,6 +132,7 @@ static COUNTS: Counts = Counts {
     bus_publish_failures: AtomicU64::new(0),
     bus_repairs: zeros(),
     bus_topics_followed: AtomicU64::new(0),
+    bus_slow_consumer_events: AtomicU64::new(0),
     store_commit_failures: AtomicU64::new(0),
     hub_overflows: AtomicU64::new(0),
     queue_high_water_frames: AtomicU64::new(0),
@@ -343,6 +345,11 @@ fn observe(meter: &Meter) {
             }
         })
         .build();
+    single(
+        "herald_bus_slow_consumer_events",
+        "Times NATS dropped messages for this node because it read too slowly (repaired from the store)",
+        || COUNTS.bus_slow_consumer_events.load(Ordering::Relaxed),
+    );
     gauge(
         "herald_bus_topics_followed",
         "Topics this node receives from the bus (those with local subscribers)",
@@ -515,6 +522,13 @@ pub fn bus_published(elapsed: Duration, ok: bool) {
 pub fn bus_repair(cause: &str, n: u64) {
     let i = REPAIR_CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
     COUNTS.bus_repairs[i].fetch_add(n, Ordering::Relaxed);
+}
+
+/// NATS reported dropping messages for this node (a slow consumer).
+pub fn bus_slow_consumer() {
+    COUNTS
+        .bus_slow_consumer_events
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// The node now receives `n` topics from the bus.
