@@ -551,14 +551,18 @@ async fn spans_reach_an_otlp_endpoint_with_the_publish_and_its_delivery_in_one_t
         .wait_for(WAIT, |spans| {
             spans
                 .iter()
-                .any(|s| s.name == "connection" && s.service == "herald-single")
-                .then_some(())
+                .find(|s| s.name == "connection" && s.service == "herald-single")
+                .cloned()
         })
         .await;
-    assert!(
-        connection.is_some(),
-        "no connection span: {:?}",
-        receiver.spans()
+    let Some(connection) = connection else {
+        panic!("no connection span: {:?}", receiver.spans());
+    };
+    // Its log lines name its trace, so logs and traces join.
+    let closed = wait_for_log(&app, "connection closed", |_| true).await;
+    assert_eq!(
+        closed["span"]["trace_id"], connection.trace_id,
+        "the close line carries the connection's trace id: {closed}"
     );
 }
 

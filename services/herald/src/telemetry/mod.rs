@@ -74,11 +74,18 @@ pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let (tracer, otel_error) = match trace::otlp_provider() {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json {
+        // With spans exported, a line written inside a span carries that
+        // span's fields (`span`), its `trace_id` among them: logs and
+        // traces join on it.
         fmt.json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(tracer.is_some())
             .with_span_list(false)
             .with_filter(filter)
             .boxed()
@@ -89,10 +96,6 @@ pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let (tracer, otel_error) = match trace::otlp_provider() {
-        Ok(provider) => (provider, None),
-        Err(e) => (None, Some(e)),
-    };
     // Spans are exported whatever `RUST_LOG` says of logs: Herald's own, at
     // `info` and above.
     let otel = tracer.as_ref().map(|provider| {

@@ -105,6 +105,15 @@ fn adopt(span: &Span, parent: opentelemetry::Context) {
     }
 }
 
+/// Records the span's OpenTelemetry trace id in its `trace_id` field, so
+/// that log lines written inside it name the trace they belong to.
+fn record_trace_id(span: &Span) {
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
 /// The span of one publish request, joined to the caller's `traceparent`.
 pub fn publish_span(headers: &actix_web::http::header::HeaderMap) -> Span {
     let span = tracing::info_span!(
@@ -112,11 +121,13 @@ pub fn publish_span(headers: &actix_web::http::header::HeaderMap) -> Span {
         otel.kind = "server",
         events = tracing::field::Empty,
         status = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if exporting() {
         let parent =
             opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpHeaders(headers)));
         adopt(&span, parent);
+        record_trace_id(&span);
     }
     span
 }
@@ -144,12 +155,17 @@ pub fn receive_span(headers: Option<&async_nats::HeaderMap>) -> Span {
     if !exporting() {
         return Span::none();
     }
-    let span = tracing::info_span!("bus.receive", otel.kind = "consumer");
+    let span = tracing::info_span!(
+        "bus.receive",
+        otel.kind = "consumer",
+        trace_id = tracing::field::Empty
+    );
     if let Some(headers) = headers {
         let parent =
             opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeaders(headers)));
         adopt(&span, parent);
     }
+    record_trace_id(&span);
     span
 }
 
@@ -167,10 +183,13 @@ pub fn connection_span(id: u64, transport: &'static str) -> Span {
     if !exporting() {
         return Span::none();
     }
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "connection",
         connection = id,
         transport,
-        reason = tracing::field::Empty
-    )
+        reason = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    record_trace_id(&span);
+    span
 }
