@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::Scenario;
+use super::{Scenario, check_connecting};
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
 use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
@@ -41,7 +41,6 @@ pub const DEFAULT_OPEN_TIMEOUT_SECS: u64 = 300;
 /// Most connections: Herald's default `HERALD_MAX_CONNECTIONS`.
 const MAX_COUNT: usize = 50_000;
 const MAX_HOLD_SECS: u64 = 3_600;
-const MAX_OPEN_CONCURRENCY: usize = 4_096;
 /// Descriptors this process needs besides one per connection.
 pub const SPARE_FDS: u64 = 100;
 /// Client read buffer per WebSocket: pings and small frames only.
@@ -154,10 +153,7 @@ impl Scenario for ConnsArgs {
         if self.hold_secs > MAX_HOLD_SECS {
             bail!("--hold-secs must be at most {MAX_HOLD_SECS}");
         }
-        if self.open_concurrency == 0 || self.open_concurrency > MAX_OPEN_CONCURRENCY {
-            bail!("--open-concurrency must be 1..={MAX_OPEN_CONCURRENCY}");
-        }
-        Sources::new(self.source_ips)?;
+        check_connecting(self.open_concurrency, self.source_ips)?;
         if self.connect_timeout_secs == 0 || self.connect_timeout_secs > MAX_HOLD_SECS {
             bail!("--connect-timeout-secs must be 1..={MAX_HOLD_SECS}");
         }

@@ -44,8 +44,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::Scenario;
 use super::conns::{SPARE_FDS, check_server_fd_limit};
+use super::{Scenario, check_connecting, check_secs};
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources, WsStream};
 use crate::cpu::{self, ThreadGroupCpu, ThreadSample};
@@ -77,9 +77,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 const MAX_SUBSCRIBERS: usize = 50_000;
 const MAX_EVENTS: u64 = 10_000_000;
 const MAX_PUBLISHERS: usize = 256;
-const MAX_SECS: u64 = 3_600;
 const MAX_DATA_BYTES: usize = 60 * 1024;
-const MAX_OPEN_CONCURRENCY: usize = 4_096;
 /// Client read buffer per subscriber.
 pub(crate) const WS_READ_BUFFER: usize = 8 * 1024;
 /// Shared latency histograms (subscriber i records into i % SHARDS).
@@ -243,21 +241,14 @@ impl Scenario for FanoutArgs {
         if self.data_bytes > MAX_DATA_BYTES {
             bail!("--data-bytes must be at most {MAX_DATA_BYTES}");
         }
-        for (name, secs) in [
+        check_secs(&[
             ("--duration-secs", self.duration_secs),
             ("--drain-secs", self.drain_secs),
             ("--connect-timeout-secs", self.connect_timeout_secs),
             ("--open-timeout-secs", self.open_timeout_secs),
             ("--request-timeout-secs", self.request_timeout_secs),
-        ] {
-            if secs == 0 || secs > MAX_SECS {
-                bail!("{name} must be 1..={MAX_SECS}");
-            }
-        }
-        if self.open_concurrency == 0 || self.open_concurrency > MAX_OPEN_CONCURRENCY {
-            bail!("--open-concurrency must be 1..={MAX_OPEN_CONCURRENCY}");
-        }
-        Sources::new(self.source_ips)?;
+        ])?;
+        check_connecting(self.open_concurrency, self.source_ips)?;
         Ok(FanoutSettings {
             subscribers: self.subscribers.clone(),
             rate: self.rate.clone(),

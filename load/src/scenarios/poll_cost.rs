@@ -38,11 +38,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::Scenario;
 use super::conns::{SPARE_FDS, check_server_fd_limit};
 use super::fanout::{
     self, BATCH, Frame, PubShared, Rate, STOP_SLACK, Sample, Seqs, Shards, now_ns, parse_frame,
 };
+use super::{Scenario, check_connecting, check_secs};
 use crate::cli::OutputArgs;
 use crate::client::{DEFAULT_SOURCE_IPS, Endpoint, Sources, connect_from};
 use crate::cpu::ThreadGroupCpu;
@@ -62,7 +62,6 @@ pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 5;
 pub const DEFAULT_LONG_POLL_WAIT_SECS: u64 = 25;
 
 const MAX_CLIENTS: usize = 20_000;
-const MAX_SECS: u64 = 3_600;
 /// Events one poll may return (the API's maximum `limit`).
 const POLL_LIMIT: usize = 1_000;
 /// A request may take this long beyond its `wait`.
@@ -202,27 +201,21 @@ impl Scenario for PollCostArgs {
         if !(self.rate > 0.0 && self.rate <= 100_000.0) {
             bail!("--rate must be above 0 and at most 100000 events/s");
         }
-        for (name, secs) in [
+        check_secs(&[
             ("--duration-secs", self.duration_secs),
             ("--poll-interval-secs", self.poll_interval_secs),
             ("--drain-secs", self.drain_secs),
             ("--connect-timeout-secs", self.connect_timeout_secs),
             ("--request-timeout-secs", self.request_timeout_secs),
-        ] {
-            if secs == 0 || secs > MAX_SECS {
-                bail!("{name} must be 1..={MAX_SECS}");
-            }
-        }
+        ])?;
         if self.long_poll_wait_secs == 0 || self.long_poll_wait_secs > 60 {
             bail!("--long-poll-wait-secs must be 1..=60");
         }
         if self.data_bytes > 60 * 1024 {
             bail!("--data-bytes must be at most 61440");
         }
-        if self.open_concurrency == 0 || self.open_concurrency > 4_096 {
-            bail!("--open-concurrency must be 1..=4096");
-        }
-        Sources::new(self.source_ips)?;
+
+        check_connecting(self.open_concurrency, self.source_ips)?;
         Ok(PollCostSettings {
             transports: self.transports.clone(),
             clients: self.clients,

@@ -41,12 +41,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::Scenario;
 use super::conns::{SPARE_FDS, check_server_fd_limit};
 use super::fanout::{
     self, BATCH, Frame, PubShared, PubTally, Rate, STOP_SLACK, Sample, Seqs, Shards,
     WS_READ_BUFFER, now_ns, parse_frame,
 };
+use super::{MAX_SECS, Scenario, check_connecting, check_secs};
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources, WsStream};
 use crate::cpu::ThreadGroupCpu;
@@ -70,7 +70,6 @@ pub const DEFAULT_AFTER_SECS: u64 = 15;
 pub const DEFAULT_RESUME_TIMEOUT_SECS: u64 = 60;
 
 const MAX_CLIENTS: usize = 50_000;
-const MAX_SECS: u64 = 3_600;
 /// First back-off after a failed reconnection attempt; it doubles.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest back-off.
@@ -193,24 +192,18 @@ impl Scenario for StormArgs {
         if self.before_secs > MAX_SECS || self.after_secs > MAX_SECS {
             bail!("--before-secs and --after-secs must be at most {MAX_SECS}");
         }
-        for (name, secs) in [
+        check_secs(&[
             ("--resume-timeout-secs", self.resume_timeout_secs),
             ("--drain-secs", self.drain_secs),
             ("--connect-timeout-secs", self.connect_timeout_secs),
             ("--open-timeout-secs", self.open_timeout_secs),
             ("--request-timeout-secs", self.request_timeout_secs),
-        ] {
-            if secs == 0 || secs > MAX_SECS {
-                bail!("{name} must be 1..={MAX_SECS}");
-            }
-        }
-        if self.open_concurrency == 0 || self.open_concurrency > 4_096 {
-            bail!("--open-concurrency must be 1..=4096");
-        }
+        ])?;
+
         if self.data_bytes > 60 * 1024 {
             bail!("--data-bytes must be at most 61440");
         }
-        Sources::new(self.source_ips)?;
+        check_connecting(self.open_concurrency, self.source_ips)?;
         Ok(StormSettings {
             clients: self.clients.clone(),
             topics: self.topics,
