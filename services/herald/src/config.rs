@@ -18,6 +18,9 @@ pub const DEFAULT_DRAIN_SECS: u64 = 20;
 /// How long an idle HTTP connection is kept open for its next request: long
 /// enough that a client polling every few seconds reuses its connection.
 pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
+/// How long data the server has written may wait unacknowledged (a client
+/// that stopped reading) before the connection is cut.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
 pub const DEFAULT_MAX_TICKETS: usize = 100_000;
@@ -192,6 +195,12 @@ pub struct ServeArgs {
     /// seconds (0: close after each response).
     #[arg(long, env = "HERALD_KEEP_ALIVE_SECS", default_value_t = DEFAULT_KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
+    /// How long, in seconds, data written to a client may stay unsent or
+    /// unacknowledged (a client that stopped reading keeps its receive
+    /// window at zero) before the connection is cut and its descriptor and
+    /// buffers freed (0: no limit). Applies to every connection of the node.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = DEFAULT_WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
     pub ticket_secs: u64,

@@ -73,7 +73,7 @@ mod tests {
         Principal {
             sub: Arc::from("7"),
             exp: u64::MAX,
-            iat: 0,
+            iat: None,
             jti: None,
             subscribe: Arc::new(PatternSet::default()),
             publish: Arc::new(PatternSet::default()),

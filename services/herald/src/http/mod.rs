@@ -8,6 +8,7 @@ pub mod error;
 mod health;
 mod metrics;
 mod publish;
+pub mod socket;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
