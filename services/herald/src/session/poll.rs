@@ -430,6 +430,21 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_is_shared_evenly_and_never_exceeded() {
+        for (remaining, active) in [(10, 3), (1, 3), (100, 1), (7, 7), (2, 5), (0, 2)] {
+            let shares = shares(remaining, active);
+            assert_eq!(shares.len(), active);
+            assert_eq!(shares.iter().sum::<usize>(), remaining, "{shares:?}");
+            let (min, max) = (shares.iter().min(), shares.iter().max());
+            assert!(
+                max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                "{shares:?}"
+            );
+        }
+        assert!(shares(5, 0).is_empty());
+    }
+
+    #[test]
     fn a_gap_or_a_possible_loss_reads_the_store() {
         let positions = [(t("a"), 4)];
         assert!(from_hub(&positions, &woken(vec![event("a", 6)])).is_none());
