@@ -105,6 +105,7 @@ impl Application {
                 max_frame_bytes: settings.max_frame_bytes,
                 leeway_secs: settings.keys.jwt_leeway_secs,
                 auth_timeout: Duration::from_secs(settings.auth_timeout_secs),
+                max_subscription_ops_per_sec: settings.max_subscription_ops_per_sec,
             },
             connections: Connections::default(),
         });
@@ -145,6 +146,7 @@ impl Application {
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))
         })
+        .client_request_timeout(Duration::from_secs(settings.request_head_timeout_secs))
         .on_connect(http::socket::on_connect(
             (settings.write_timeout_secs > 0)
                 .then(|| Duration::from_secs(settings.write_timeout_secs)),

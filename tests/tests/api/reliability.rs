@@ -450,3 +450,126 @@ async fn an_sse_client_that_never_reads_is_cut_off_and_its_descriptor_and_slot_f
 async fn a_websocket_client_that_never_reads_is_cut_off_and_its_descriptor_and_slot_freed() {
     a_client_that_never_reads_is_cut_off_within_the_write_timeout("ws", 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_its_headers_slowly_is_answered_408_and_closed_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head_timeout_secs = 2;
+    let app = spawn_with(
+        Options::new(Backend::Sqlite).env("HERALD_REQUEST_HEAD_TIMEOUT_SECS", head_timeout_secs),
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connects");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n")
+        .await
+        .expect("the request line is sent");
+    let opened = Instant::now();
+    // One more header line every 500 ms, never the end of the head.
+    let mut answer = Vec::new();
+    let deadline = opened + Duration::from_secs(head_timeout_secs + 10);
+    let mut buf = [0u8; 1024];
+    loop {
+        let _ = slow.write_all(b"X-Slow: 1\r\n").await;
+        match tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        // Others are served meanwhile.
+        let status = app
+            .http
+            .get(format!("{}/healthz", app.base_url))
+            .send()
+            .await
+            .expect("healthz answers")
+            .status();
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the slow client is still connected after {:?}",
+            opened.elapsed()
+        );
+    }
+    let took = opened.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "a slow head is answered 408 (or the connection closed): {answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(head_timeout_secs * 1_000 - 500),
+        "not before the timeout: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_subscribe_and_unsubscribe_frames_is_rate_limited_and_the_connection_stays_usable()
+ {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let per_sec = 20;
+    let app = spawn_with(
+        Options::new(Backend::Sqlite).env("HERALD_MAX_SUBSCRIPTION_OPS_PER_SEC", per_sec),
+    )
+    .await;
+    let token = app.root_token();
+    let topic = unique_topic("flood");
+    let mut ws = app.ws(Some(&token)).await;
+    assert_eq!(ws.next_json().await["op"], "authenticated");
+
+    let started = Instant::now();
+    let frames = 2_000;
+    for i in 0..frames {
+        let op = if i % 2 == 0 {
+            "subscribe"
+        } else {
+            "unsubscribe"
+        };
+        ws.stream
+            .feed(Message::text(
+                json!({"op": op, "topics": [topic]}).to_string(),
+            ))
+            .await
+            .expect("queued");
+    }
+    ws.stream
+        .feed(Message::text(json!({"op": "ping"}).to_string()))
+        .await
+        .expect("queued");
+    ws.stream.flush().await.expect("sent");
+    let (mut answered, mut limited) = (0u32, 0u32);
+    loop {
+        let frame = ws.next_json().await;
+        match frame["op"].as_str() {
+            Some("subscribed" | "unsubscribed") => answered += 1,
+            Some("error") if frame["code"] == "rate_limited" => limited += 1,
+            Some("pong") => break,
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(limited > 0, "a flood is refused in part");
+    assert_eq!(answered + limited, frames, "every frame is answered");
+    // A burst of `per_sec`, then `per_sec` a second: the store and the hub
+    // see no more than that.
+    let allowed = f64::from(per_sec) * (1.0 + elapsed) + 1.0;
+    assert!(
+        f64::from(answered) <= allowed,
+        "{answered} frames were carried out in {elapsed:.1} s, more than {allowed}"
+    );
+
+    // The connection stays usable once the client slows down.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ws.subscribe(&[&topic], None).await;
+    let confirmed = loop {
+        let frame = ws.next_json().await;
+        if frame["op"] == "subscribed" {
+            break frame;
+        }
+    };
+    assert_eq!(confirmed["topics"], json!([topic]));
+    app.publish(&topic, json!("after the flood")).await;
+    assert_eq!(ws.next_event().await["data"], "after the flood");
+}

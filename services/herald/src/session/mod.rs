@@ -48,6 +48,8 @@ pub struct SessionSettings {
     pub leeway_secs: u64,
     /// How long a WebSocket may take to send its first `auth` frame.
     pub auth_timeout: Duration,
+    /// `subscribe` and `unsubscribe` frames a WebSocket may send per second.
+    pub max_subscription_ops_per_sec: u32,
 }
 
 /// What sessions share: the store, the hubs, the token verifier and the
