@@ -84,10 +84,11 @@ impl Application {
         let revocations = Arc::new(Revocations::default());
         // Known before the first request, so a restart never forgets one; a
         // store that cannot be read yet is retried every heartbeat.
-        let read_started = std::time::Instant::now();
-        match store.revocations(crate::auth::token::now_secs()).await {
+        let mut revocations_seen = 0;
+        match store.revocations(0, crate::auth::token::now_secs()).await {
             Ok(known) => {
-                revocations.replace(known, read_started);
+                revocations.merge(known.revocations);
+                revocations_seen = known.last_change;
             }
             Err(e) => tracing::warn!(error = %e, "reading revocations failed; will retry"),
         }
@@ -106,11 +107,16 @@ impl Application {
                 max_frame_bytes: settings.max_frame_bytes,
                 leeway_secs: settings.keys.jwt_leeway_secs,
                 auth_timeout: Duration::from_secs(settings.auth_timeout_secs),
+                max_subscription_ops_per_sec: settings.max_subscription_ops_per_sec,
             },
             connections: Connections::default(),
         });
         bus.set_control(sessions.clone());
-        let revocation_refresher = spawn_revocation_refresher(sessions.clone());
+        let revocation_refresher = spawn_revocation_refresher(
+            sessions.clone(),
+            revocations_seen,
+            settings.revocation_ttl_secs,
+        );
         let gate = Gate::new(settings.max_connections, settings.drain_secs);
         let origins = Arc::new(OriginPolicy {
             any: settings.dev,
@@ -147,6 +153,11 @@ impl Application {
                 .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
         })
+        .client_request_timeout(Duration::from_secs(settings.request_head_timeout_secs))
+        .on_connect(http::socket::on_connect(
+            (settings.write_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.write_timeout_secs)),
+        ))
         // The drain owns SIGTERM and SIGINT (see `crate::drain`).
         .disable_signals()
         .keep_alive(match settings.keep_alive_secs {
@@ -190,23 +201,26 @@ impl Application {
     }
 }
 
-/// Reloads the revocations from the store every heartbeat (other nodes'
-/// revocations arrive this way), closing at once the connections of this
-/// node that a newly learned one covers.
-fn spawn_revocation_refresher(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+/// Reads the revocations stored or renewed since the last read, every
+/// heartbeat (other nodes' revocations arrive this way when the bus cannot
+/// bring them), closing at once the connections of this node that a newly
+/// learned one covers, and forgets the expired ones.
+fn spawn_revocation_refresher(
+    shared: Arc<Shared>,
+    mut seen: u64,
+    ttl_secs: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(shared.settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let read_started = std::time::Instant::now();
-            match shared
-                .store
-                .revocations(crate::auth::token::now_secs())
-                .await
-            {
-                Ok(known) => {
-                    if shared.revocations.replace(known, read_started) {
+            let now = crate::auth::token::now_secs();
+            shared.revocations.expire(now, ttl_secs);
+            match shared.store.revocations(seen, now).await {
+                Ok(changes) => {
+                    seen = changes.last_change;
+                    if shared.revocations.merge(changes.revocations) {
                         shared.connections.close_revoked(&shared.revocations);
                     }
                 }

@@ -10,6 +10,7 @@ mod drain;
 mod failover;
 mod observability;
 mod publish;
+mod reliability;
 mod store;
 mod store_outage;
 mod subscribe_cli;

@@ -109,7 +109,7 @@ mod tests {
         Principal {
             sub: Arc::from("7"),
             exp: 2_000_000_000,
-            iat: 1_700_000_000,
+            iat: Some(1_700_000_000),
             jti: Some(Arc::from("t-1")),
             subscribe: Arc::new(subscribe),
             publish: Arc::new(PatternSet::default()),
@@ -126,7 +126,7 @@ mod tests {
         assert!(!back.may_subscribe(&other));
         assert_eq!(
             (&*back.sub, back.exp, back.iat, back.jti.as_deref()),
-            ("7", 2_000_000_000, 1_700_000_000, Some("t-1"))
+            ("7", 2_000_000_000, Some(1_700_000_000), Some("t-1"))
         );
         assert!(decode_grant("{\"not\":\"a grant\"}").is_none());
     }

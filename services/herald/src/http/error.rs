@@ -37,12 +37,24 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     OriginNotAllowed(String),
-    #[error("the store is unavailable; nothing was stored, and retrying with the same id is safe")]
+    #[error("{}", store_detail(.0))]
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
     Unavailable(String),
     #[error("this node is draining; retry on another node")]
     Draining { retry_after_secs: u64 },
+}
+
+/// What a publisher may conclude from a store failure.
+fn store_detail(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::CommitUnknown(_) => {
+            "the store did not confirm the commit: the events may or may not be stored; \
+             retrying with the same id is safe (a stored event answers 200 with its seq), \
+             while a retry without an id may store them twice"
+        }
+        _ => "the store is unavailable; nothing was stored, and retrying with the same id is safe",
+    }
 }
 
 impl ApiError {

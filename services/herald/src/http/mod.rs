@@ -9,6 +9,7 @@ mod health;
 mod metrics;
 pub mod origin;
 mod publish;
+pub mod socket;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
