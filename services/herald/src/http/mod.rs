@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+pub mod console;
 pub mod error;
 mod health;
 mod metrics;
@@ -211,6 +212,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/admin/stats", web::get().to(admin::stats))
+        .route("/v1/dev/token", web::get().to(console::dev_token))
         .route("/v1/publish", web::post().to(publish::publish))
         .route("/v1/tickets", web::post().to(auth::ticket))
         .route("/v1/admin/revoke", web::post().to(auth::revoke))
