@@ -68,3 +68,20 @@ export function clientLog(page) {
 }
 
 export const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/**
+ * Waits until `predicate(log)` holds for the page's client log; the
+ * failure message carries the last log seen.
+ */
+export async function waitForLog(page, what, predicate, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  let log;
+  for (;;) {
+    log = await clientLog(page);
+    if (predicate(log)) return log;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; client log: ${JSON.stringify(log)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { startCluster, uniqueTopic } from '../lib/cluster.js';
 import { startProxy } from '../lib/proxy.js';
 import { launchBrowser } from '../lib/pages.js';
-import { openClient, subscribe, waitForEvents, clientLog, range } from '../lib/client.js';
+import { openClient, subscribe, waitForEvents, waitForLog, clientLog, range } from '../lib/client.js';
 import { sleep, until } from '../lib/wait.js';
 
 const TRANSPORTS = ['websocket', 'sse', 'poll'];
@@ -19,7 +19,8 @@ let context;
 
 before(async () => {
   [cluster, browser] = await Promise.all([
-    startCluster({ nodes: 1, env: { HERALD_HEARTBEAT_SECS: '1' } }),
+    // Five events kept per topic, pruned every second: resets come quickly.
+    startCluster({ nodes: 1, env: { HERALD_HEARTBEAT_SECS: '1', HERALD_RETENTION_EVENTS: '5', HERALD_PRUNE_INTERVAL_SECS: '1' } }),
     launchBrowser(),
   ]);
 });
@@ -61,8 +62,7 @@ for (const transport of TRANSPORTS) {
     Object.assign(proxy.mode, { ws: 'garbage', sse: 'garbage', poll: 'garbage' });
     await subscribe(page, a, 0);
     await subscribe(page, b, 0);
-    await until('the client to report the garbage', async () => (await clientLog(page)).errors.length >= 2, { timeoutMs: 15000 });
-    const during = await clientLog(page);
+    const during = await waitForLog(page, 'the client to report the garbage', (log) => log.errors.length >= 2);
     assert.deepEqual(during.events, { [a]: [], [b]: [] }, 'nothing from the garbage reached a handler');
 
     // The server comes back to its senses.
@@ -103,28 +103,57 @@ test('a getToken that throws, then returns nothing, surfaces errors and is retri
   assert.deepEqual(problems, []);
 });
 
+/** Waits until the node has pruned `topic` down to seqs from `first` on. */
+async function prunedTo(topic, first) {
+  const token = cluster.token({ subscribe: [topic] });
+  await until(`${topic} to be pruned to seq ${first}`, async () => {
+    const answer = await fetch(`${cluster.url(0)}/v1/poll?topic=${topic}&since=${topic}:0`, { headers: { authorization: `Bearer ${token}` } });
+    const { events } = await answer.json();
+    return events[0]?.seq === first;
+  }, { timeoutMs: 15000 });
+}
+
 for (const transport of TRANSPORTS) {
-  test(`${transport}: a reset of one topic reaches the app and the other topic keeps flowing`, async () => {
+  test(`${transport}: a reset of one topic (events pruned) reaches the app and the other topic keeps flowing`, async () => {
     const gone = uniqueTopic('reset-a');
     const fine = uniqueTopic('reset-b');
-    await publishRange(gone, 1, 3);
+    await publishRange(gone, 1, 8);
     await publishRange(fine, 1, 3);
+    await prunedTo(gone, 4);
     const { page, problems } = await client({ token: cluster.token({ subscribe: [gone, fine] }), transports: [transport] });
-    // A cursor beyond the head (a wiped store, another deployment): the
-    // server answers with a reset from head + 1.
-    await subscribe(page, gone, 10);
+    // The app had seen seq 1 of `gone`; 2 and 3 are no longer retained.
+    await subscribe(page, gone, 1);
     await subscribe(page, fine, 0);
     await waitForEvents(page, fine, 3);
-    await until('the reset', async () => (await clientLog(page)).resets.length >= 1, { timeoutMs: 15000 });
-    await publishRange(gone, 4, 5);
+    await waitForLog(page, 'the reset', (log) => log.resets.length >= 1);
+    await publishRange(gone, 9, 10);
     await publishRange(fine, 4, 5);
-    await waitForEvents(page, gone, 2);
+    await waitForEvents(page, gone, 7);
     await waitForEvents(page, fine, 5);
     const log = await clientLog(page);
     const appResets = log.resets.filter((r) => !r.viaSubscription);
     assert.deepEqual(appResets, [{ topic: gone, from: 4 }], 'one reset event, for that topic only');
     assert.ok(log.resets.some((r) => r.viaSubscription && r.topic === gone), 'the subscription\'s onReset heard it too');
-    assert.deepEqual(log.events, { [gone]: [4, 5], [fine]: range(1, 5) });
+    assert.deepEqual(log.events, { [gone]: range(4, 10), [fine]: range(1, 5) });
+    assert.deepEqual(problems, []);
+  });
+}
+
+for (const transport of TRANSPORTS) {
+  test(`${transport}: a cursor beyond the head (a wiped store) is answered with a reset, and nothing after it is skipped`, async () => {
+    const ahead = uniqueTopic('ahead');
+    await publishRange(ahead, 1, 3);
+    const { page, problems } = await client({ token: cluster.token({ subscribe: [ahead] }), transports: [transport] });
+    await subscribe(page, ahead, 10);
+    // docs/API.md: "A cursor beyond a topic's head ... is answered with a
+    // reset whose from is the head plus one; the subscription continues
+    // from the head."
+    await waitForLog(page, 'the reset', (log) => log.resets.length >= 1);
+    await publishRange(ahead, 4, 5);
+    await waitForEvents(page, ahead, 2);
+    const log = await clientLog(page);
+    assert.deepEqual(log.resets.filter((r) => !r.viaSubscription), [{ topic: ahead, from: 4 }]);
+    assert.deepEqual(log.events[ahead], [4, 5]);
     assert.deepEqual(problems, []);
   });
 }
@@ -137,7 +166,7 @@ for (const transport of TRANSPORTS) {
     const { page, problems } = await client({ token: cluster.token({ subscribe: [allowed] }), transports: [transport] });
     await subscribe(page, forbidden, 0);
     await subscribe(page, allowed, 0);
-    await until('the forbidden topic to be refused', async () => (await clientLog(page)).subErrors.length >= 1, { timeoutMs: 15000 });
+    await waitForLog(page, 'the forbidden topic to be refused', (log) => log.subErrors.length >= 1);
     await waitForEvents(page, allowed, 2);
     await publishRange(allowed, 3, 4);
     await waitForEvents(page, allowed, 4);

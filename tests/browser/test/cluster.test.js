@@ -6,10 +6,8 @@ import { startCluster, uniqueTopic } from '../lib/cluster.js';
 import { startProxy } from '../lib/proxy.js';
 import { startPageServer, launchBrowser, watchPage } from '../lib/pages.js';
 import { request } from '../lib/http.js';
-import { openClient, subscribe, waitForEvents, clientLog } from '../lib/client.js';
-import { until, sleep } from '../lib/wait.js';
-
-const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+import { openClient, subscribe, waitForEvents, clientLog, range } from '../lib/client.js';
+import { sleep } from '../lib/wait.js';
 
 let cluster;
 let pages;
