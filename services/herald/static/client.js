@@ -95,6 +95,7 @@ async function problem(res) {
   } catch {}
   return new HeraldError(p.code || 'http_' + res.status, p.detail || p.title || 'HTTP ' + res.status, {
     status: res.status,
+    alien: !p.code,
     retryAfter: Number(res.headers.get('retry-after')) || undefined,
   });
 }
@@ -518,8 +519,10 @@ export class Herald {
   }
 
   /** What to do after a failed HTTP request or a network error. */
-  _how(e) {
+  _how(e, opened) {
     const s = e && e.status;
+    // An answer that is not Herald's (a proxy refusing the request) before the transport worked: try the next one.
+    if (s && e.alien && !opened) return { fallback: true };
     if (!s) {
       if (e instanceof HeraldError) {
         if (e.code !== 'token') this._emit('error', e);
@@ -633,6 +636,7 @@ export class Herald {
       delay = 0;
     } else {
       this._ti = this._ti0;
+      if (how.fallback) this._err('network', 'no transport could connect to ' + this.url);
       if (how.auth) {
         this._tok = this._o.getToken ? null : this._tok;
         if (!this._o.getToken)
@@ -963,7 +967,7 @@ function sse(h) {
         }
       }
     } catch (e) {
-      if (my === gen) fail(h._how(e));
+      if (my === gen) fail(h._how(e, opened));
     }
   };
   c.apply = start;
@@ -1026,7 +1030,7 @@ function poll(h) {
     try {
       b = await h._poll(wait, a.signal, true);
     } catch (e) {
-      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e));
+      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e, opened));
       return;
     }
     if (my !== gen) return;

@@ -1,0 +1,180 @@
+// Each transport of the client against a real herald server, under Node
+// (run with --experimental-websocket so that Node 20 has a WebSocket):
+// delivery in order, connections cut mid-stream, a server restarted on the
+// same store, tokens that expire, and the fallback from a blocked WebSocket
+// (and a blocked SSE) to the next transport.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  collector,
+  mint,
+  publish,
+  range,
+  SSE_REQUEST,
+  startHerald,
+  startProxy,
+  uniqueTopic,
+  until,
+  WS_UPGRADE,
+} from './helpers.mjs';
+
+delete globalThis.BroadcastChannel;
+const { Herald } = await import('../../../services/herald/static/client.js');
+
+const HAS_WS = typeof globalThis.WebSocket === 'function';
+const TRANSPORTS = HAS_WS ? ['websocket', 'sse', 'poll'] : ['sse', 'poll'];
+const FAST = { minDelay: 50, maxDelay: 500, openTimeout: 3000, pollWait: 2 };
+const WAIT_MS = 15_000;
+
+let server;
+before(async () => {
+  server = await startHerald({ env: { HERALD_HEARTBEAT_SECS: '2' } });
+});
+after(() => server?.stop());
+
+for (const transport of TRANSPORTS) {
+  describe(transport, () => {
+    test('delivers retained then live events once each, in order', async () => {
+      const topic = uniqueTopic();
+      const other = uniqueTopic();
+      await publish(server, topic, range(1, 10));
+      const h = new Herald(server.url, { ...FAST, token: server.token, transports: [transport] });
+      const got = collector();
+      const quiet = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      h.subscribe(other, quiet.handler);
+      try {
+        await until(() => got.seqs.length >= 10, WAIT_MS, () => `10 events, got ${got.seqs}`);
+        assert.equal(h.transport, transport);
+        await publish(server, topic, range(11, 60));
+        await publish(server, other, [1, 2]);
+        await until(() => got.seqs.length >= 60 && quiet.seqs.length >= 2, WAIT_MS, () => `60 + 2 events, got ${got.seqs.length} + ${quiet.seqs.length}`);
+        assert.deepEqual(got.seqs, range(1, 60));
+        assert.deepEqual(quiet.seqs, [1, 2]);
+        assert.deepEqual([...got.problems, ...quiet.problems], []);
+      } finally {
+        h.close();
+      }
+    });
+
+    test('connections cut mid-stream lose and repeat nothing', async () => {
+      const topic = uniqueTopic();
+      const proxy = await startProxy(server.port);
+      const h = new Herald(proxy.url, { ...FAST, token: server.token, transports: [transport] });
+      const states = [];
+      h.on('state', (s) => states.push(s));
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      try {
+        await until(() => h.state === 'open', WAIT_MS, 'open');
+        let published = 0;
+        for (let round = 0; round < 5; round++) {
+          await publish(server, topic, range(1, 20));
+          published += 20;
+          proxy.cut();
+          await publish(server, topic, range(1, 5));
+          published += 5;
+        }
+        await until(() => got.seqs.length >= published, WAIT_MS, () => `${published} events, got ${got.seqs.length}: ${got.problems}`);
+        await new Promise((r) => setTimeout(r, 300));
+        assert.deepEqual(got.seqs, range(1, published));
+        assert.deepEqual(got.problems, []);
+        assert.ok(states.includes('reconnecting'), `reconnected: ${states}`);
+        assert.equal(h.transport, transport);
+      } finally {
+        h.close();
+        await proxy.close();
+      }
+    });
+
+    test('a server restarted on the same store is resumed from the cursor', async () => {
+      const restarted = await startHerald();
+      const topic = uniqueTopic();
+      const proxy = await startProxy(restarted.port);
+      const h = new Herald(proxy.url, { ...FAST, token: restarted.token, transports: [transport] });
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      let next;
+      try {
+        await publish(restarted, topic, range(1, 10));
+        await until(() => got.seqs.length >= 10, WAIT_MS, () => `10 events, got ${got.seqs}`);
+        await restarted.stop();
+        next = await startHerald({ db: restarted.db });
+        proxy.targetPort = next.port;
+        proxy.cut();
+        await publish(next, topic, range(11, 25));
+        await until(() => got.seqs.length >= 25, WAIT_MS, () => `25 events, got ${got.seqs}`);
+        assert.deepEqual(got.seqs, range(1, 25));
+      } finally {
+        h.close();
+        await proxy.close();
+        await next?.stop();
+        await restarted.stop();
+      }
+    });
+
+    test('tokens that expire are renewed with getToken and the stream goes on', async () => {
+      const topic = uniqueTopic();
+      let calls = 0;
+      const h = new Herald(server.url, {
+        ...FAST,
+        transports: [transport],
+        getToken: () => (calls++, mint({ subscribe: [topic], ttlSecs: 3 })),
+      });
+      const errors = [];
+      h.on('error', (e) => errors.push(e));
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      try {
+        // Nine seconds span three token lifetimes.
+        for (let i = 1; i <= 9; i++) {
+          await publish(server, topic, [i]);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+        await until(() => got.seqs.length >= 9, WAIT_MS, () => `9 events, got ${got.seqs}`);
+        assert.deepEqual(got.seqs, range(1, 9));
+        assert.ok(calls >= 3, `getToken called ${calls} times`);
+        assert.deepEqual(errors.map((e) => e.message), []);
+      } finally {
+        h.close();
+      }
+    });
+  });
+}
+
+describe('fallback', () => {
+  const cases = [
+    ['a refused WebSocket upgrade falls back to SSE', WS_UPGRADE, 'refuse', 'sse'],
+    ['a swallowed WebSocket upgrade falls back to SSE', WS_UPGRADE, 'swallow', 'sse'],
+    ['a refused SSE request falls back to polling', SSE_REQUEST, 'refuse', 'poll'],
+  ];
+  for (const [name, block, mode, expected] of cases) {
+    test(name, { skip: !HAS_WS && block === WS_UPGRADE && 'Node without WebSocket' }, async () => {
+      const topic = uniqueTopic();
+      const proxy = await startProxy(server.port, { block, mode });
+      const transports = block === SSE_REQUEST ? ['sse', 'poll'] : ['websocket', 'sse', 'poll'];
+      const h = new Herald(proxy.url, { ...FAST, openTimeout: 1000, token: server.token, transports });
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      try {
+        await publish(server, topic, range(1, 5));
+        await until(() => got.seqs.length >= 5, WAIT_MS, () => `5 events, got ${got.seqs}`);
+        assert.equal(h.transport, expected);
+        assert.deepEqual(got.seqs, range(1, 5));
+        // The transport that worked is remembered for the origin: a new client starts with it.
+        const again = new Herald(proxy.url, { ...FAST, token: server.token, transports });
+        const more = collector();
+        again.subscribe(topic, more.handler, { since: 0 });
+        try {
+          await until(() => more.seqs.length >= 5, WAIT_MS, 'the second client');
+          assert.equal(again.transport, expected);
+        } finally {
+          again.close();
+        }
+      } finally {
+        h.close();
+        await proxy.close();
+      }
+    });
+  }
+});
