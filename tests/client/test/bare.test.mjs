@@ -5,7 +5,7 @@
 // and storage doing nothing.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { collector, mint, publish, range, startHerald, uniqueTopic, until } from './helpers.mjs';
+import { collector, mint, publish, range, startHerald, startProxy, uniqueTopic, until } from './helpers.mjs';
 
 for (const name of ['WebSocket', 'EventSource', 'BroadcastChannel', 'navigator', 'window', 'document', 'localStorage', 'sessionStorage', 'location']) {
   delete globalThis[name];
@@ -119,5 +119,76 @@ test('a forbidden topic stops that subscription with an error; the others keep w
     } finally {
       h.close();
     }
+  }
+});
+
+test('a handler that throws is reported; the other handlers and later events still arrive', async () => {
+  const topic = uniqueTopic();
+  const h = new Herald(server.url, { ...FAST, token: server.token });
+  const errors = [];
+  h.on('error', (e) => errors.push(e));
+  const got = collector();
+  h.subscribe(topic, (e) => {
+    if (e.seq === 2) throw new Error('boom');
+  }, { since: 0 });
+  h.subscribe(topic, got.handler, { since: 0 });
+  try {
+    await publish(server, topic, range(1, 4));
+    await until(() => got.seqs.length >= 4, 10_000, () => `4 events, got ${got.seqs}`);
+    assert.deepEqual(got.seqs, range(1, 4));
+    assert.deepEqual(errors.map((e) => [e.code, e.topics]), [['handler', [topic]]]);
+    assert.match(errors[0].message, /boom/);
+  } finally {
+    h.close();
+  }
+});
+
+test('a server that answers garbage is reported, and the client recovers once a real server answers', async () => {
+  const http = await import('node:http');
+  const garbage = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': req.url.startsWith('/v1/sse') ? 'text/event-stream' : 'application/json' });
+    // SSE: frames that are not JSON, then the end; poll: not the poll answer.
+    res.end(req.url.startsWith('/v1/sse') ? 'data: {nope\n\nevent: reset\ndata: 7\n\n' : '{"events": "no"}');
+  });
+  await new Promise((r) => garbage.listen(0, '127.0.0.1', r));
+  const proxy = await startProxy(garbage.address().port);
+  const topic = uniqueTopic();
+  await publish(server, topic, range(1, 3));
+  const h = new Herald(proxy.url, { ...FAST, token: server.token, transports: ['sse', 'poll'] });
+  const errors = [];
+  h.on('error', (e) => errors.push(e.code));
+  const got = collector();
+  h.subscribe(topic, got.handler, { since: 0 });
+  try {
+    await until(() => errors.includes('bad_frame'), 10_000, () => `a bad_frame error, got ${errors}`);
+    assert.deepEqual(got.seqs, []);
+    proxy.targetPort = server.port;
+    proxy.cut();
+    await until(() => got.seqs.length >= 3, 10_000, () => `3 events, got ${got.seqs}, errors ${errors}`);
+    assert.deepEqual(got.seqs, [1, 2, 3]);
+  } finally {
+    h.close();
+    await proxy.close();
+    garbage.close();
+  }
+});
+
+test('a poll answer that is not the protocol is reported as bad_response', async () => {
+  const http = await import('node:http');
+  const garbage = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(req.url.startsWith('/v1/poll') ? '{"events": "no"}' : 'not json at all');
+  });
+  await new Promise((r) => garbage.listen(0, '127.0.0.1', r));
+  const h = new Herald(`http://127.0.0.1:${garbage.address().port}`, { ...FAST, token: server.token, transports: ['poll'] });
+  const errors = [];
+  h.on('error', (e) => errors.push(e.code));
+  h.subscribe(uniqueTopic(), () => assert.fail('nothing to deliver'));
+  try {
+    await until(() => errors.filter((c) => c === 'bad_response').length >= 2, 10_000, () => `bad_response errors, got ${errors}`);
+    assert.equal(h.state, 'reconnecting');
+  } finally {
+    h.close();
+    garbage.close();
   }
 });

@@ -113,6 +113,36 @@ for (const transport of TRANSPORTS) {
       }
     });
 
+    test('a draining server sends its clients to another without loss', async () => {
+      const first = await startHerald({ env: { HERALD_DRAIN_SECS: '1' } });
+      const topic = uniqueTopic();
+      const proxy = await startProxy(first.port);
+      const h = new Herald(proxy.url, { ...FAST, token: first.token, transports: [transport] });
+      const states = [];
+      h.on('state', (s) => states.push(s));
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      let second;
+      try {
+        await publish(first, topic, range(1, 10));
+        await until(() => got.seqs.length >= 10, WAIT_MS, () => `10 events, got ${got.seqs}`);
+        second = await startHerald({ db: first.db });
+        proxy.targetPort = second.port;
+        first.child.kill('SIGTERM');
+        await until(() => first.child.exitCode !== null, WAIT_MS, 'the first server drains and exits');
+        assert.equal(first.child.exitCode, 0);
+        await publish(second, topic, range(11, 20));
+        await until(() => got.seqs.length >= 20, WAIT_MS, () => `20 events, got ${got.seqs}`);
+        assert.deepEqual(got.seqs, range(1, 20));
+        assert.ok(states.includes('reconnecting'), `${states}`);
+      } finally {
+        h.close();
+        await proxy.close();
+        await second?.stop();
+        await first.stop();
+      }
+    });
+
     test('tokens that expire are renewed with getToken and the stream goes on', async () => {
       const topic = uniqueTopic();
       let calls = 0;
@@ -174,6 +204,51 @@ describe('fallback', () => {
       } finally {
         h.close();
         await proxy.close();
+      }
+    });
+  }
+});
+
+describe('reset', () => {
+  let small;
+  before(async () => {
+    small = await startHerald({ env: { HERALD_RETENTION_EVENTS: '5', HERALD_PRUNE_INTERVAL_SECS: '1' } });
+  });
+  after(() => small?.stop());
+
+  for (const transport of TRANSPORTS) {
+    test(`${transport}: a reset of one topic reaches the app and the other topic is untouched`, async () => {
+      const pruned = uniqueTopic();
+      const kept = uniqueTopic();
+      await publish(small, pruned, range(1, 20));
+      await publish(small, kept, range(1, 3));
+      // Wait for the pruner: the store answers a reset from seq 0.
+      const deadline = Date.now() + WAIT_MS;
+      for (;;) {
+        const res = await fetch(`${small.url}/v1/poll?topic=${pruned}&since=${pruned}:0`, { headers: { Authorization: `Bearer ${small.token}` } });
+        if ((await res.json()).resets.length) break;
+        assert.ok(Date.now() < deadline, 'the store was pruned');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const h = new Herald(small.url, { ...FAST, token: small.token, transports: [transport] });
+      const resets = [];
+      const ownResets = [];
+      h.on('reset', (r) => resets.push(r));
+      const a = collector();
+      const b = collector();
+      h.subscribe(pruned, a.handler, { since: 0, onReset: (r) => ownResets.push(r) });
+      h.subscribe(kept, b.handler, { since: 0 });
+      try {
+        await until(() => a.seqs.length >= 5 && b.seqs.length >= 3, WAIT_MS, () => `5 + 3 events, got ${a.seqs} + ${b.seqs}`);
+        assert.deepEqual(resets, [{ topic: pruned, from: 16 }]);
+        assert.deepEqual(ownResets, [{ topic: pruned, from: 16 }]);
+        assert.deepEqual(a.seqs, range(16, 20));
+        assert.deepEqual(b.seqs, [1, 2, 3]);
+        await publish(small, pruned, [21]);
+        await until(() => a.seqs.length >= 6, WAIT_MS, 'the next event');
+        assert.deepEqual(a.seqs, range(16, 21));
+      } finally {
+        h.close();
       }
     });
   }
