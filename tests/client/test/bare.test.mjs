@@ -192,3 +192,27 @@ test('a poll answer that is not the protocol is reported as bad_response', async
     garbage.close();
   }
 });
+
+test('persisted positions resume a new client where the last one stopped', async () => {
+  const topic = uniqueTopic();
+  const items = new Map();
+  const storage = { getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v) };
+  await publish(server, topic, range(1, 3));
+  const first = new Herald(server.url, { ...FAST, token: server.token, persist: storage });
+  const a = collector();
+  first.subscribe(topic, a.handler, { since: 0 });
+  await until(() => a.seqs.length >= 3, 10_000, () => `3 events, got ${a.seqs}`);
+  first.close();
+  assert.equal(items.get(`herald:${server.url}:${topic}`), '3');
+
+  await publish(server, topic, range(4, 6));
+  const second = new Herald(server.url, { ...FAST, token: server.token, persist: storage });
+  const b = collector();
+  second.subscribe(topic, b.handler);
+  try {
+    await until(() => b.seqs.length >= 3, 10_000, () => `3 events, got ${b.seqs}`);
+    assert.deepEqual(b.seqs, [4, 5, 6]);
+  } finally {
+    second.close();
+  }
+});

@@ -105,18 +105,30 @@ export async function until(check, ms, what) {
 
 /**
  * A TCP proxy in front of a server: `cut()` breaks every open connection,
+ * `freeze()` silently stops forwarding on them,
  * `target` can be changed (a restarted server), and `block` refuses
  * ('refuse': 403) or swallows ('swallow': never answers) requests whose
  * head matches it (a WebSocket upgrade, an SSE request).
  */
 export async function startProxy(targetPort, { block = null, mode = 'refuse' } = {}) {
   const sockets = new Set();
+  const pairs = [];
   const proxy = {
     targetPort,
     block,
     mode,
     url: '',
     cuts: 0,
+    /** Stops forwarding on every open connection without closing it (a dead path). */
+    freeze() {
+      for (const [a, b] of pairs) {
+        a.unpipe(b);
+        b.unpipe(a);
+        a.pause();
+        b.pause();
+      }
+      pairs.length = 0;
+    },
     cut() {
       proxy.cuts++;
       for (const s of sockets) s.destroy();
@@ -144,6 +156,7 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
       upstream.write(head);
       client.pipe(upstream);
       upstream.pipe(client);
+      pairs.push([client, upstream]);
     });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));

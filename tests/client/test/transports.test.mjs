@@ -87,6 +87,29 @@ for (const transport of TRANSPORTS) {
       }
     });
 
+    test('a connection that goes silent is detected from the wall clock and replaced', async () => {
+      const topic = uniqueTopic();
+      const proxy = await startProxy(server.port);
+      // Deadlines scaled down: heartbeat 1 s, a ping unanswered for 1 s.
+      const h = new Herald(proxy.url, { ...FAST, heartbeat: 1000, pongTimeout: 1000, transports: [transport], token: server.token });
+      const states = [];
+      h.on('state', (s) => states.push(s));
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      try {
+        await publish(server, topic, [1]);
+        await until(() => got.seqs.length >= 1, WAIT_MS, 'the first event');
+        proxy.freeze();
+        await publish(server, topic, [2, 3]);
+        await until(() => got.seqs.length >= 3, WAIT_MS, () => `3 events, got ${got.seqs}; states ${states}`);
+        assert.deepEqual(got.seqs, [1, 2, 3]);
+        assert.ok(states.includes('reconnecting'), `${states}`);
+      } finally {
+        h.close();
+        await proxy.close();
+      }
+    });
+
     test('a server restarted on the same store is resumed from the cursor', async () => {
       const restarted = await startHerald();
       const topic = uniqueTopic();
