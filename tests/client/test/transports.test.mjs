@@ -17,12 +17,18 @@ import {
   until,
   WS_UPGRADE,
 } from './helpers.mjs';
+import { TestEventSource } from './eventsource.mjs';
 
 delete globalThis.BroadcastChannel;
 const { Herald } = await import('../../../services/herald/static/client.js');
 
 const HAS_WS = typeof globalThis.WebSocket === 'function';
 const TRANSPORTS = HAS_WS ? ['websocket', 'sse', 'poll'] : ['sse', 'poll'];
+// Each transport, and SSE a second time through an EventSource (what browsers use: a ticket per stream).
+const VARIANTS = [
+  ...TRANSPORTS.map((transport) => ({ name: transport, transport, options: { transports: [transport] } })),
+  { name: 'sse over EventSource', transport: 'sse', options: { transports: ['sse'], EventSource: TestEventSource } },
+];
 const FAST = { minDelay: 50, maxDelay: 500, openTimeout: 3000, pollWait: 2 };
 const WAIT_MS = 15_000;
 
@@ -32,13 +38,13 @@ before(async () => {
 });
 after(() => server?.stop());
 
-for (const transport of TRANSPORTS) {
-  describe(transport, () => {
+for (const { name, transport, options } of VARIANTS) {
+  describe(name, () => {
     test('delivers retained then live events once each, in order', async () => {
       const topic = uniqueTopic();
       const other = uniqueTopic();
       await publish(server, topic, range(1, 10));
-      const h = new Herald(server.url, { ...FAST, token: server.token, transports: [transport] });
+      const h = new Herald(server.url, { ...FAST, token: server.token, ...options });
       const got = collector();
       const quiet = collector();
       h.subscribe(topic, got.handler, { since: 0 });
@@ -60,7 +66,7 @@ for (const transport of TRANSPORTS) {
     test('connections cut mid-stream lose and repeat nothing', async () => {
       const topic = uniqueTopic();
       const proxy = await startProxy(server.port);
-      const h = new Herald(proxy.url, { ...FAST, token: server.token, transports: [transport] });
+      const h = new Herald(proxy.url, { ...FAST, token: server.token, ...options });
       const states = [];
       h.on('state', (s) => states.push(s));
       const got = collector();
@@ -81,6 +87,15 @@ for (const transport of TRANSPORTS) {
         assert.deepEqual(got.problems, []);
         assert.ok(states.includes('reconnecting'), `reconnected: ${states}`);
         assert.equal(h.transport, transport);
+        if (options.EventSource) {
+          // Every stream opened with a ticket of its own, never with the token.
+          const urls = TestEventSource.urls.filter((u) => u.startsWith(proxy.url));
+          const tickets = urls.map((u) => new URL(u).searchParams.get('ticket'));
+          assert.ok(urls.length >= 2, `a new stream after a cut: ${urls.length}`);
+          assert.ok(tickets.every(Boolean), 'each stream has a ticket');
+          assert.equal(new Set(tickets).size, tickets.length, 'tickets are not reused');
+          assert.ok(urls.every((u) => !u.includes(server.token)), 'the token stays out of the URL');
+        }
       } finally {
         h.close();
         await proxy.close();
@@ -91,7 +106,7 @@ for (const transport of TRANSPORTS) {
       const topic = uniqueTopic();
       const proxy = await startProxy(server.port);
       // Deadlines scaled down: heartbeat 1 s, a ping unanswered for 1 s.
-      const h = new Herald(proxy.url, { ...FAST, heartbeat: 1000, pongTimeout: 1000, transports: [transport], token: server.token });
+      const h = new Herald(proxy.url, { ...FAST, heartbeat: 1000, pongTimeout: 1000, ...options, token: server.token });
       const states = [];
       h.on('state', (s) => states.push(s));
       const got = collector();
@@ -114,7 +129,7 @@ for (const transport of TRANSPORTS) {
       const restarted = await startHerald();
       const topic = uniqueTopic();
       const proxy = await startProxy(restarted.port);
-      const h = new Herald(proxy.url, { ...FAST, token: restarted.token, transports: [transport] });
+      const h = new Herald(proxy.url, { ...FAST, token: restarted.token, ...options });
       const got = collector();
       h.subscribe(topic, got.handler, { since: 0 });
       let next;
@@ -140,7 +155,7 @@ for (const transport of TRANSPORTS) {
       const first = await startHerald({ env: { HERALD_DRAIN_SECS: '1' } });
       const topic = uniqueTopic();
       const proxy = await startProxy(first.port);
-      const h = new Herald(proxy.url, { ...FAST, token: first.token, transports: [transport] });
+      const h = new Herald(proxy.url, { ...FAST, token: first.token, ...options });
       const states = [];
       h.on('state', (s) => states.push(s));
       const got = collector();
@@ -171,7 +186,7 @@ for (const transport of TRANSPORTS) {
       let calls = 0;
       const h = new Herald(server.url, {
         ...FAST,
-        transports: [transport],
+        ...options,
         getToken: () => (calls++, mint({ subscribe: [topic], ttlSecs: 3 })),
       });
       const errors = [];
@@ -239,8 +254,8 @@ describe('reset', () => {
   });
   after(() => small?.stop());
 
-  for (const transport of TRANSPORTS) {
-    test(`${transport}: a reset of one topic reaches the app and the other topic is untouched`, async () => {
+  for (const { name, options } of VARIANTS) {
+    test(`${name}: a reset of one topic reaches the app and the other topic is untouched`, async () => {
       const pruned = uniqueTopic();
       const kept = uniqueTopic();
       await publish(small, pruned, range(1, 20));
@@ -253,7 +268,7 @@ describe('reset', () => {
         assert.ok(Date.now() < deadline, 'the store was pruned');
         await new Promise((r) => setTimeout(r, 100));
       }
-      const h = new Herald(small.url, { ...FAST, token: small.token, transports: [transport] });
+      const h = new Herald(small.url, { ...FAST, token: small.token, ...options });
       const resets = [];
       const ownResets = [];
       h.on('reset', (r) => resets.push(r));
