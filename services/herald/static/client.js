@@ -822,17 +822,18 @@ function ws(h) {
     };
     sock.onmessage = (m) => {
       last = now();
+      let f;
+      try {
+        f = JSON.parse(m.data);
+      } catch {}
+      if (!f || typeof f !== 'object' || Array.isArray(f) || typeof f.op !== 'string')
+        return h._err('bad_frame', 'the server sent a frame that is not a JSON object with an "op"');
       if (!opened) {
         opened = true;
         clearTimeout(timer);
         h._open(c);
       }
-      let f;
-      try {
-        f = JSON.parse(m.data);
-      } catch {}
-      if (f && typeof f === 'object') frame(f);
-      else h._err('bad_frame', 'the server sent a frame that is not a JSON object');
+      frame(f);
     };
     sock.onclose = (e) => {
       const code = e.code;
