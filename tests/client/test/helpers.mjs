@@ -62,10 +62,10 @@ export async function startHerald({ db = tempDb(), env = {} } = {}) {
 }
 
 /** An HS256 token signed with SECRET. */
-export function mint({ sub = 'tester', ttlSecs = 3600, subscribe = ['>'], publish = [] } = {}) {
+export function mint({ sub = 'tester', ttlSecs = 3600, subscribe = ['>'], publish = [], jti } = {}) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
   const iat = Math.floor(Date.now() / 1000);
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, iat, exp: iat + ttlSecs, herald: { subscribe, publish } })}`;
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, iat, exp: iat + ttlSecs, jti, herald: { subscribe, publish } })}`;
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
 
@@ -79,6 +79,16 @@ export async function publish(server, topic, datas) {
   });
   if (res.status !== 201) throw new Error(`publish answered ${res.status}: ${await res.text()}`);
   return (await res.json()).map((a) => a.seq);
+}
+
+/** Revokes one token by its `jti`, across the server. */
+export async function revoke(server, jti) {
+  const res = await fetch(`${server.url}/v1/admin/revoke`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${server.token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ jti }),
+  });
+  if (res.status !== 200) throw new Error(`revoke answered ${res.status}: ${await res.text()}`);
 }
 
 let topicCounter = 0;

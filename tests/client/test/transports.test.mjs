@@ -10,6 +10,7 @@ import {
   mint,
   publish,
   range,
+  revoke,
   SSE_REQUEST,
   startHerald,
   startProxy,
@@ -178,6 +179,34 @@ for (const { name, transport, options } of VARIANTS) {
         await proxy.close();
         await second?.stop();
         await first.stop();
+      }
+    });
+
+    test('a revoked token is replaced through getToken and the stream resumes without loss', async () => {
+      const topic = uniqueTopic();
+      const jtis = [];
+      const h = new Herald(server.url, {
+        ...FAST,
+        ...options,
+        getToken: () => {
+          jtis.push(`jti-${topic}-${jtis.length}`);
+          return mint({ subscribe: [topic], jti: jtis.at(-1) });
+        },
+      });
+      const states = [];
+      h.on('state', (s) => states.push(s));
+      const got = collector();
+      h.subscribe(topic, got.handler, { since: 0 });
+      try {
+        await publish(server, topic, range(1, 5));
+        await until(() => got.seqs.length >= 5, WAIT_MS, () => `5 events, got ${got.seqs}`);
+        await revoke(server, jtis[0]);
+        await publish(server, topic, range(6, 10));
+        await until(() => got.seqs.length >= 10 && jtis.length >= 2, WAIT_MS, () => `10 events and a new token, got ${got.seqs}, ${jtis.length} tokens`);
+        assert.deepEqual(got.seqs, range(1, 10));
+        assert.deepEqual(got.problems, []);
+      } finally {
+        h.close();
       }
     });
 
