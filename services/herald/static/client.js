@@ -671,6 +671,8 @@ export class Herald {
           : new Promise((release) => {
               this._release = release;
               this._leader = true;
+              // The state mirrored from the previous leader no longer holds.
+              if (this._state === 'open') this._setState('reconnecting');
               this._post({ t: 'lead' });
               this._later();
             }),

@@ -83,10 +83,14 @@ for (const transport of transports) {
       );
       if (transport !== 'poll') assert.equal(await connectionsOf(topic), 1, 'the server counts one connection');
 
+      const handover = [];
+      tabs[1].on('state', (s) => handover.push(s));
       tabs[0].close();
       await publish(server, topic, range(11, 30));
       await until(() => got.slice(1).every((g) => g.seqs.length >= 30), WAIT_MS, () => `30 events: ${got.map((g) => g.seqs.length)}`);
       await until(() => tabs[1].transport === transport, WAIT_MS, 'the next client leads');
+      await until(() => tabs[1].state === 'open', WAIT_MS, 'the new leader is open');
+      assert.deepEqual(handover, ['reconnecting', 'open'], 'the new leader reports its own connection');
       for (const g of got.slice(1)) {
         assert.deepEqual(g.seqs, range(1, 30));
         assert.deepEqual(g.problems, []);
