@@ -64,6 +64,36 @@ for (const { name, transport, options } of VARIANTS) {
       }
     });
 
+    test('subscriptions added on an open connection, one of them from an older position, each get every event once', async () => {
+      const a = uniqueTopic();
+      const b = uniqueTopic();
+      await publish(server, a, range(1, 5));
+      await publish(server, b, range(1, 3));
+      const h = new Herald(server.url, { ...FAST, token: server.token, ...options });
+      const live = collector();
+      const first = h.subscribe(a, live.handler);
+      try {
+        await until(() => h.state === 'open', WAIT_MS, 'open');
+        await publish(server, a, range(6, 8));
+        await until(() => live.seqs.length >= 3, WAIT_MS, () => `3 live events, got ${live.seqs}`);
+        // A second topic, from the start; and the first topic again from seq 2, behind the connection.
+        const other = collector();
+        h.subscribe(b, other.handler, { since: 0 });
+        const late = collector();
+        h.subscribe(a, late.handler, { since: 2 });
+        await until(() => other.seqs.length >= 3 && late.seqs.length >= 6, WAIT_MS, () => `3 + 6 events, got ${other.seqs} + ${late.seqs}`);
+        first.unsubscribe();
+        await publish(server, a, range(9, 10));
+        await until(() => late.seqs.length >= 8, WAIT_MS, () => `8 events, got ${late.seqs}`);
+        assert.deepEqual(live.seqs, [6, 7, 8], 'the first subscription saw the live events once, and nothing after it left');
+        assert.deepEqual(late.seqs, range(3, 10));
+        assert.deepEqual(other.seqs, [1, 2, 3]);
+        assert.deepEqual([...live.problems, ...late.problems, ...other.problems], []);
+      } finally {
+        h.close();
+      }
+    });
+
     test('connections cut mid-stream lose and repeat nothing', async () => {
       const topic = uniqueTopic();
       const proxy = await startProxy(server.port);
