@@ -160,7 +160,8 @@ export class Herald {
     this._WS = 'WebSocket' in o ? o.WebSocket : g.WebSocket;
     this._ES = 'EventSource' in o ? o.EventSource : g.EventSource;
     this._order = o.transports.filter((k) =>
-      k === 'websocket' ? this._WS : k === 'sse' ? this._ES || this._fetch : k === 'poll' && this._fetch,
+      // SSE without EventSource needs streaming fetch (React Native has none).
+      k === 'websocket' ? this._WS : k === 'sse' ? this._ES || (this._fetch && g.ReadableStream && g.TextDecoder) : k === 'poll' && this._fetch,
     );
     if (!this._order.length) throw new TypeError('herald: none of the transports ' + o.transports + ' can run here');
     this._auth = !!(o.token || o.getToken);
