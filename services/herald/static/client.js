@@ -95,6 +95,7 @@ async function problem(res) {
   } catch {}
   return new HeraldError(p.code || 'http_' + res.status, p.detail || p.title || 'HTTP ' + res.status, {
     status: res.status,
+    alien: !p.code,
     retryAfter: Number(res.headers.get('retry-after')) || undefined,
   });
 }
@@ -159,7 +160,8 @@ export class Herald {
     this._WS = 'WebSocket' in o ? o.WebSocket : g.WebSocket;
     this._ES = 'EventSource' in o ? o.EventSource : g.EventSource;
     this._order = o.transports.filter((k) =>
-      k === 'websocket' ? this._WS : k === 'sse' ? this._ES || this._fetch : k === 'poll' && this._fetch,
+      // SSE without EventSource needs streaming fetch (React Native has none).
+      k === 'websocket' ? this._WS : k === 'sse' ? this._ES || (this._fetch && g.ReadableStream && g.TextDecoder) : k === 'poll' && this._fetch,
     );
     if (!this._order.length) throw new TypeError('herald: none of the transports ' + o.transports + ' can run here');
     this._auth = !!(o.token || o.getToken);
@@ -518,8 +520,10 @@ export class Herald {
   }
 
   /** What to do after a failed HTTP request or a network error. */
-  _how(e) {
+  _how(e, opened) {
     const s = e && e.status;
+    // An answer that is not Herald's (a proxy refusing the request) before the transport worked: try the next one.
+    if (s && e.alien && !opened) return { fallback: true };
     if (!s) {
       if (e instanceof HeraldError) {
         if (e.code !== 'token') this._emit('error', e);
@@ -633,6 +637,7 @@ export class Herald {
       delay = 0;
     } else {
       this._ti = this._ti0;
+      if (how.fallback) this._err('network', 'no transport could connect to ' + this.url);
       if (how.auth) {
         this._tok = this._o.getToken ? null : this._tok;
         if (!this._o.getToken)
@@ -667,6 +672,8 @@ export class Herald {
           : new Promise((release) => {
               this._release = release;
               this._leader = true;
+              // The state mirrored from the previous leader no longer holds.
+              if (this._state === 'open') this._setState('reconnecting');
               this._post({ t: 'lead' });
               this._later();
             }),
@@ -818,17 +825,18 @@ function ws(h) {
     };
     sock.onmessage = (m) => {
       last = now();
+      let f;
+      try {
+        f = JSON.parse(m.data);
+      } catch {}
+      if (!f || typeof f !== 'object' || Array.isArray(f) || typeof f.op !== 'string')
+        return h._err('bad_frame', 'the server sent a frame that is not a JSON object with an "op"');
       if (!opened) {
         opened = true;
         clearTimeout(timer);
         h._open(c);
       }
-      let f;
-      try {
-        f = JSON.parse(m.data);
-      } catch {}
-      if (f && typeof f === 'object') frame(f);
-      else h._err('bad_frame', 'the server sent a frame that is not a JSON object');
+      frame(f);
     };
     sock.onclose = (e) => {
       const code = e.code;
@@ -963,7 +971,7 @@ function sse(h) {
         }
       }
     } catch (e) {
-      if (my === gen) fail(h._how(e));
+      if (my === gen) fail(h._how(e, opened));
     }
   };
   c.apply = start;
@@ -1026,7 +1034,7 @@ function poll(h) {
     try {
       b = await h._poll(wait, a.signal, true);
     } catch (e) {
-      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e));
+      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e, opened));
       return;
     }
     if (my !== gen) return;

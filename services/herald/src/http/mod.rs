@@ -3,6 +3,7 @@
 //! handlers use. Handlers are short: extract, call the core, map the result.
 
 mod admin;
+mod assets;
 mod auth;
 pub mod console;
 pub mod error;
@@ -218,7 +219,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/admin/revoke", web::post().to(auth::revoke))
         .route("/v1/ws", web::get().to(crate::session::ws::handler))
         .route("/v1/sse", web::get().to(crate::session::sse::handler))
-        .route("/v1/poll", web::get().to(crate::session::poll::handler));
+        .route("/v1/poll", web::get().to(crate::session::poll::handler))
+        .configure(assets::routes);
 }
 
 /// Answers unknown routes with a problem document.
