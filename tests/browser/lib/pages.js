@@ -82,3 +82,21 @@ export function watchPage(page) {
   page.on('console', (message) => record.console.push(`${message.type()}: ${message.text()}`));
   return record;
 }
+
+/**
+ * Waits until `predicate(arg)` holds in the page; the failure message
+ * quotes what the page code collected (`window.got`, `sse`, `ws`, `opens`,
+ * `drains`, `errors`).
+ */
+export async function waitInPage(page, what, predicate, arg, timeoutMs = 15000) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout: timeoutMs, polling: 50 });
+  } catch (error) {
+    const seen = await page.evaluate(() => {
+      const out = {};
+      for (const key of ['got', 'sse', 'ws', 'opens', 'drains', 'errors']) if (key in window) out[key] = window[key];
+      return out;
+    }).catch(() => ({}));
+    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; the page has ${JSON.stringify(seen)}`, { cause: error });
+  }
+}

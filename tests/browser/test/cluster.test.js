@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster, uniqueTopic } from '../lib/cluster.js';
 import { startProxy } from '../lib/proxy.js';
-import { startPageServer, launchBrowser, watchPage } from '../lib/pages.js';
+import { startPageServer, launchBrowser, watchPage, waitInPage } from '../lib/pages.js';
 import { request } from '../lib/http.js';
 import { openClient, subscribe, waitForEvents, clientLog, range } from '../lib/client.js';
 import { sleep } from '../lib/wait.js';
@@ -64,7 +64,7 @@ test('a ticket minted on one node opens a connection on another, once', async ()
   }, { mintOn: cluster.url(0), openOn: cluster.url(1), topic, token });
   assert.equal(minted.status, 200);
   assert.ok(minted.expiresIn > 0);
-  await page.waitForFunction(() => window.got.length >= 3, null, { timeout: 15000 });
+  await waitInPage(page, 'three events through a ticket from another node', () => window.got.length >= 3);
   assert.deepEqual(await page.evaluate(() => window.got), [1, 2, 3], `events through a ticket from another node; page: ${record.console.join('\n')}`);
 
   // The same ticket again, on a third node: refused, and a native
@@ -103,13 +103,13 @@ test('a native EventSource with cookie auth resumes on another node when its nod
   }, `http://localhost:${proxy.port}/v1/sse?topic=${topic}&since=${topic}:0`);
   try {
     await publishRange(topic, 1, 10, { node: 1 });
-    await page.waitForFunction(() => window.got.length >= 10, null, { timeout: 15000 });
+    await waitInPage(page, 'the first ten events', () => window.got.length >= 10);
 
     // The load balancer sends new connections to node 1; node 0 drains.
     proxy.setTarget(cluster.url(1));
     cluster.terminate(0);
     await publishRange(topic, 11, 40, { node: 1, gapMs: 50 });
-    await page.waitForFunction(() => window.got.length >= 40, null, { timeout: 20000 });
+    await waitInPage(page, 'forty events across the drain', () => window.got.length >= 40, undefined, 20000);
     await sleep(300); // anything duplicated would arrive right behind
     const seen = await page.evaluate(() => ({ got: window.got, opens: window.opens, drains: window.drains, state: window.es.readyState }));
     assert.deepEqual(seen.got, range(1, 40), `every event once, in order; page: ${record.console.join('\n')}`);

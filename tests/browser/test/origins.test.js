@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster, uniqueTopic } from '../lib/cluster.js';
-import { startPageServer, launchBrowser, watchPage } from '../lib/pages.js';
+import { startPageServer, launchBrowser, watchPage, waitInPage } from '../lib/pages.js';
 import { request, upgradeHeaders } from '../lib/http.js';
 
 let cluster;
@@ -57,7 +57,7 @@ test('an allowed origin subscribes over SSE with a ticket it minted cross-origin
       return answer.status;
     }, { herald, topic, token });
     assert.equal(status, 200);
-    await page.waitForFunction(() => window.got.length >= 3, null, { timeout: 15000 });
+    await waitInPage(page, 'three events through the ticket', () => window.got.length >= 3);
     assert.deepEqual(await page.evaluate(() => window.got), [1, 2, 3], record.console.join('\n'));
   } finally {
     await context.close();
@@ -81,7 +81,7 @@ test('an allowed origin subscribes with the session cookie: EventSource, WebSock
         if (frame.op === 'event') window.ws.push(frame.seq);
       };
     }, { herald, topic });
-    await page.waitForFunction(() => window.sse.length >= 2 && window.ws.length >= 2, null, { timeout: 15000 });
+    await waitInPage(page, 'two events on each of SSE and WebSocket', () => window.sse.length >= 2 && window.ws.length >= 2);
     const polled = await page.evaluate(async ({ herald, topic }) => {
       const answer = await fetch(`${herald}/v1/poll?topic=${topic}&since=${topic}:0`, { credentials: 'include' });
       return { status: answer.status, seqs: (await answer.json()).events.map((e) => e.seq) };
@@ -118,12 +118,14 @@ test('an origin that is not allowed gets nothing through the browser, even with 
         const es = new EventSource(`${herald}/v1/sse?topic=${topic}&since=${topic}:0`, { withCredentials: true });
         es.onmessage = () => { es.close(); resolve('event'); };
         es.onerror = () => { const state = es.readyState; es.close(); resolve(state === EventSource.CLOSED ? 'closed' : 'retrying'); };
+        setTimeout(() => { es.close(); resolve('still open after 5 s'); }, 5000);
       });
       result.ws = await new Promise((resolve) => {
         const ws = new WebSocket(`${herald.replace('http', 'ws')}/v1/ws`);
         ws.onopen = () => ws.send(JSON.stringify({ op: 'subscribe', topics: [topic], since: `${topic}:0` }));
         ws.onmessage = (m) => { if (JSON.parse(m.data).op === 'event') resolve('event'); };
         ws.onclose = (e) => resolve(`closed ${e.code}`);
+        setTimeout(() => resolve('still open after 5 s'), 5000);
       });
       return result;
     }, { herald, topic, token });
