@@ -88,15 +88,33 @@ export class Proxy {
     this.mode = { ws: 'pass', sse: 'pass', poll: 'pass', http: 'pass' };
     /** Every request seen: {kind, path, mode, at}. */
     this.seen = [];
-    /** Open connections: {kind, path, client, upstream}. */
+    /** Open connections: {kind, path, client, upstream, target}. */
     this.open = new Set();
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
   /** Routes new connections to `target` (open ones stay where they are). */
   setTarget(target) {
-    const url = new URL(target);
-    this.target = { host: url.hostname, port: Number(url.port) };
+    this.setTargets([target]);
+  }
+
+  /**
+   * Routes new connections to `targets` in turn, starting with the first:
+   * a load balancer that has not yet noticed that one of them is draining.
+   */
+  setTargets(targets) {
+    this.targets = targets.map((target) => {
+      const url = new URL(target);
+      return { host: url.hostname, port: Number(url.port) };
+    });
+    this.next = 0;
+  }
+
+  /** The upstream for the next connection. */
+  pickTarget() {
+    const target = this.targets[this.next % this.targets.length];
+    this.next += 1;
+    return target;
   }
 
   listen(host = '127.0.0.1') {
@@ -174,17 +192,33 @@ export class Proxy {
     const lines = kind === 'ws'
       ? head.lines
       : [...head.lines.filter((l) => !/^(connection|keep-alive):/i.test(l)), 'Connection: close'];
-    const upstream = net.connect(this.target.port, this.target.host);
-    connection.upstream = upstream;
-    upstream.on('error', () => client.destroy());
-    upstream.on('close', () => client.destroy());
-    upstream.on('connect', () => {
-      upstream.write(`${[head.requestLine, ...lines].join('\r\n')}\r\n\r\n`);
-      if (rest.length) upstream.write(rest);
-      client.pipe(upstream);
-      upstream.pipe(client);
-      client.resume();
-    });
+    // Like a load balancer's passive health check: an upstream that refuses
+    // the TCP connection (a node that has exited) is skipped for the next.
+    const connect = (attempt) => {
+      const target = this.pickTarget();
+      connection.target = `http://${target.host}:${target.port}`;
+      const upstream = net.connect(target.port, target.host);
+      connection.upstream = upstream;
+      let connected = false;
+      upstream.on('error', (error) => {
+        if (!connected && error.code === 'ECONNREFUSED' && attempt < this.targets.length && !client.destroyed) {
+          upstream.removeAllListeners('close');
+          connect(attempt + 1);
+        } else {
+          client.destroy();
+        }
+      });
+      upstream.on('close', () => client.destroy());
+      upstream.on('connect', () => {
+        connected = true;
+        upstream.write(`${[head.requestLine, ...lines].join('\r\n')}\r\n\r\n`);
+        if (rest.length) upstream.write(rest);
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      });
+    };
+    connect(1);
   }
 
   close() {
