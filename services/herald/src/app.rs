@@ -8,7 +8,9 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::auth::{Claims, HeraldClaims, Minter, Revocations, Tickets, Verifier, VerifierSettings};
+use crate::auth::{
+    Claims, HeraldClaims, Minter, OriginPolicy, Revocations, Tickets, Verifier, VerifierSettings,
+};
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState};
@@ -110,6 +112,10 @@ impl Application {
         bus.set_control(sessions.clone());
         let revocation_refresher = spawn_revocation_refresher(sessions.clone());
         let gate = Gate::new(settings.max_connections, settings.drain_secs);
+        let origins = Arc::new(OriginPolicy {
+            any: settings.dev,
+            rules: settings.allowed_origins.clone(),
+        });
         let state = web::Data::new(AppState {
             store,
             committer,
@@ -122,6 +128,7 @@ impl Application {
                 Duration::from_secs(settings.ticket_secs),
                 settings.max_tickets,
             ),
+            origins: origins.clone(),
             revocation_ttl_secs: settings.revocation_ttl_secs,
             limits: crate::publish::Limits {
                 max_data_bytes: settings.max_data_bytes,
@@ -137,7 +144,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query_error))
-                .configure(http::routes)
+                .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
         })
         // The drain owns SIGTERM and SIGINT (see `crate::drain`).

@@ -202,6 +202,12 @@ pub struct ServeArgs {
     /// Revocations are kept this long, in seconds; tokens must not live longer.
     #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS)]
     pub revocation_ttl_secs: u64,
+    /// Web origins, besides this server's own, whose pages may subscribe
+    /// (WebSocket, SSE, polling, tickets): comma-separated
+    /// `scheme://host[:port]`, or `https://*.example.com` for every
+    /// subdomain. `--dev` allows any origin.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<crate::auth::OriginRule>,
     /// Name of the session cookie that may carry a token.
     #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = DEFAULT_AUTH_COOKIE)]
     pub auth_cookie: String,

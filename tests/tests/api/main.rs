@@ -3,6 +3,7 @@
 mod assets;
 mod auth;
 mod bad_input;
+mod browser;
 mod cli;
 mod cluster;
 mod delivery;

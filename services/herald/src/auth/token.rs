@@ -55,7 +55,7 @@ pub struct HeraldClaims {
 }
 
 /// A verified token: who it is and what it allows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// The `sub` claim.
     pub sub: Arc<str>,

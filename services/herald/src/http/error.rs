@@ -35,6 +35,8 @@ pub enum ApiError {
     TooManyTopics(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    OriginNotAllowed(String),
     #[error("the store is unavailable; nothing was stored, and retrying with the same id is safe")]
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
@@ -57,6 +59,7 @@ impl ApiError {
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::NotFound(_) => "not_found",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
         }
@@ -99,6 +102,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidParameter(_)
             | ApiError::TooManyTopics(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

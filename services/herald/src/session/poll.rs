@@ -218,7 +218,7 @@ pub async fn handler(
             retry_after_secs: 1,
         });
     }
-    let query = SubscribeQuery::parse(&req, &state, true)?;
+    let query = SubscribeQuery::parse(&req, &state, true).await?;
     let store = &*state.sessions.store;
     // Topics without a position are live-only: they stand at their head.
     let live_only: Vec<Topic> = query

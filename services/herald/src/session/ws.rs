@@ -127,7 +127,7 @@ pub async fn handler(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let gate = state.gate.enter()?;
-    let principal = crate::http::subscriber_credential(&req, &state)?;
+    let principal = crate::http::subscriber_credential(&req, &state).await?;
     let (response, ws, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidParameter(format!("not a WebSocket upgrade: {e}")))?;
     let settings = &state.sessions.settings;

@@ -123,6 +123,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the revocations expired at `now_secs`. Returns how many went.
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError>;
+
+    /// Keeps a ticket: `grant` (what it authorizes) under `key` until
+    /// `expires_at_ms`.
+    async fn put_ticket(
+        &self,
+        key: &str,
+        grant: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the ticket stored under `key`: deletes it and returns its grant
+    /// if it had not expired at `now_ms`. Of concurrent takes of one ticket,
+    /// on any node, at most one gets it.
+    async fn take_ticket(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError>;
+
+    /// Deletes the tickets expired at `now_ms`. Returns how many went.
+    async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url` (`sqlite://...` or `postgres://...`).
@@ -166,7 +183,7 @@ pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention) -> tokio::task:
 }
 
 /// Runs prune batches until nothing is left to prune (or the store fails),
-/// then deletes expired revocations.
+/// then deletes expired revocations and tickets.
 pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
     let total = prune_events(store, retention).await;
     if let Err(e) = store
@@ -174,6 +191,9 @@ pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
         .await
     {
         tracing::warn!(error = %e, "pruning expired revocations failed; will retry");
+    }
+    if let Err(e) = store.prune_tickets(crate::event::now_ms()).await {
+        tracing::warn!(error = %e, "pruning expired tickets failed; will retry");
     }
     total
 }

@@ -253,6 +253,41 @@ impl Store for SqliteStore {
             .await?
             .rows_affected())
     }
+
+    async fn put_ticket(
+        &self,
+        key: &str,
+        grant: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tickets (key, principal, expires_at) VALUES (?, ?, ?)")
+            .bind(key)
+            .bind(grant)
+            .bind(expires_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_ticket(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("DELETE FROM tickets WHERE key = ? RETURNING principal, expires_at")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let expires_at: i64 = row.try_get(1)?;
+        Ok((expires_at > now_ms).then(|| row.try_get(0)).transpose()?)
+    }
+
+    async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tickets WHERE expires_at <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 fn event_from_row(topic: &Topic, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
