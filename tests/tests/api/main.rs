@@ -1,5 +1,6 @@
 //! Black-box tests: the real `herald` binary against real SQLite and Postgres.
 
+mod assets;
 mod auth;
 mod bad_input;
 mod browser;

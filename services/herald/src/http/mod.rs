@@ -3,7 +3,9 @@
 //! handlers use. Handlers are short: extract, call the core, map the result.
 
 mod admin;
+mod assets;
 mod auth;
+pub mod console;
 pub mod error;
 mod health;
 mod metrics;
@@ -241,6 +243,7 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(metrics::metrics))
             .route("/v1/admin/stats", web::get().to(admin::stats))
+            .route("/v1/dev/token", web::get().to(console::dev_token))
             .route("/v1/publish", web::post().to(publish::publish))
             .service(browser("/v1/tickets", web::post().to(auth::ticket)))
             .route("/v1/admin/revoke", web::post().to(auth::revoke))
@@ -256,7 +259,8 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
             .service(browser(
                 "/v1/poll",
                 web::get().to(crate::session::poll::handler),
-            ));
+            ))
+            .configure(assets::routes);
     }
 }
 

@@ -1,0 +1,116 @@
+// Typings of Herald's client, served at /client.d.ts next to /client.js.
+
+export type Transport = 'websocket' | 'sse' | 'poll';
+
+export type State = 'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed';
+
+/** An event as every transport delivers it. */
+export interface HeraldEvent<T = unknown> {
+  topic: string;
+  /** Per topic, gapless, from 1. */
+  seq: number;
+  /** The publisher's idempotency key, or a server-made id. */
+  id: string;
+  type?: string;
+  /** RFC 3339 commit time, UTC, milliseconds. */
+  time: string;
+  data: T;
+}
+
+/** Events before seq `from` of `topic` are no longer retained. */
+export interface ResetInfo {
+  topic: string;
+  from: number;
+}
+
+/** Anything `sessionStorage`-like. */
+export interface CursorStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+export interface HeraldOptions {
+  /** A bearer token (JWT). Without `token` and `getToken`, the session cookie authenticates. */
+  token?: string;
+  /** Returns a fresh token; called before expiry and after the server refuses one; one call at a time. */
+  getToken?: () => string | Promise<string>;
+  /** Transports in order of preference. Default `['websocket', 'sse', 'poll']`. */
+  transports?: Transport[];
+  /** How long a transport may take to show that it works, in ms, before the next one is tried. Default 5000. */
+  openTimeout?: number;
+  /** First reconnect delay bound, in ms (full jitter). Default 500. */
+  minDelay?: number;
+  /** Largest reconnect delay, in ms. Default 20000. */
+  maxDelay?: number;
+  /** A connection open this long (ms) resets the backoff. Default 10000. */
+  stableAfter?: number;
+  /** The server's heartbeat interval, in ms (liveness deadlines derive from it). Default 25000. */
+  heartbeat?: number;
+  /** How long a WebSocket ping may stay unanswered, in ms. Default 10000. */
+  pongTimeout?: number;
+  /** Long-poll `wait`, in seconds. Default 25. */
+  pollWait?: number;
+  /** Long-poll `limit`. Default 100. */
+  pollLimit?: number;
+  /** Stop long polling while the tab is hidden. Default true. */
+  pauseWhenHidden?: boolean;
+  /** Share one connection among the tabs of the origin (a string separates groups). Default true. */
+  share?: boolean | string;
+  /** Keep each topic's position so that a reload resumes. Default false. */
+  persist?: false | 'session' | 'local' | CursorStorage;
+  /** Implementations to use instead of the global ones (React Native, Node, tests); `null` disables one. */
+  WebSocket?: unknown;
+  EventSource?: unknown;
+  fetch?: typeof fetch;
+}
+
+export interface SubscribeOptions {
+  /** The seq already seen (0: everything retained), or a cursor text (`topic:seq,...`). */
+  since?: number | string;
+  /** Called when events of this subscription were lost (no longer retained). */
+  onReset?: (reset: ResetInfo) => void;
+  /** Called when the server stops this subscription (forbidden topic). */
+  onError?: (error: HeraldError) => void;
+}
+
+export class HeraldError extends Error {
+  constructor(code: string, message: string, extra?: { status?: number; topics?: string[]; cause?: unknown; retryAfter?: number });
+  /** The server's problem `code`, or `token`, `handler`, `bad_frame`, `bad_response`, `network`, `unauthorized`, `protocol`. */
+  code: string;
+  /** The HTTP status, for an HTTP answer. */
+  status?: number;
+  /** The topics it concerns. */
+  topics?: string[];
+  /** Seconds, from a `Retry-After`. */
+  retryAfter?: number;
+}
+
+export class Subscription {
+  readonly topic: string;
+  /** The seq of the last event delivered to this subscription. */
+  readonly seq: number | undefined;
+  /** False once unsubscribed or stopped by the server. */
+  readonly active: boolean;
+  unsubscribe(): void;
+}
+
+export interface HeraldEventMap {
+  state: State;
+  reset: ResetInfo;
+  error: HeraldError;
+}
+
+export class Herald {
+  constructor(url: string, options?: HeraldOptions);
+  /** The base URL. */
+  readonly url: string;
+  readonly state: State;
+  /** The transport in use; undefined while none is (or in a tab that follows another). */
+  readonly transport: Transport | undefined;
+  subscribe<T = unknown>(topic: string, handler: (event: HeraldEvent<T>) => void, options?: SubscribeOptions): Subscription;
+  /** Returns a function that removes the listener. */
+  on<K extends keyof HeraldEventMap>(name: K, listener: (value: HeraldEventMap[K]) => void): () => void;
+  close(): void;
+}
+
+export default Herald;

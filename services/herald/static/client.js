@@ -1,0 +1,1065 @@
+/**
+ * Herald client: subscribe to Herald topics from a browser, React Native or
+ * Node, over WebSocket, Server-Sent Events or long polling, and resume after
+ * any disconnect without losing or repeating an event.
+ *
+ * A dependency-free ES module, served by every Herald node at `/client.js`
+ * (typings at `/client.d.ts`). See docs/API.md, "Browser client".
+ *
+ * ```js
+ * import { Herald } from '/client.js';
+ * const h = new Herald('https://herald.example.com', { getToken: () => fetchToken() });
+ * const s = h.subscribe('orders.42', (event) => console.log(event.seq, event.data));
+ * h.on('state', (state) => console.log(state));
+ * s.unsubscribe();
+ * h.close();
+ * ```
+ * @module herald
+ */
+
+/** @typedef {'websocket' | 'sse' | 'poll'} Transport */
+/** @typedef {'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed'} State */
+/**
+ * @typedef {object} HeraldEvent
+ * @property {string} topic
+ * @property {number} seq per topic, gapless, from 1
+ * @property {string} id the publisher's idempotency key or a server-made id
+ * @property {string} [type]
+ * @property {string} time RFC 3339 commit time
+ * @property {unknown} data
+ */
+
+const g = globalThis;
+const ALL = ['websocket', 'sse', 'poll'];
+const TOPIC = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+const AUTH_CODES = ['unauthorized', 'token_expired', 'revoked'];
+const now = () => Date.now();
+const rand = (ms) => Math.random() * ms;
+/** Transports that worked, per origin, for this page's life. */
+const worked = new Map();
+
+/** An error the client reports through its `error` event. */
+export class HeraldError extends Error {
+  /**
+   * @param {string} code machine-readable: the server's problem `code`, or
+   *   `token`, `handler`, `bad_frame`, `bad_response`, `network`
+   * @param {string} message
+   * @param {{status?: number, topics?: string[], cause?: unknown, retryAfter?: number}} [extra]
+   */
+  constructor(code, message, extra) {
+    super(message);
+    this.name = 'HeraldError';
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+/** @param {string} name @returns {Storage | null} */
+function storage(name) {
+  try {
+    const s = g[name];
+    s.getItem('herald');
+    return s;
+  } catch {
+    return null;
+  }
+}
+
+/** `topic:seq,...` to a Map. @param {unknown} text */
+function parseCursor(text) {
+  const m = new Map();
+  for (const part of String(text || '').split(',')) {
+    const i = part.lastIndexOf(':');
+    const n = Number(part.slice(i + 1));
+    if (i > 0 && Number.isInteger(n) && n >= 0) m.set(part.slice(0, i), n);
+  }
+  return m;
+}
+
+/** The `exp` claim of a JWT, if it can be read. @param {string} token */
+function jwtExp(token) {
+  try {
+    const b = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(g.atob(b + '==='.slice((b.length + 3) % 4))).exp;
+    return Number.isFinite(exp) ? exp : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A non-2xx answer as a HeraldError. @param {Response} res */
+async function problem(res) {
+  let p = {};
+  try {
+    p = await res.json();
+  } catch {}
+  return new HeraldError(p.code || 'http_' + res.status, p.detail || p.title || 'HTTP ' + res.status, {
+    status: res.status,
+    alien: !p.code,
+    retryAfter: Number(res.headers.get('retry-after')) || undefined,
+  });
+}
+
+/** A subscription: what `subscribe` returns. */
+export class Subscription {
+  /** @param {Herald} h @param {string} topic @param {Function | null} fn @param {object} o @param {number} [seq] */
+  constructor(h, topic, fn, o, seq) {
+    /** The topic. */
+    this.topic = topic;
+    /** The seq of the last event this subscription has seen (undefined: none yet, live only). @type {number | undefined} */
+    this.seq = seq;
+    /** False once unsubscribed, or stopped by the server (`forbidden`). */
+    this.active = true;
+    this._h = h;
+    this._fn = fn;
+    this._o = o;
+  }
+
+  /** Stops delivery to this handler; the topic is left when no handler remains. */
+  unsubscribe() {
+    this._h._remove(this);
+  }
+}
+
+/**
+ * A connection to Herald, shared by every subscription of this instance (and,
+ * with tab sharing, by every tab of the origin).
+ *
+ * Events: `state` (a State), `reset` (`{topic, from}`: events before seq
+ * `from` are gone), `error` (a HeraldError). Listen with `on(name, fn)`,
+ * which returns a function that removes the listener.
+ */
+export class Herald {
+  /**
+   * @param {string} url the Herald base URL (`https://herald.example.com`);
+   *   relative to the page when it does not start with a scheme
+   * @param {import('./client').HeraldOptions} [options]
+   */
+  constructor(url, options = {}) {
+    const o = (this._o = {
+      transports: ALL,
+      openTimeout: 5000,
+      minDelay: 500,
+      maxDelay: 20000,
+      stableAfter: 10000,
+      heartbeat: 25000,
+      pongTimeout: 10000,
+      pollWait: 25,
+      pollLimit: 100,
+      pauseWhenHidden: true,
+      share: true,
+      persist: false,
+      ...options,
+    });
+    url = String(url || '').replace(/\/+$/, '');
+    if (!/^\w+:\/\//.test(url)) url = (g.location ? g.location.origin : '') + (url && url[0] !== '/' ? '/' : '') + url;
+    /** The base URL. */
+    this.url = url;
+    this._origin = (url.match(/^\w+:\/\/[^/]+/) || [url])[0];
+    this._fetch = o.fetch || (g.fetch && g.fetch.bind(g));
+    this._WS = 'WebSocket' in o ? o.WebSocket : g.WebSocket;
+    this._ES = 'EventSource' in o ? o.EventSource : g.EventSource;
+    this._order = o.transports.filter((k) =>
+      // SSE without EventSource needs streaming fetch (React Native has none).
+      k === 'websocket' ? this._WS : k === 'sse' ? this._ES || (this._fetch && g.ReadableStream && g.TextDecoder) : k === 'poll' && this._fetch,
+    );
+    if (!this._order.length) throw new TypeError('herald: none of the transports ' + o.transports + ' can run here');
+    this._auth = !!(o.token || o.getToken);
+    this._tok = o.token || null;
+    if (o.token) this._expires(jwtExp(o.token));
+    /** @type {Map<string, Set<Subscription>>} */
+    this._subs = new Map();
+    /** Per topic: the seq sent as `since` to the server. @type {Map<string, number | undefined>} */
+    this._held = new Map();
+    /** Per topic: the connection's position. @type {Map<string, number>} */
+    this._cur = new Map();
+    /** @type {Record<string, Set<Function>>} */
+    this._l = { state: new Set(), reset: new Set(), error: new Set() };
+    /** @type {State} */
+    this._state = 'connecting';
+    this._tries = 0;
+    this._conn = null;
+    this._un = [];
+    const sess = storage('sessionStorage');
+    this._memKey = 'herald:transport:' + this._origin;
+    const kind = worked.get(this._memKey) || (sess && sess.getItem(this._memKey));
+    this._ti = this._ti0 = Math.max(0, this._order.indexOf(kind));
+    this._mem = sess;
+    const p = o.persist;
+    this._store = p === 'session' ? sess : p === 'local' ? storage('localStorage') : p || null;
+
+    const on = (t, ev, fn) => {
+      if (t && t.addEventListener) {
+        t.addEventListener(ev, fn);
+        this._un.push(() => t.removeEventListener(ev, fn));
+      }
+    };
+    on(g.document, 'visibilitychange', () => this._hidden() || this._poke());
+    on(g.window, 'online', () => this._poke());
+    on(g.window, 'offline', () => this._conn && this._conn.check(true));
+    this._iv = setInterval(() => this._conn && this._conn.check(false), Math.min(5000, o.heartbeat / 4));
+    this._leader = true;
+    const BC = g.BroadcastChannel;
+    const locks = g.navigator && g.navigator.locks;
+    if (o.share && BC && locks && locks.request) this._share(BC, locks);
+  }
+
+  /** The connection state. @returns {State} */
+  get state() {
+    return this._state;
+  }
+
+  /** The transport in use (undefined while none is, or in a follower tab). */
+  get transport() {
+    return this._conn ? this._conn.kind : undefined;
+  }
+
+  /**
+   * Listens to `state`, `reset` or `error`.
+   * @param {'state' | 'reset' | 'error'} name
+   * @param {Function} fn
+   * @returns {() => void} removes the listener
+   */
+  on(name, fn) {
+    const set = this._l[name];
+    if (!set) throw new TypeError('herald: no event ' + name);
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  /**
+   * Delivers every event of `topic` to `handler`, once each and in order.
+   * @param {string} topic
+   * @param {(event: HeraldEvent) => void} handler
+   * @param {{since?: number | string, onReset?: Function, onError?: Function}} [options]
+   *   `since`: the seq already seen (0: everything retained), or a cursor
+   *   text; without it, the persisted position if any, else live events only.
+   * @returns {Subscription}
+   */
+  subscribe(topic, handler, options = {}) {
+    if (typeof topic !== 'string' || topic.length > 255 || !TOPIC.test(topic))
+      throw new TypeError('herald: invalid topic ' + JSON.stringify(topic));
+    if (typeof handler !== 'function') throw new TypeError('herald: the handler must be a function');
+    if (this._closed) throw new Error('herald: closed');
+    let seq = options.since;
+    if (typeof seq === 'string') seq = parseCursor(seq).get(topic);
+    if (seq == null && this._store) {
+      const v = this._store.getItem(this._key(topic));
+      if (v) seq = Number(v);
+    }
+    if (!(Number.isInteger(seq) && seq >= 0)) seq = undefined;
+    if (seq === undefined && this._leader) seq = this._cur.get(topic);
+    const s = new Subscription(this, topic, handler, options, seq);
+    this._add(s);
+    this._announce(topic);
+    this._later();
+    return s;
+  }
+
+  /** Closes the connection and every subscription. The state becomes `closed`. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearInterval(this._iv);
+    clearTimeout(this._timer);
+    clearTimeout(this._refreshT);
+    if (this._conn) this._conn.close();
+    this._conn = null;
+    for (const f of this._un) f();
+    if (this._ch) {
+      if (!this._leader) this._post({ t: 'bye' });
+      this._ac.abort();
+      if (this._release) this._release();
+      this._ch.close();
+    }
+    for (const set of this._subs.values()) for (const s of set) s.active = false;
+    this._subs.clear();
+    this._setState('closed');
+  }
+
+  // ---- subscriptions and delivery ----
+
+  _add(s) {
+    let set = this._subs.get(s.topic);
+    if (!set) this._subs.set(s.topic, (set = new Set()));
+    set.add(s);
+  }
+
+  _remove(s) {
+    const set = this._subs.get(s.topic);
+    s.active = false;
+    if (!set || !set.delete(s)) return;
+    if (!set.size) this._subs.delete(s.topic);
+    this._announce(s.topic);
+    this._later();
+  }
+
+  /** Per topic, the lowest seq any subscription holds (undefined: live only). */
+  _want() {
+    const m = new Map();
+    for (const [t, set] of this._subs) {
+      let p;
+      for (const s of set) if (s.seq !== undefined && !(p <= s.seq)) p = s.seq;
+      m.set(t, p);
+    }
+    return m;
+  }
+
+  _key(topic) {
+    return 'herald:' + this.url + ':' + topic;
+  }
+
+  /** A server event: checked, relayed to other tabs, delivered. */
+  _event(e) {
+    if (!e || typeof e !== 'object' || typeof e.topic !== 'string' || !Number.isInteger(e.seq))
+      return this._err('bad_frame', 'the server sent a malformed event');
+    if (this._held.has(e.topic)) this._cur.set(e.topic, e.seq);
+    this._post({ t: 'ev', e });
+    this._deliver(e);
+  }
+
+  _deliver(e) {
+    let seen = false;
+    for (const s of this._subs.get(e.topic) || []) {
+      if (s.seq !== undefined && e.seq <= s.seq) continue;
+      if (s.seq !== undefined && e.seq > s.seq + 1) {
+        // A gap: this subscription is behind the connection (it joined with
+        // an older position); the replay brings the missing events first.
+        this._gap();
+        continue;
+      }
+      s.seq = e.seq;
+      seen = true;
+      if (s._fn)
+        try {
+          s._fn(e);
+        } catch (x) {
+          this._err('handler', 'a handler of ' + e.topic + ' threw: ' + x, { topics: [e.topic], cause: x });
+        }
+    }
+    if (seen && this._store)
+      try {
+        this._store.setItem(this._key(e.topic), String(e.seq));
+      } catch {}
+  }
+
+  _gap() {
+    if (!this._gapT) this._gapT = setTimeout(() => ((this._gapT = 0), this._sync()), 1000);
+  }
+
+  /** Per topic, the highest seq seen by the connection. */
+  _seat(topic, seq) {
+    if (!this._held.has(topic) || !Number.isInteger(seq)) return;
+    if (!this._cur.has(topic)) this._cur.set(topic, seq);
+    for (const s of this._subs.get(topic) || []) if (s.seq === undefined) s.seq = seq;
+  }
+
+  /**
+   * Events before seq `from` of `topic` are gone. `sent`: the position the
+   * connection resumed from, to tell a gap (from > sent + 1) from a
+   * position beyond the topic's head (from <= sent).
+   */
+  _reset(topic, from, sent) {
+    if (typeof topic !== 'string' || !Number.isInteger(from)) return this._err('bad_frame', 'the server sent a malformed reset');
+    if (this._leader) {
+      sent = this._held.get(topic);
+      this._cur.set(topic, from - 1);
+      this._post({ t: 'reset', topic, from, sent });
+    }
+    const beyond = sent !== undefined && from <= sent;
+    for (const s of this._subs.get(topic) || []) {
+      if (s.seq !== undefined && (beyond ? s.seq >= from : s.seq < from - 1)) {
+        s.seq = from - 1;
+        if (s._o && s._o.onReset) s._o.onReset({ topic, from });
+      }
+    }
+    this._emit('reset', { topic, from });
+  }
+
+  /** Stops the subscriptions of `topics` with an error. */
+  _stop(topics, err) {
+    topics = topics.filter((t) => this._subs.has(t));
+    if (!topics.length) return;
+    for (const t of topics) {
+      for (const s of this._subs.get(t)) {
+        s.active = false;
+        if (s._o && s._o.onError) s._o.onError(err);
+      }
+      this._subs.delete(t);
+    }
+    this._post({ t: 'stop', topics, code: err.code, message: err.message });
+    err.topics = topics;
+    this._emit('error', err);
+    this._later();
+  }
+
+  /** A server `error` (frame or SSE event). */
+  _serverError(code, message, topics) {
+    const err = new HeraldError(String(code || 'error'), String(message || code), { topics });
+    if (Array.isArray(topics) && topics.length && ['forbidden', 'invalid_topic', 'too_many_topics'].includes(code))
+      this._stop(topics, err);
+    else this._emit('error', err);
+  }
+
+  // ---- events ----
+
+  _emit(name, arg) {
+    if (name === 'error' && !this._l.error.size && g.console) g.console.warn('herald:', arg.message);
+    for (const fn of [...this._l[name]])
+      try {
+        fn(arg);
+      } catch (x) {
+        setTimeout(() => {
+          throw x;
+        });
+      }
+  }
+
+  _err(code, message, extra) {
+    this._emit('error', new HeraldError(code, message, extra));
+  }
+
+  _setState(s) {
+    if (s === this._state) return;
+    this._state = s;
+    this._post({ t: 'state', s });
+    this._emit('state', s);
+  }
+
+  // ---- tokens ----
+
+  /**
+   * The token to use; `force` asks getToken() for a fresh one. Single-flight:
+   * concurrent callers share one getToken() call.
+   * @returns {Promise<string | null>}
+   */
+  _token(force) {
+    const o = this._o;
+    if (!o.getToken) return Promise.resolve(this._tok);
+    if (!force && this._tok && !(this._exp && this._exp * 1000 - now() < 1000)) return Promise.resolve(this._tok);
+    return (this._tokP ||= (async () => {
+      try {
+        const t = await o.getToken();
+        if (!t || typeof t !== 'string') throw new HeraldError('token', 'getToken() returned no token');
+        this._tok = t;
+        this._expires(jwtExp(t));
+        return t;
+      } catch (e) {
+        const err = e instanceof HeraldError ? e : new HeraldError('token', 'getToken() failed: ' + ((e && e.message) || e), { cause: e });
+        this._emit('error', err);
+        throw err;
+      } finally {
+        this._tokP = null;
+      }
+    })());
+  }
+
+  /** Schedules the refresh of a token that expires at `exp` (seconds). */
+  _expires(exp) {
+    this._exp = exp;
+    clearTimeout(this._refreshT);
+    if (!exp || !this._o.getToken || this._closed) return;
+    const left = exp * 1000 - now();
+    this._refreshT = setTimeout(() => this._refresh(), Math.max(1000, left - Math.min(60000, left / 2)));
+  }
+
+  /** A fresh token, handed to the connection (in-band `auth`, or a new ticket). */
+  _refresh() {
+    this._token(true).then(
+      (t) => this._conn && this._conn.auth && this._conn.auth(t),
+      () => {},
+    );
+  }
+
+  /** Headers and credentials mode for a fetch. */
+  async _init(signal) {
+    const t = this._auth ? await this._token() : null;
+    return {
+      headers: t ? { Authorization: 'Bearer ' + t } : {},
+      credentials: t ? 'same-origin' : 'include',
+      signal,
+    };
+  }
+
+  /** A single-use ticket for a URL (EventSource). */
+  async _ticket() {
+    const init = await this._init();
+    const res = await this._fetch(this.url + '/v1/tickets', { ...init, method: 'POST' });
+    if (!res.ok) throw await problem(res);
+    const body = await res.json();
+    if (!body || typeof body.ticket !== 'string') throw new HeraldError('bad_response', 'POST /v1/tickets answered without a ticket');
+    return body.ticket;
+  }
+
+  /** GET /v1/poll for the held topics, from the connection's positions. */
+  async _poll(wait, signal, record) {
+    const topics = [...this._held.keys()];
+    let q = '/v1/poll?topic=' + topics.map(encodeURIComponent).join(',') + '&wait=' + wait + '&limit=' + this._o.pollLimit;
+    const since = this._since(topics, record);
+    if (since) q += '&since=' + encodeURIComponent(since);
+    const res = await this._fetch(this.url + q, await this._init(signal));
+    if (!res.ok) throw await problem(res);
+    let b;
+    try {
+      b = await res.json();
+    } catch {}
+    if (!b || !Array.isArray(b.events) || !Array.isArray(b.resets) || typeof b.cursor !== 'string')
+      throw new HeraldError('bad_response', 'the poll answer is not {"events","resets","cursor"}');
+    return b;
+  }
+
+  /** The cursor text to resume `topics` from; `record` notes it as sent. */
+  _since(topics, record) {
+    const parts = [];
+    for (const t of topics) {
+      const p = this._cur.get(t);
+      if (record) this._held.set(t, p);
+      if (p !== undefined) parts.push(t + ':' + p);
+    }
+    return parts.join(',');
+  }
+
+  /** What to do after a failed HTTP request or a network error. */
+  _how(e, opened) {
+    const s = e && e.status;
+    // An answer that is not Herald's (a proxy refusing the request) before the transport worked: try the next one.
+    if (s && e.alien && !opened) return { fallback: true };
+    if (!s) {
+      if (e instanceof HeraldError) {
+        if (e.code !== 'token') this._emit('error', e);
+        return {};
+      }
+      return { net: true };
+    }
+    if (s === 401) return { auth: e };
+    if (s === 403 && e.code === 'forbidden') {
+      const held = [...this._held.keys()];
+      const words = e.message.split(/[\s,]+/).map((w) => w.replace(/\.$/, ''));
+      const named = held.filter((t) => words.includes(t));
+      this._stop(named.length ? named : held, e);
+      return { prompt: true };
+    }
+    if (s === 503 || s === 429) return { after: (e.retryAfter || 1) * 1000 };
+    this._emit('error', e);
+    return {};
+  }
+
+  _hidden() {
+    if (!this._o.pauseWhenHidden || !g.document || g.document.visibilityState !== 'hidden') return false;
+    // A leader polls for its follower tabs even when hidden.
+    for (const set of this._subs.values()) for (const s of set) if (!s._fn) return false;
+    return true;
+  }
+
+  // ---- the connection ----
+
+  /** Soon: bring the connection in line with the subscriptions. */
+  _later() {
+    if (!this._q) this._q = setTimeout(() => ((this._q = 0), this._sync()));
+  }
+
+  _sync() {
+    if (this._closed || !this._leader) return;
+    const want = this._want();
+    const c = this._conn;
+    if (!c) {
+      if (!this._timer && want.size) this._connect();
+      return;
+    }
+    if (!c.ready) return;
+    const add = [];
+    const del = [];
+    for (const [t, p] of want) {
+      if (!this._held.has(t)) add.push(t);
+      else if (p !== undefined && !(this._cur.get(t) <= p)) {
+        // Someone needs older events than the connection has passed: resubscribe from there.
+        del.push(t);
+        add.push(t);
+      }
+    }
+    for (const t of this._held.keys()) if (!want.has(t)) del.push(t);
+    if (!add.length && !del.length) return;
+    for (const t of del) {
+      this._held.delete(t);
+      this._cur.delete(t);
+    }
+    for (const t of add) {
+      const p = want.get(t);
+      this._held.set(t, p);
+      if (p === undefined) this._cur.delete(t);
+      else this._cur.set(t, p);
+    }
+    c.apply(add, del);
+  }
+
+  _connect() {
+    clearTimeout(this._timer);
+    this._timer = 0;
+    if (this._closed || !this._leader || this._conn) return;
+    if (g.navigator && g.navigator.onLine === false) return this._setState('offline');
+    if (this._state === 'offline') this._setState('reconnecting');
+    this._held.clear();
+    this._cur.clear();
+    const kind = this._order[this._ti];
+    this._conn = (kind === 'websocket' ? ws : kind === 'sse' ? sse : poll)(this);
+    this._sync();
+  }
+
+  /** The connection works: remember its transport for the origin. */
+  _open(c) {
+    if (c !== this._conn) return;
+    this._openAt = now();
+    this._ti0 = this._ti;
+    worked.set(this._memKey, c.kind);
+    try {
+      this._mem && this._mem.setItem(this._memKey, c.kind);
+    } catch {}
+    this._setState('open');
+  }
+
+  /**
+   * The connection `c` is gone. `how`: `fallback` (it never worked: try the
+   * next transport), `prompt` (a drain: come back soon, jittered), `auth` (a
+   * fresh token first), `after` (ms, the server's Retry-After), else back
+   * off exponentially with full jitter.
+   */
+  _lost(c, how) {
+    if (c !== this._conn) return;
+    c.close();
+    this._conn = null;
+    if (this._closed) return;
+    const o = this._o;
+    if (this._openAt && now() - this._openAt >= o.stableAfter) this._tries = 0;
+    this._openAt = 0;
+    let delay;
+    if (how.fallback && this._ti < this._order.length - 1) {
+      this._ti++;
+      delay = 0;
+    } else {
+      this._ti = this._ti0;
+      if (how.fallback) this._err('network', 'no transport could connect to ' + this.url);
+      if (how.auth) {
+        this._tok = this._o.getToken ? null : this._tok;
+        if (!this._o.getToken)
+          this._emit('error', how.auth instanceof HeraldError ? how.auth : new HeraldError('unauthorized', 'the server refused the credentials'));
+      }
+      const backoff = rand(Math.min(o.maxDelay, o.minDelay * 2 ** this._tries++));
+      delay = how.prompt ? rand(o.minDelay * 2) : how.after ? how.after + rand(o.minDelay) : backoff;
+    }
+    this._setState(g.navigator && g.navigator.onLine === false ? 'offline' : 'reconnecting');
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+
+  /** Check the connection now (tab visible again, back online). */
+  _poke() {
+    if (this._conn) this._conn.check(true);
+    else if (this._want().size) this._connect();
+  }
+
+  // ---- tab sharing ----
+
+  _share(BC, locks) {
+    const name = 'herald:' + this.url + (typeof this._o.share === 'string' ? ':' + this._o.share : '');
+    this._leader = false;
+    this._id = Math.random().toString(36).slice(2);
+    this._ch = new BC(name);
+    this._ch.onmessage = (m) => this._msg(m.data);
+    this._ac = new AbortController();
+    locks
+      .request(name, { signal: this._ac.signal }, () =>
+        this._closed
+          ? 0
+          : new Promise((release) => {
+              this._release = release;
+              this._leader = true;
+              // The state mirrored from the previous leader no longer holds.
+              if (this._state === 'open') this._setState('reconnecting');
+              this._post({ t: 'lead' });
+              this._later();
+            }),
+      )
+      .catch(() => {});
+    const w = g.window;
+    const hide = () => this._leader || this._post({ t: 'bye' });
+    const show = (e) => e.persisted && this._leader === false && this._announce();
+    if (w && w.addEventListener) {
+      w.addEventListener('pagehide', hide);
+      w.addEventListener('pageshow', show);
+      this._un.push(() => (w.removeEventListener('pagehide', hide), w.removeEventListener('pageshow', show)));
+    }
+  }
+
+  _post(m) {
+    if (!this._ch || (m.t !== 'bye' && this._closed)) return;
+    if (!this._leader && !['sub', 'unsub', 'bye'].includes(m.t)) return;
+    m.id = this._id;
+    try {
+      this._ch.postMessage(m);
+    } catch {}
+  }
+
+  /** A follower tells the leader what it needs: one topic, or all. */
+  _announce(topic) {
+    if (this._leader || !this._ch) return;
+    const want = this._want();
+    for (const t of topic ? [topic] : want.keys())
+      this._post(want.has(t) ? { t: 'sub', topic: t, seq: want.get(t) } : { t: 'unsub', topic: t });
+  }
+
+  _msg(m) {
+    if (!m || typeof m !== 'object' || this._closed) return;
+    if (this._leader) {
+      if (m.t !== 'sub' && m.t !== 'unsub' && m.t !== 'bye') return;
+      // A follower's needs are held as handler-less subscriptions.
+      for (const [t, set] of this._subs)
+        for (const s of set)
+          if (!s._fn && s._r === m.id && (m.t === 'bye' || t === m.topic)) {
+            set.delete(s);
+            if (!set.size) this._subs.delete(t);
+          }
+      if (m.t === 'sub' && typeof m.topic === 'string') {
+        const s = new Subscription(this, m.topic, null, null, Number.isInteger(m.seq) ? m.seq : this._cur.get(m.topic));
+        s._r = m.id;
+        this._add(s);
+      }
+      this._post({ t: 'state', s: this._state });
+      this._later();
+      return;
+    }
+    if (m.t === 'lead') this._announce();
+    else if (m.t === 'state') this._setState(m.s);
+    else if (m.t === 'ev') this._deliver(m.e);
+    else if (m.t === 'reset') this._reset(m.topic, m.from, m.sent);
+    else if (m.t === 'stop') this._stop(m.topics, new HeraldError(m.code, m.message));
+  }
+}
+
+// ---- transports: each returns {kind, ready, apply(add, del), check(force), close(), auth?(token)} ----
+
+/** WebSocket: in-band auth, subscribe frames, `ping` frames for liveness. */
+function ws(h) {
+  const o = h._o;
+  const c = { kind: 'websocket', ready: false };
+  let sock;
+  let opened = false;
+  let dead = false;
+  let last = now();
+  let pingAt = 0;
+  let timer;
+  const send = (f) => {
+    try {
+      sock.send(JSON.stringify(f));
+    } catch {}
+  };
+  const fail = (how) => {
+    if (!dead) h._lost(c, how);
+  };
+  c.close = () => {
+    dead = true;
+    clearTimeout(timer);
+    if (sock) {
+      sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null;
+      try {
+        sock.close(1000);
+      } catch {}
+    }
+  };
+  c.apply = (add, del) => {
+    if (del.length) send({ op: 'unsubscribe', topics: del });
+    if (add.length) {
+      const since = h._since(add, true);
+      send(since ? { op: 'subscribe', topics: add, since } : { op: 'subscribe', topics: add });
+    }
+  };
+  c.auth = (token) => send({ op: 'auth', token });
+  c.check = (force) => {
+    const n = now();
+    if (pingAt > last) {
+      if (n - pingAt > o.pongTimeout) fail({});
+    } else if (c.ready && (force || n - last > o.heartbeat)) {
+      pingAt = n;
+      send({ op: 'ping' });
+      if (force) setTimeout(() => !dead && c.check(false), o.pongTimeout + 50);
+    }
+  };
+  const frame = (f) => {
+    switch (f.op) {
+      case 'event': {
+        const { op, ...e } = f;
+        return h._event(e);
+      }
+      case 'subscribed':
+        for (const [t, s] of parseCursor(f.heads)) h._seat(t, s);
+        return;
+      case 'reset':
+        return h._reset(f.topic, f.from);
+      case 'error':
+        return h._serverError(f.code, f.message, f.topics);
+      case 'expiring':
+        return h._refresh();
+      case 'authenticated':
+        if (o.getToken && Number.isFinite(f.exp)) h._expires(f.exp);
+    }
+  };
+  (async () => {
+    let token = null;
+    if (h._auth)
+      try {
+        token = await h._token();
+      } catch {
+        return fail({});
+      }
+    if (dead) return;
+    try {
+      sock = new h._WS(h.url.replace(/^http/, 'ws') + '/v1/ws');
+    } catch (e) {
+      h._err('network', 'cannot open a WebSocket: ' + e);
+      return fail({ fallback: true });
+    }
+    timer = setTimeout(() => fail({ fallback: !opened }), o.openTimeout);
+    sock.onopen = () => {
+      if (token) send({ op: 'auth', token });
+      c.ready = true;
+      h._sync();
+      if (!token && !h._held.size) send({ op: 'ping' });
+    };
+    sock.onmessage = (m) => {
+      last = now();
+      let f;
+      try {
+        f = JSON.parse(m.data);
+      } catch {}
+      if (!f || typeof f !== 'object' || Array.isArray(f) || typeof f.op !== 'string')
+        return h._err('bad_frame', 'the server sent a frame that is not a JSON object with an "op"');
+      if (!opened) {
+        opened = true;
+        clearTimeout(timer);
+        h._open(c);
+      }
+      frame(f);
+    };
+    sock.onclose = (e) => {
+      const code = e.code;
+      const why = e.reason || 'closed with ' + code;
+      if (code === 1012) return fail({ prompt: true });
+      if (code === 4001) return fail({ auth: new HeraldError('unauthorized', why) });
+      if (code === 4003) h._stop([...h._held.keys()], new HeraldError('forbidden', why));
+      else if (code === 4400 || code === 1009 || code === 1011) h._err(code === 1011 ? 'unavailable' : 'protocol', why);
+      // Closed before any frame, not by Herald: what a proxy that blocks WebSockets does.
+      fail({ fallback: !opened && code < 4000 && ![1009, 1011, 1012, 1013].includes(code) });
+    };
+  })();
+  return c;
+}
+
+/** Server-Sent Events: EventSource with a ticket or the cookie; fetch streaming where EventSource is missing. */
+function sse(h) {
+  const o = h._o;
+  const c = { kind: 'sse', ready: true };
+  let opened = false;
+  let dead = false;
+  let gen = 0;
+  let last = now();
+  let es;
+  let ac;
+  let timer;
+  let probing;
+  const stop = () => {
+    gen++;
+    clearTimeout(timer);
+    if (es) es.close();
+    if (ac) ac.abort();
+    es = ac = null;
+  };
+  const fail = (how) => {
+    if (!dead) h._lost(c, how);
+  };
+  c.close = () => {
+    dead = true;
+    stop();
+  };
+  const up = () => {
+    clearTimeout(timer);
+    last = now();
+    if (!opened) {
+      opened = true;
+      h._open(c);
+    }
+  };
+  const msg = (type, data, id) => {
+    last = now();
+    if (type === 'drain') return fail({ prompt: true });
+    let d;
+    try {
+      d = JSON.parse(data);
+    } catch {
+      return h._err('bad_frame', 'the server sent an SSE message that is not JSON');
+    }
+    if (type === 'error') {
+      const code = d && d.code;
+      if (AUTH_CODES.includes(code)) return fail({ auth: code === 'token_expired' ? true : new HeraldError(code, d.message) });
+      if (code !== 'slow_consumer') h._serverError(code, d && d.message);
+      return fail({});
+    }
+    if (type === 'reset') h._reset(d && d.topic, d && d.from);
+    else if (type === 'message') h._event(d);
+    if (id) for (const [t, s] of parseCursor(id)) h._seat(t, s);
+  };
+  const start = async () => {
+    stop();
+    const my = gen;
+    const topics = [...h._held.keys()];
+    if (!topics.length) return;
+    let url = h.url + '/v1/sse?topic=' + topics.map(encodeURIComponent).join(',');
+    const since = h._since(topics, true);
+    if (since) url += '&since=' + encodeURIComponent(since);
+    timer = setTimeout(() => fail({ fallback: !opened }), o.openTimeout);
+    try {
+      if (h._ES) {
+        if (h._auth) {
+          const ticket = await h._ticket();
+          if (my !== gen) return;
+          url += '&ticket=' + encodeURIComponent(ticket);
+        }
+        const s = (es = new h._ES(url, { withCredentials: !h._auth }));
+        s.onopen = up;
+        s.onmessage = (m) => msg('message', m.data, m.lastEventId);
+        s.addEventListener('reset', (m) => msg('reset', m.data, m.lastEventId));
+        s.addEventListener('drain', (m) => msg('drain', m.data));
+        s.addEventListener('error', (m) => {
+          if (m.data !== undefined) return msg('error', m.data);
+          // The connection failed; EventSource would retry the same URL (a used ticket): we do it ourselves.
+          fail({ fallback: !opened });
+        });
+        return;
+      }
+      const a = (ac = new AbortController());
+      const init = await h._init(a.signal);
+      init.headers.Accept = 'text/event-stream';
+      const res = await h._fetch(url, init);
+      if (!res.ok) throw await problem(res);
+      const reader = res.body && res.body.getReader && res.body.getReader();
+      if (!reader || !/event-stream/.test(res.headers.get('content-type'))) {
+        h._err('bad_response', 'GET /v1/sse did not answer an event stream');
+        return fail({ fallback: !opened });
+      }
+      up();
+      const dec = new TextDecoder();
+      let buf = '';
+      let ev = {};
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (my !== gen) return;
+        if (done) return fail({});
+        last = now();
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i).replace(/\r$/, '');
+          buf = buf.slice(i + 1);
+          if (!line) {
+            if (ev.data !== undefined) msg(ev.event || 'message', ev.data, ev.id);
+            if (my !== gen) return;
+            ev = {};
+          } else if (line[0] !== ':') {
+            const k = line.indexOf(':');
+            const field = k < 0 ? line : line.slice(0, k);
+            const val = k < 0 ? '' : line.slice(k + 1).replace(/^ /, '');
+            if (field === 'data') ev.data = ev.data === undefined ? val : ev.data + '\n' + val;
+            else if (field === 'event' || field === 'id') ev[field] = val;
+          }
+        }
+      }
+    } catch (e) {
+      if (my === gen) fail(h._how(e, opened));
+    }
+  };
+  c.apply = start;
+  c.auth = start;
+  c.check = async (force) => {
+    if (!h._held.size || probing) return;
+    const quiet = now() - last > 2 * o.heartbeat + 5000;
+    if (!es) {
+      if (quiet) fail({});
+      return;
+    }
+    if (es.readyState === 2) return fail({});
+    if (!force && !quiet) return;
+    // EventSource hides the server's keepalive comments: ask a poll whether
+    // anything was published that this stream did not bring.
+    probing = true;
+    const my = gen;
+    try {
+      const b = await h._poll(0, g.AbortSignal && AbortSignal.timeout && AbortSignal.timeout(o.pongTimeout));
+      if (my !== gen) return;
+      if (b.events.some((e) => !(e.seq <= h._cur.get(e.topic)))) fail({ prompt: true });
+      else last = now();
+    } catch (e) {
+      if (my === gen && !(e && e.status)) fail({});
+    } finally {
+      probing = false;
+    }
+  };
+  return c;
+}
+
+/** Long polling: stateless requests from the connection's cursor; paused while the tab is hidden. */
+function poll(h) {
+  const o = h._o;
+  const c = { kind: 'poll', ready: true };
+  let opened = false;
+  let dead = false;
+  let gen = 0;
+  let ac;
+  let timer;
+  let paused = false;
+  let quick = true;
+  c.close = () => {
+    dead = true;
+    gen++;
+    clearTimeout(timer);
+    if (ac) ac.abort();
+  };
+  const run = async () => {
+    const my = ++gen;
+    clearTimeout(timer);
+    if (ac) ac.abort();
+    paused = false;
+    if (!h._held.size) return;
+    if (opened && h._hidden()) return (paused = true);
+    const wait = quick ? 0 : o.pollWait;
+    const a = (ac = new AbortController());
+    timer = setTimeout(() => a.abort(), wait * 1000 + o.openTimeout);
+    let b;
+    try {
+      b = await h._poll(wait, a.signal, true);
+    } catch (e) {
+      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e, opened));
+      return;
+    }
+    if (my !== gen) return;
+    clearTimeout(timer);
+    if (!opened) {
+      opened = true;
+      h._open(c);
+    }
+    quick = false;
+    for (const r of b.resets) h._reset(r && r.topic, r && r.from);
+    for (const e of b.events) h._event(e);
+    for (const [t, s] of parseCursor(b.cursor)) {
+      if (h._held.has(t)) h._cur.set(t, s);
+      h._seat(t, s);
+    }
+    if (my === gen && !dead) run();
+  };
+  c.apply = () => {
+    quick = true;
+    run();
+  };
+  c.check = (force) => {
+    if (paused && force && !h._hidden()) run();
+  };
+  return c;
+}
+
+export default Herald;
