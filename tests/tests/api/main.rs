@@ -8,6 +8,7 @@ mod delivery;
 mod drain;
 mod failover;
 mod observability;
+mod openapi;
 mod publish;
 mod store;
 mod store_outage;
