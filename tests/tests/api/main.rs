@@ -10,6 +10,7 @@ mod delivery;
 mod drain;
 mod failover;
 mod observability;
+mod openapi;
 mod publish;
 mod reliability;
 mod store;
