@@ -10,7 +10,7 @@
 //! `id_dup` whether or not it was acknowledged (this is the check of
 //! publishes retried with their id). A stored event no publisher sent is
 //! `mismatch`. A publish answered with a status that is neither `2xx` nor
-//! retryable (`503`) is `rejected`.
+//! retryable (`503`, `408`) is `rejected`.
 //!
 //! **Each subscriber and topic**, replaying its observations in order with
 //! a position `have` (starting at 0: every subscriber starts from `topic:0`):
@@ -109,6 +109,9 @@ pub struct Check {
     pub retried: u64,
     /// Publishes given up after the retry bound (ambiguous: may be stored).
     pub gave_up: u64,
+    /// Failed publish requests that were retried, by cause (`503`, `408`,
+    /// `timeout`, `connection`).
+    pub publish_failures: BTreeMap<String, u64>,
     /// Events in the store at the end.
     pub stored: u64,
     /// Event deliveries observed, over all subscribers.
@@ -189,6 +192,9 @@ pub fn check(
         check.attempted += 1;
         if publish.attempts > 1 {
             check.retried += 1;
+        }
+        for cause in &publish.failures {
+            *check.publish_failures.entry(cause.clone()).or_default() += 1;
         }
         let Some(&t) = topic_index.get(publish.topic.as_str()) else {
             continue;
@@ -399,6 +405,7 @@ mod tests {
                 topic: "t.a".into(),
                 id: format!("id{seq}"),
                 attempts: 1,
+                failures: Vec::new(),
                 outcome: Outcome::Acked { seq, status: 201 },
             })
             .collect()

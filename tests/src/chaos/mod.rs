@@ -154,6 +154,15 @@ impl Verdict {
         };
         out.push_str(&format!("faults: {}\n", join(&self.faults)));
         out.push_str(&format!(
+            "publish requests retried, by cause: {}\n",
+            self.check
+                .publish_failures
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        out.push_str(&format!(
             "subscribers: {}\n",
             self.transports
                 .iter()

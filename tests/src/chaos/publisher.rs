@@ -1,7 +1,11 @@
 //! Publishers of the chaos run: each sends events at a steady rate to a
 //! random node, every event with its own idempotency id, and retries an
-//! unanswered publish (`503`, a connection error, a timeout) with the same
-//! id on another node until it is acknowledged or a bound is reached.
+//! unanswered publish with the same id on another node until it is
+//! acknowledged or a bound is reached. Retried: `503`, `408` (the HTTP
+//! server's answer when a request head took longer than its client request
+//! timeout to arrive, as to a node paused mid-request: the request was not
+//! processed, and HTTP lets a client repeat it), a connection error, a
+//! timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +38,8 @@ pub struct PublishRecord {
     pub id: String,
     /// Requests sent (1 when the first one was acknowledged).
     pub attempts: u32,
+    /// Why each retried request failed (`503`, `408`, `timeout`, `connection`).
+    pub failures: Vec<String>,
     pub outcome: Outcome,
 }
 
@@ -97,6 +103,7 @@ async fn publish_one(
     let started = tokio::time::Instant::now();
     let mut node = rng.below(nodes.len());
     let mut attempts = 0;
+    let mut failures = Vec::new();
     loop {
         attempts += 1;
         let answer = http
@@ -125,28 +132,40 @@ async fn publish_one(
                             topic,
                             id,
                             attempts,
+                            failures,
                             outcome,
                         };
                     }
-                    503 => format!("503 {text}"),
+                    503 | 408 => {
+                        failures.push(status.to_string());
+                        format!("{status} {text}")
+                    }
                     _ => {
                         return PublishRecord {
                             topic,
                             id,
                             attempts,
+                            failures,
                             outcome: Outcome::Rejected { status, body: text },
                         };
                     }
                 }
             }
-            Err(error) if error.is_timeout() => "timeout".to_owned(),
-            Err(error) => format!("request failed: {error}"),
+            Err(error) if error.is_timeout() => {
+                failures.push("timeout".into());
+                "timeout".to_owned()
+            }
+            Err(error) => {
+                failures.push("connection".into());
+                format!("request failed: {error}")
+            }
         };
         if started.elapsed() >= settings.retry_for {
             return PublishRecord {
                 topic,
                 id,
                 attempts,
+                failures,
                 outcome: Outcome::GaveUp { last },
             };
         }
