@@ -69,6 +69,12 @@ async fn a_short_soak_samples_the_servers_memory_and_descriptors_over_time() {
         "5 subscribers' sockets at least: {:?}",
         run.fds
     );
+    assert!(
+        run.after_close.secs > run.samples.last().expect("samples").secs
+            && run.after_close.rss_bytes.is_some(),
+        "a sample once the subscribers closed: {:?}",
+        run.after_close
+    );
     assert_eq!(run.fanout.lost, 0);
     assert_eq!(run.fanout.duplicates, 0);
     assert_eq!(run.fanout.order_violations, 0);

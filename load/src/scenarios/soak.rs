@@ -178,11 +178,16 @@ impl Scenario for SoakArgs {
         stop.send_replace(true);
         sampler.await.context("the sampler panicked")?;
         let mut samples = std::mem::take(&mut *lock(&samples));
+        // The run's last moment: subscribers still connected.
         samples.push(Sample::take(&target.pids, start));
+        // Once they are gone: what a server keeps after its clients left.
+        tokio::time::sleep(every).await;
+        let after_close = Sample::take(&target.pids, start);
         let fanout = outcome?;
         Ok(Runs::Soak(vec![SoakFigures::new(
             fanout,
             samples,
+            after_close,
             settings.warmup_secs,
             settings.sample_secs,
         )]))
@@ -297,8 +302,10 @@ pub struct SoakFigures {
     pub rss: Trend,
     /// Open descriptors.
     pub fds: Trend,
-    /// Every sample, in order.
+    /// Every sample while subscribers were connected, in order.
     pub samples: Vec<Sample>,
+    /// One sample a `--sample-secs` after every subscriber closed.
+    pub after_close: Sample,
     /// The fan-out run underneath: deliveries, latency, loss, CPU.
     pub fanout: FanoutFigures,
 }
@@ -307,6 +314,7 @@ impl SoakFigures {
     fn new(
         fanout: FanoutFigures,
         samples: Vec<Sample>,
+        after_close: Sample,
         warmup_secs: u64,
         sample_secs: u64,
     ) -> SoakFigures {
@@ -323,6 +331,7 @@ impl SoakFigures {
             rss: Trend::of(&series(|s| s.rss_bytes), warmup),
             fds: Trend::of(&series(|s| s.fds), warmup),
             samples,
+            after_close,
             fanout,
         }
     }
@@ -369,11 +378,15 @@ pub fn render(runs: &[SoakFigures]) -> String {
     }
     let mut out = table.render();
     for r in runs {
+        let mib = |v: Option<u64>| v.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / MIB));
+        let fds = |v: Option<u64>| v.map_or("?".into(), |n| n.to_string());
         out.push_str(&format!(
-            "{} samples every {} s; warm-up {} s\n\n",
+            "{} samples every {} s; warm-up {} s; after every subscriber closed: RSS {}, {} fds\n\n",
             r.samples.len(),
             r.sample_secs,
-            r.warmup_secs
+            r.warmup_secs,
+            mib(r.after_close.rss_bytes),
+            fds(r.after_close.fds)
         ));
     }
     let fanouts: Vec<FanoutFigures> = runs.iter().map(|r| r.fanout.clone()).collect();
