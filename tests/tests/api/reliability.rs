@@ -550,14 +550,18 @@ async fn a_flood_of_subscribe_and_unsubscribe_frames_is_rate_limited_and_the_con
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    assert!(limited > 0, "a flood is refused in part");
-    assert_eq!(answered + limited, frames, "every frame is answered");
     // A burst of `per_sec`, then `per_sec` a second: the store and the hub
-    // see no more than that.
+    // see no more than that, and every other frame is refused. (A subscribe
+    // undone by the next unsubscribe before its head was read is not
+    // confirmed: it never started.)
     let allowed = f64::from(per_sec) * (1.0 + elapsed) + 1.0;
     assert!(
         f64::from(answered) <= allowed,
         "{answered} frames were carried out in {elapsed:.1} s, more than {allowed}"
+    );
+    assert!(
+        f64::from(limited) >= f64::from(frames) - allowed,
+        "only {limited} of {frames} frames were refused"
     );
 
     // The connection stays usable once the client slows down.
