@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod bus_outage;
 mod cli;
 mod cluster;
 mod delivery;
