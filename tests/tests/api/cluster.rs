@@ -68,19 +68,29 @@ pub(crate) async fn cluster_with(
     nodes
 }
 
-/// Waits (bounded) until `/readyz` says the store and the bus are up.
-async fn wait_ready(node: &TestApp) {
+/// Waits (bounded) until `/readyz` answers `200` (the store is up) and
+/// `/healthz` says the bus is connected: readiness alone does not wait for
+/// NATS.
+pub(crate) async fn wait_ready(node: &TestApp) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let response = node
+        let ready = node
             .http
             .get(format!("{}/readyz", node.base_url))
             .send()
             .await
             .expect("readyz answers");
-        if response.status() == 200 {
-            let body: Value = response.json().await.expect("readyz answers JSON");
-            assert_eq!(body["bus"]["kind"], "nats", "{body}");
+        let health: Value = node
+            .http
+            .get(format!("{}/healthz", node.base_url))
+            .send()
+            .await
+            .expect("healthz answers")
+            .json()
+            .await
+            .expect("healthz answers JSON");
+        assert_eq!(health["bus"]["kind"], "nats", "{health}");
+        if ready.status() == 200 && health["bus"]["ok"] == true {
             return;
         }
         assert!(
@@ -458,7 +468,7 @@ async fn an_event_committed_by_a_node_that_died_before_its_bus_publish_is_delive
 }
 
 /// Node `app`'s `/metrics`, parsed.
-async fn scrape(app: &TestApp) -> herald_tests::prom::Metrics {
+pub(crate) async fn scrape(app: &TestApp) -> herald_tests::prom::Metrics {
     let text = app
         .http
         .get(format!("{}/metrics", app.base_url))

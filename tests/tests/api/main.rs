@@ -4,6 +4,7 @@ mod assets;
 mod auth;
 mod bad_input;
 mod browser;
+mod bus_outage;
 mod chaos;
 mod cli;
 mod cluster;
