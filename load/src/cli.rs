@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, poll_cost, publish, storm, topics};
+use crate::scenarios::{Scenario, conns, fanout, poll_cost, publish, soak, storm, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -55,6 +55,9 @@ pub enum Command {
     /// The same stream over WebSocket, SSE, long and short polling: bytes
     /// per delivered event, requests per minute, server CPU, latency.
     PollCost(poll_cost::PollCostArgs),
+    /// `fanout` held for 10 minutes or more, sampling the server's memory and
+    /// open descriptors over time: no growth after warm-up.
+    Soak(soak::SoakArgs),
     /// Draw SVG plots from JSON records of earlier runs: every latency
     /// distribution in one plot, every `conns` run's memory in another.
     Plot(PlotArgs),
@@ -75,7 +78,7 @@ impl Command {
     /// Load generator threads when `--client-threads` is not given.
     pub fn default_client_threads(&self) -> usize {
         match self {
-            Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) => {
+            Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) | Command::Soak(_) => {
                 DEFAULT_FANOUT_CLIENT_THREADS
             }
             Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) | Command::Plot(_) => {
@@ -143,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Topics(args) => execute(&args, threads).await,
         Command::Storm(args) => execute(&args, threads).await,
         Command::PollCost(args) => execute(&args, threads).await,
+        Command::Soak(args) => execute(&args, threads).await,
         Command::Plot(_) => bail!("`plot` runs no scenario: use `plot_records`"),
     }
 }

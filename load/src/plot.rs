@@ -74,6 +74,20 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 .map(|r| (r.transport.name().to_owned(), r.latency))
                 .collect(),
         )?,
+        Runs::Soak(runs) => {
+            latency(
+                &format!("{name}-latency.svg"),
+                "soak: publish to delivery".into(),
+                runs.iter()
+                    .map(|r| (format!("{} subs", r.fanout.subscribers), r.fanout.latency))
+                    .collect(),
+            )?;
+            for (i, run) in runs.iter().enumerate() {
+                let path = dir.join(format!("{name}-memory-{i}.svg"));
+                crate::scenarios::soak::memory_svg(&path, run)?;
+                written.push(path);
+            }
+        }
         Runs::Conns(runs) => {
             latency(
                 &format!("{name}-open.svg"),

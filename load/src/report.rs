@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, poll_cost, publish, storm};
+use crate::scenarios::{conns, fanout, poll_cost, publish, soak, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -76,6 +76,7 @@ pub enum Runs {
     Topics(Vec<fanout::FanoutFigures>),
     Storm(Vec<storm::StormFigures>),
     PollCost(Vec<poll_cost::PollCostFigures>),
+    Soak(Vec<soak::SoakFigures>),
 }
 
 /// One invocation's record.
@@ -116,6 +117,7 @@ impl Report {
             }
             Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
             Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
+            Runs::Soak(runs) => runs.iter().map(soak::SoakFigures::failures).sum(),
         }
     }
 
@@ -138,6 +140,7 @@ impl Report {
             Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
             Runs::Storm(runs) => out.push_str(&storm::render(runs)),
             Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
+            Runs::Soak(runs) => out.push_str(&soak::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

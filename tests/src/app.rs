@@ -28,14 +28,21 @@ pub const SECRET: &str = "test-secret-for-herald-black-box-tests";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of the binary under test: Cargo builds it next to the test
-/// executables (`target/<profile>/deps/..`) for this package's integration tests.
+/// executables (`target/<profile>/deps/..`) for this package's integration
+/// tests, and next to this package's own binaries (`herald-chaos`, in
+/// `target/<profile>`).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
+    let own_dir = exe.parent().expect("an executable lives in a folder");
+    let beside_deps = own_dir
         .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
-    profile_dir.join("herald-test-server")
+        .expect("test executables live in target/<profile>/deps")
+        .join("herald-test-server");
+    let beside = own_dir.join("herald-test-server");
+    if !beside_deps.exists() && beside.exists() {
+        return beside;
+    }
+    beside_deps
 }
 
 /// Options for [`spawn_with`].

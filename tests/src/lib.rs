@@ -3,6 +3,7 @@
 //! on a private Postgres, with helpers to publish, subscribe and poll.
 //!
 //! - [`app`]: start and drive a Herald process
+//! - [`chaos`]: the chaos run (three nodes, faults, a delivery checker)
 //! - [`pg`]: a throwaway Postgres cluster
 //! - [`nats`]: a throwaway `nats-server`
 //! - [`procs`]: ports, processes, watchdogs
@@ -10,6 +11,7 @@
 //! - [`prom`]: a Prometheus text format parser
 
 pub mod app;
+pub mod chaos;
 pub mod clients;
 pub mod nats;
 pub mod otlp;

@@ -18,6 +18,7 @@ pub mod conns;
 pub mod fanout;
 pub mod poll_cost;
 pub mod publish;
+pub mod soak;
 pub mod storm;
 pub mod topics;
 

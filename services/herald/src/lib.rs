@@ -25,6 +25,8 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod publish;

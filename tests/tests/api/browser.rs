@@ -62,6 +62,22 @@ fn from_origin(
         .header("origin", origin)
 }
 
+/// The CORS preflight a browser sends before `method` on `path` from `origin`.
+async fn preflight(
+    app: &TestApp,
+    path: &str,
+    origin: &str,
+    method: &str,
+    headers: &str,
+) -> reqwest::Response {
+    from_origin(app, reqwest::Method::OPTIONS, path, origin)
+        .header("access-control-request-method", method)
+        .header("access-control-request-headers", headers)
+        .send()
+        .await
+        .expect("answered")
+}
+
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -123,12 +139,7 @@ async fn sse_poll_and_tickets_from_a_foreign_origin_are_refused_without_cors_hea
         assert_eq!(problem["code"], "origin_not_allowed", "{path}: {problem}");
 
         // Its preflight is refused the same way: the browser never sends the request.
-        let preflight = from_origin(&app, reqwest::Method::OPTIONS, &path, evil)
-            .header("access-control-request-method", "GET")
-            .header("access-control-request-headers", "authorization")
-            .send()
-            .await
-            .expect("answered");
+        let preflight = preflight(&app, &path, evil, "GET", "authorization").await;
         assert_eq!(preflight.status(), 403, "{path}");
         assert_eq!(
             header(&preflight, "access-control-allow-origin"),
@@ -148,15 +159,14 @@ async fn an_allowed_origin_gets_cors_for_tickets_sse_and_polling() {
     let topic = unique_topic("cors");
     let token = app.token("7", &[&topic], &[&topic], 600);
     for origin in [ALLOWED, "http://localhost:5173"] {
-        let preflight = from_origin(&app, reqwest::Method::OPTIONS, "/v1/tickets", origin)
-            .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
-            .send()
-            .await
-            .expect("answered");
+        let preflight = preflight(
+            &app,
+            "/v1/tickets",
+            origin,
+            "POST",
+            "authorization,content-type",
+        )
+        .await;
         assert_eq!(preflight.status(), 204, "{origin}");
         assert_eq!(
             header(&preflight, "access-control-allow-origin"),
@@ -236,11 +246,7 @@ async fn an_allowed_origin_gets_cors_for_tickets_sse_and_polling() {
     assert_eq!(first.json()["data"], 1);
 
     // Publishing is for servers: no CORS, whatever the origin.
-    let publish = from_origin(&app, reqwest::Method::OPTIONS, "/v1/publish", ALLOWED)
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .expect("answered");
+    let publish = preflight(&app, "/v1/publish", ALLOWED, "POST", "authorization").await;
     assert_eq!(header(&publish, "access-control-allow-origin"), None);
 }
 

@@ -103,6 +103,13 @@ impl Principal {
     pub fn may_publish(&self, topic: &Topic) -> bool {
         self.publish.allows(topic)
     }
+
+    /// Whether the token has expired at `now_secs`, allowing `leeway_secs`.
+    /// An `exp` near the end of time (any u64 a signed token may carry) is
+    /// simply far away.
+    pub fn expired(&self, leeway_secs: u64, now_secs: u64) -> bool {
+        self.exp.saturating_add(leeway_secs) <= now_secs
+    }
 }
 
 /// Why a token was refused.
@@ -339,6 +346,32 @@ mod tests {
             ..VerifierSettings::default()
         })
         .expect("a secret is a key")
+    }
+
+    #[test]
+    fn an_exp_at_the_end_of_time_with_leeway_is_far_away_not_an_overflow() {
+        let secret = b"s3cret";
+        let token = Minter::hs256(secret)
+            .mint(&claims(u64::MAX))
+            .expect("minting works");
+        let v = Verifier::new(&VerifierSettings {
+            secret: Some(secret.to_vec()),
+            leeway_secs: 60,
+            ..VerifierSettings::default()
+        })
+        .expect("a secret is a key");
+        let principal = v.verify(&token).expect("not expired");
+        assert!(!principal.expired(60, now_secs()));
+        assert!(!principal.expired(u64::MAX, u64::MAX - 1));
+        let short = v
+            .verify(
+                &Minter::hs256(secret)
+                    .mint(&claims(now_secs() + 5))
+                    .expect("mint"),
+            )
+            .expect("valid");
+        assert!(short.expired(0, now_secs() + 5));
+        assert!(!short.expired(60, now_secs() + 5));
     }
 
     #[test]

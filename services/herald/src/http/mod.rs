@@ -9,6 +9,7 @@ pub mod console;
 pub mod error;
 mod health;
 mod metrics;
+mod openapi;
 pub mod origin;
 mod publish;
 pub mod socket;
@@ -62,21 +63,25 @@ pub struct SubscribeQuery {
     pub limit: usize,
 }
 
-impl SubscribeQuery {
-    /// Parses and authorizes the query; `poll` allows `wait` and `limit`.
-    pub async fn parse(
-        req: &HttpRequest,
-        state: &AppState,
-        poll: bool,
-    ) -> Result<SubscribeQuery, ApiError> {
-        let principal = subscriber_credential(req, state)
-            .await?
-            .ok_or(AuthError::Missing)?;
+/// The parameters of a subscribing request's query string, before any
+/// permission check.
+#[derive(Debug)]
+pub struct SubscribeParams {
+    pub topics: Vec<Topic>,
+    pub since: Option<Cursor>,
+    pub wait_secs: u64,
+    pub limit: usize,
+}
+
+impl SubscribeParams {
+    /// Parses a query string; `poll` allows `wait` and `limit`; at most
+    /// `max_topics` topics.
+    pub fn parse(query: &str, poll: bool, max_topics: usize) -> Result<SubscribeParams, ApiError> {
         let mut topics: Vec<Topic> = Vec::new();
         let mut since = None;
         let mut wait_secs = 0;
         let mut limit = DEFAULT_POLL_LIMIT;
-        for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "topic" => {
                     // Several topics per parameter, comma-separated, are accepted too.
@@ -124,13 +129,37 @@ impl SubscribeQuery {
                 "name at least one topic: ?topic=...".into(),
             ));
         }
-        let max = state.sessions.settings.max_topics;
-        if topics.len() > max {
+        if topics.len() > max_topics {
             return Err(ApiError::TooManyTopics(format!(
-                "a connection holds at most {max} topics; this one asks for {}",
+                "a connection holds at most {max_topics} topics; this one asks for {}",
                 topics.len()
             )));
         }
+        Ok(SubscribeParams {
+            topics,
+            since,
+            wait_secs,
+            limit,
+        })
+    }
+}
+
+impl SubscribeQuery {
+    /// Parses and authorizes the query; `poll` allows `wait` and `limit`.
+    pub async fn parse(
+        req: &HttpRequest,
+        state: &AppState,
+        poll: bool,
+    ) -> Result<SubscribeQuery, ApiError> {
+        let principal = subscriber_credential(req, state)
+            .await?
+            .ok_or(AuthError::Missing)?;
+        let SubscribeParams {
+            topics,
+            since,
+            wait_secs,
+            limit,
+        } = SubscribeParams::parse(req.query_string(), poll, state.sessions.settings.max_topics)?;
         let forbidden: Vec<&str> = topics
             .iter()
             .filter(|t| !principal.may_subscribe(t))
@@ -242,6 +271,7 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
         cfg.route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(metrics::metrics))
+            .route("/openapi.json", web::get().to(openapi::openapi))
             .route("/v1/admin/stats", web::get().to(admin::stats))
             .route("/v1/dev/token", web::get().to(console::dev_token))
             .route("/v1/publish", web::post().to(publish::publish))

@@ -75,7 +75,7 @@ impl Shared {
     /// Checks that an already verified principal (a ticket's) still holds:
     /// its token has not expired and is not revoked.
     pub fn admit(&self, principal: Principal) -> Result<Principal, AuthError> {
-        if principal.exp + self.settings.leeway_secs <= now_secs() {
+        if principal.expired(self.settings.leeway_secs, now_secs()) {
             return Err(TokenError::Expired.into());
         }
         if self.revocations.is_revoked(&principal) {
@@ -544,7 +544,7 @@ impl<T: Transport> Session<T> {
         }
         if let Some(principal) = &self.principal {
             let now = now_secs();
-            if principal.exp + self.shared.settings.leeway_secs <= now {
+            if principal.expired(self.shared.settings.leeway_secs, now) {
                 self.close(CloseReason::TokenExpired, ctx);
                 return;
             }

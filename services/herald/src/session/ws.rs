@@ -248,21 +248,63 @@ struct OpOnly {
     op: String,
 }
 
+/// `{"op":"subscribe","topics":[...],"since":"..."}`
 #[derive(Deserialize)]
-struct SubscribeOp {
-    topics: Vec<String>,
+pub struct SubscribeOp {
+    pub topics: Vec<String>,
     #[serde(default)]
-    since: Option<String>,
+    pub since: Option<String>,
 }
 
+/// `{"op":"unsubscribe","topics":[...]}`
 #[derive(Deserialize)]
-struct UnsubscribeOp {
-    topics: Vec<String>,
+pub struct UnsubscribeOp {
+    pub topics: Vec<String>,
 }
 
+/// `{"op":"auth","token":"..."}`
 #[derive(Deserialize)]
-struct AuthOp {
-    token: String,
+pub struct AuthOp {
+    pub token: String,
+}
+
+/// A client frame, decoded (nothing in it is checked yet).
+pub enum ClientFrame {
+    Subscribe(SubscribeOp),
+    Unsubscribe(UnsubscribeOp),
+    Auth(AuthOp),
+    Ping,
+    /// An `op` Herald does not know.
+    Unknown(String),
+}
+
+/// Why a client frame could not be decoded.
+#[derive(Debug)]
+pub enum FrameError {
+    /// Not a JSON object with a string `op`.
+    NoOp,
+    /// A known `op` whose other fields do not fit.
+    Body {
+        op: &'static str,
+        error: serde_json::Error,
+    },
+}
+
+/// Decodes a text frame from a client.
+pub fn decode_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let OpOnly { op } = serde_json::from_str::<OpOnly>(text).map_err(|_| FrameError::NoOp)?;
+    let body = |op: &'static str| move |error| FrameError::Body { op, error };
+    Ok(match op.as_str() {
+        "subscribe" => {
+            ClientFrame::Subscribe(serde_json::from_str(text).map_err(body("subscribe"))?)
+        }
+        "unsubscribe" => {
+            ClientFrame::Unsubscribe(serde_json::from_str(text).map_err(body("unsubscribe"))?)
+        }
+        "auth" => ClientFrame::Auth(serde_json::from_str(text).map_err(body("auth"))?),
+        "ping" => ClientFrame::Ping,
+        _ => ClientFrame::Unknown(op),
+    })
 }
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
@@ -333,26 +375,32 @@ impl Session<Ws> {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let Ok(OpOnly { op }) = serde_json::from_str::<OpOnly>(text) else {
-            if self.principal.is_none() {
-                return self.close(CloseReason::Unauthorized("authenticate first".into()), ctx);
+        let frame = decode_frame(text);
+        if self.principal.is_none() {
+            match &frame {
+                Err(FrameError::NoOp) => {
+                    return self.close(CloseReason::Unauthorized("authenticate first".into()), ctx);
+                }
+                Ok(ClientFrame::Auth(_)) | Err(FrameError::Body { op: "auth", .. }) => {}
+                _ => {
+                    return self.close(
+                        CloseReason::Unauthorized(
+                            r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
+                        ),
+                        ctx,
+                    );
+                }
             }
-            return self.reply_error(
-                "invalid_frame",
-                &[],
-                r#"frames are JSON objects with an "op""#,
-                ctx,
-            );
-        };
-        if self.principal.is_none() && op != "auth" {
-            return self.close(
-                CloseReason::Unauthorized(
-                    r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
-                ),
-                ctx,
-            );
         }
-        if matches!(op.as_str(), "subscribe" | "unsubscribe") && !self.transport.ops.take() {
+        let subscription_op = matches!(
+            frame,
+            Ok(ClientFrame::Subscribe(_) | ClientFrame::Unsubscribe(_))
+                | Err(FrameError::Body {
+                    op: "subscribe" | "unsubscribe",
+                    ..
+                })
+        );
+        if subscription_op && !self.transport.ops.take() {
             let limit = self.shared.settings.max_subscription_ops_per_sec;
             return self.reply_error(
                 "rate_limited",
@@ -363,27 +411,25 @@ impl Session<Ws> {
                 ctx,
             );
         }
-        match op.as_str() {
-            "subscribe" => match serde_json::from_str::<SubscribeOp>(text) {
-                Ok(op) => self.on_subscribe(op, ctx),
-                Err(e) => self.reply_error("invalid_frame", &[], &format!("subscribe: {e}"), ctx),
-            },
-            "unsubscribe" => match serde_json::from_str::<UnsubscribeOp>(text) {
-                Ok(op) => self.on_unsubscribe(op, ctx),
-                Err(e) => self.reply_error("invalid_frame", &[], &format!("unsubscribe: {e}"), ctx),
-            },
-            "auth" => match serde_json::from_str::<AuthOp>(text) {
-                Ok(op) => self.on_auth(op, ctx),
-                Err(e) => {
-                    if self.principal.is_none() {
-                        self.close(CloseReason::Unauthorized(format!("auth: {e}")), ctx);
-                    } else {
-                        self.reply_error("invalid_frame", &[], &format!("auth: {e}"), ctx);
-                    }
+        match frame {
+            Err(FrameError::NoOp) => self.reply_error(
+                "invalid_frame",
+                &[],
+                r#"frames are JSON objects with an "op""#,
+                ctx,
+            ),
+            Err(FrameError::Body { op, error }) => {
+                if self.principal.is_none() {
+                    self.close(CloseReason::Unauthorized(format!("{op}: {error}")), ctx);
+                } else {
+                    self.reply_error("invalid_frame", &[], &format!("{op}: {error}"), ctx);
                 }
-            },
-            "ping" => self.reply(json!({"op": "pong"}), ctx),
-            other => {
+            }
+            Ok(ClientFrame::Subscribe(op)) => self.on_subscribe(op, ctx),
+            Ok(ClientFrame::Unsubscribe(op)) => self.on_unsubscribe(op, ctx),
+            Ok(ClientFrame::Auth(op)) => self.on_auth(op, ctx),
+            Ok(ClientFrame::Ping) => self.reply(json!({"op": "pong"}), ctx),
+            Ok(ClientFrame::Unknown(other)) => {
                 let other: String = other.chars().take(64).collect();
                 self.reply_error("unknown_op", &[], &format!("unknown op {other:?}"), ctx);
             }
