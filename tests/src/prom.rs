@@ -68,9 +68,61 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// The value of `series` (`name` or `name{labels}`), 0 when absent.
+    /// The value of `series` (`name` or `name{labels}`). Panics when the
+    /// series is absent, naming the series of the same family that exist: a
+    /// misspelt name or label must fail a test, not read as 0.
     pub fn get(&self, series: &str) -> f64 {
-        self.samples.get(series).copied().unwrap_or(0.0)
+        match self.value(series) {
+            Some(value) => value,
+            None => {
+                let name = series.split('{').next().unwrap_or_default();
+                let family: Vec<&String> = self
+                    .samples
+                    .keys()
+                    .filter(|k| k.split('{').next() == Some(name))
+                    .collect();
+                panic!("no series {series} in /metrics; series of {name}: {family:?}")
+            }
+        }
+    }
+
+    /// The value of `series`, `None` when absent: for tests that assert a
+    /// series does not exist (`assert_eq!(m.value(s), None)`).
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+}
+
+impl crate::app::TestApp {
+    /// Scrapes `/metrics`; panics unless it answers Prometheus text.
+    pub async fn metrics(&self) -> Metrics {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics has a body");
+        Metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics is not Prometheus text: {e}"))
+    }
+
+    /// Scrapes until `series` exists and equals `value`; panics after `within`.
+    pub async fn wait_for_metric(&self, series: &str, value: f64, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let metrics = self.metrics().await;
+            let now = metrics.value(series);
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} is {now:?}, not {value}, after {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -130,5 +182,16 @@ mod tests {
             Metrics::parse("# TYPE a gauge\na one\n").is_err(),
             "bad value"
         );
+    }
+
+    #[test]
+    fn a_missing_series_is_an_error_not_zero() {
+        let m = Metrics::parse("# TYPE a_total counter\na_total{x=\"1\"} 0\n").expect("valid");
+        assert_eq!(m.get("a_total{x=\"1\"}"), 0.0);
+        assert_eq!(m.value("a_total{x=\"2\"}"), None);
+        let misspelt = std::panic::catch_unwind(|| m.get("a_totl{x=\"1\"}"));
+        assert!(misspelt.is_err(), "a misspelt series fails");
+        let wrong_label = std::panic::catch_unwind(|| m.get("a_total{x=\"2\"}"));
+        assert!(wrong_label.is_err(), "a series with other labels fails");
     }
 }

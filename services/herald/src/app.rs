@@ -8,7 +8,9 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::auth::{Claims, HeraldClaims, Minter, Revocations, Tickets, Verifier, VerifierSettings};
+use crate::auth::{
+    Claims, HeraldClaims, Minter, OriginPolicy, Revocations, Tickets, Verifier, VerifierSettings,
+};
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState};
@@ -82,10 +84,11 @@ impl Application {
         let revocations = Arc::new(Revocations::default());
         // Known before the first request, so a restart never forgets one; a
         // store that cannot be read yet is retried every heartbeat.
-        let read_started = std::time::Instant::now();
-        match store.revocations(crate::auth::token::now_secs()).await {
+        let mut revocations_seen = 0;
+        match store.revocations(0, crate::auth::token::now_secs()).await {
             Ok(known) => {
-                revocations.replace(known, read_started);
+                revocations.merge(known.revocations);
+                revocations_seen = known.last_change;
             }
             Err(e) => tracing::warn!(error = %e, "reading revocations failed; will retry"),
         }
@@ -104,12 +107,21 @@ impl Application {
                 max_frame_bytes: settings.max_frame_bytes,
                 leeway_secs: settings.keys.jwt_leeway_secs,
                 auth_timeout: Duration::from_secs(settings.auth_timeout_secs),
+                max_subscription_ops_per_sec: settings.max_subscription_ops_per_sec,
             },
             connections: Connections::default(),
         });
         bus.set_control(sessions.clone());
-        let revocation_refresher = spawn_revocation_refresher(sessions.clone());
+        let revocation_refresher = spawn_revocation_refresher(
+            sessions.clone(),
+            revocations_seen,
+            settings.revocation_ttl_secs,
+        );
         let gate = Gate::new(settings.max_connections, settings.drain_secs);
+        let origins = Arc::new(OriginPolicy {
+            any: settings.dev,
+            rules: settings.allowed_origins.clone(),
+        });
         let state = web::Data::new(AppState {
             store,
             committer,
@@ -122,6 +134,7 @@ impl Application {
                 Duration::from_secs(settings.ticket_secs),
                 settings.max_tickets,
             ),
+            origins: origins.clone(),
             revocation_ttl_secs: settings.revocation_ttl_secs,
             limits: crate::publish::Limits {
                 max_data_bytes: settings.max_data_bytes,
@@ -137,9 +150,14 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query_error))
-                .configure(http::routes)
+                .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
         })
+        .client_request_timeout(Duration::from_secs(settings.request_head_timeout_secs))
+        .on_connect(http::socket::on_connect(
+            (settings.write_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.write_timeout_secs)),
+        ))
         // The drain owns SIGTERM and SIGINT (see `crate::drain`).
         .disable_signals()
         .keep_alive(match settings.keep_alive_secs {
@@ -183,23 +201,26 @@ impl Application {
     }
 }
 
-/// Reloads the revocations from the store every heartbeat (other nodes'
-/// revocations arrive this way), closing at once the connections of this
-/// node that a newly learned one covers.
-fn spawn_revocation_refresher(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+/// Reads the revocations stored or renewed since the last read, every
+/// heartbeat (other nodes' revocations arrive this way when the bus cannot
+/// bring them), closing at once the connections of this node that a newly
+/// learned one covers, and forgets the expired ones.
+fn spawn_revocation_refresher(
+    shared: Arc<Shared>,
+    mut seen: u64,
+    ttl_secs: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(shared.settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let read_started = std::time::Instant::now();
-            match shared
-                .store
-                .revocations(crate::auth::token::now_secs())
-                .await
-            {
-                Ok(known) => {
-                    if shared.revocations.replace(known, read_started) {
+            let now = crate::auth::token::now_secs();
+            shared.revocations.expire(now, ttl_secs);
+            match shared.store.revocations(seen, now).await {
+                Ok(changes) => {
+                    seen = changes.last_change;
+                    if shared.revocations.merge(changes.revocations) {
                         shared.connections.close_revoked(&shared.revocations);
                     }
                 }

@@ -18,6 +18,14 @@ pub const DEFAULT_DRAIN_SECS: u64 = 20;
 /// How long an idle HTTP connection is kept open for its next request: long
 /// enough that a client polling every few seconds reuses its connection.
 pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
+/// How long data the server has written may wait unacknowledged (a client
+/// that stopped reading) before the connection is cut.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// How long a client may take to send a request's head (slow headers).
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT_SECS: u64 = 5;
+/// How many `subscribe` and `unsubscribe` frames a WebSocket may send per
+/// second (a burst of as many is allowed).
+pub const DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC: u32 = 50;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
 pub const DEFAULT_MAX_TICKETS: usize = 100_000;
@@ -192,6 +200,22 @@ pub struct ServeArgs {
     /// seconds (0: close after each response).
     #[arg(long, env = "HERALD_KEEP_ALIVE_SECS", default_value_t = DEFAULT_KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
+    /// How long, in seconds, data written to a client may stay unsent or
+    /// unacknowledged (a client that stopped reading keeps its receive
+    /// window at zero) before the connection is cut and its descriptor and
+    /// buffers freed (0: no limit). Applies to every connection of the node.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = DEFAULT_WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
+    /// How long, in seconds, a client may take to send a request's line and
+    /// headers after connecting (or after its previous request on a
+    /// keep-alive connection); past it the answer is `408` and the
+    /// connection is closed (0: no limit).
+    #[arg(
+        long,
+        env = "HERALD_REQUEST_HEAD_TIMEOUT_SECS",
+        default_value_t = DEFAULT_REQUEST_HEAD_TIMEOUT_SECS
+    )]
+    pub request_head_timeout_secs: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
     pub ticket_secs: u64,
@@ -202,12 +226,27 @@ pub struct ServeArgs {
     /// Revocations are kept this long, in seconds; tokens must not live longer.
     #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS)]
     pub revocation_ttl_secs: u64,
+    /// Web origins, besides this server's own, whose pages may subscribe
+    /// (WebSocket, SSE, polling, tickets): comma-separated
+    /// `scheme://host[:port]`, or `https://*.example.com` for every
+    /// subdomain. `--dev` allows any origin.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<crate::auth::OriginRule>,
     /// Name of the session cookie that may carry a token.
     #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = DEFAULT_AUTH_COOKIE)]
     pub auth_cookie: String,
     /// Most topics one connection may hold.
     #[arg(long, env = "HERALD_MAX_TOPICS_PER_CONNECTION", default_value_t = DEFAULT_MAX_TOPICS_PER_CONNECTION)]
     pub max_topics_per_connection: usize,
+    /// Most `subscribe` and `unsubscribe` frames one WebSocket may send per
+    /// second (as many may come in a burst); more are refused with an
+    /// `error` frame (`rate_limited`), without touching the store.
+    #[arg(
+        long,
+        env = "HERALD_MAX_SUBSCRIPTION_OPS_PER_SEC",
+        default_value_t = DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC
+    )]
+    pub max_subscription_ops_per_sec: u32,
     /// Largest inbound WebSocket frame, in bytes.
     #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
@@ -316,6 +355,11 @@ impl ServeArgs {
             (1..=4096).contains(&self.max_topics_per_connection),
             "HERALD_MAX_TOPICS_PER_CONNECTION",
             "must be from 1 to 4096",
+        )?;
+        check(
+            self.max_subscription_ops_per_sec >= 1,
+            "HERALD_MAX_SUBSCRIPTION_OPS_PER_SEC",
+            "must be at least 1",
         )?;
         check(
             self.max_frame_bytes >= 1024,

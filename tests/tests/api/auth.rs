@@ -249,7 +249,8 @@ async fn sse_error_code(sse: &mut SseClient, within: Duration) -> String {
 async fn revoking_a_subject_closes_its_connections_and_refuses_its_tokens() {
     let app = spawn_with_env(&[("HERALD_HEARTBEAT_SECS", "1")]).await;
     let topic = unique_topic("revoke");
-    let token = claims_token("victim", None, now_secs(), false);
+    // Issued before the revocation's second.
+    let token = claims_token("victim", None, now_secs() - 1, false);
     let bystander = claims_token("bystander", None, now_secs(), false);
     let mut ws = ws_authenticated(&app, &token, &topic).await;
     let mut sse = app
@@ -383,7 +384,7 @@ async fn revoking_needs_an_admin_token_and_exactly_one_of_sub_or_jti() {
 async fn revocation_survives_a_restart(backend: Backend) {
     let mut app = spawn_with(Options::new(backend)).await;
     let topic = unique_topic("revoke");
-    let token = claims_token("gone", None, now_secs(), false);
+    let token = claims_token("gone", None, now_secs() - 1, false);
     let (status, _) = revoke(&app, &admin_token(), json!({"sub": "gone"})).await;
     assert_eq!(status, 200);
     app.restart().await.expect("herald restarts");

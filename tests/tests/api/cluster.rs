@@ -366,7 +366,17 @@ async fn a_revocation_issued_on_one_node_closes_a_connection_on_another_within_a
     .await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let topic = unique_topic("cluster.revoke");
-    let user = a.token("revoked-user", &[">"], &[], 3600);
+    // Issued before the revocation's second, so covered by it.
+    let user = herald_tests::app::token_with(herald::auth::Claims {
+        sub: "revoked-user".into(),
+        exp: (herald_tests::app::now_secs() + 3600) as u64,
+        iat: Some((herald_tests::app::now_secs() - 1) as u64),
+        herald: herald::auth::HeraldClaims {
+            subscribe: vec![">".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     let mut ws = b.ws_subscribed(&user, &[&topic], None).await;
 
     let admin = herald_tests::app::token_with(herald::auth::Claims {

@@ -328,8 +328,9 @@ async fn a_long_poll_wakes_promptly_on_publish_and_times_out_empty() {
             )
         })
     };
-    // Let the poll reach the server and wait, then publish.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the poll is waiting on the server, publish.
+    app.wait_for_metric(r#"herald_connections_open{transport="poll"}"#, 1.0, WAIT)
+        .await;
     let published = tokio::time::Instant::now();
     app.publish(&topic, json!("wake")).await;
     let (answered, body) = tokio::time::timeout(WAIT, poll)

@@ -51,35 +51,33 @@ async fn sigterm_refuses_new_work_tells_every_connection_to_reconnect_and_exits_
         let body: Value = response.json().await.expect("a poll answers JSON");
         (status, body, Instant::now())
     });
-    // Let the long poll register before the signal.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The long poll is waiting on the server before the signal.
+    app.wait_for_metric(
+        r#"herald_connections_open{transport="poll"}"#,
+        1.0,
+        Duration::from_secs(15),
+    )
+    .await;
     assert!(!long_poll.is_finished(), "the long poll is pending");
 
     sigterm(&app);
     let signalled = Instant::now();
 
     // Within the first second of the drain period.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .expect("readyz answers while draining");
-    assert_eq!(ready.status(), 503);
-    let ready: Value = ready.json().await.expect("readyz answers JSON");
+    let ready = readyz_once_draining(&app, Duration::from_secs(1)).await;
     assert_eq!(ready["status"], "draining", "{ready}");
 
+    // An EventSource is told to come back (a 503 would end it for good).
     let refused = app
         .sse_response(&format!("topic={topic}&access_token={token}"), None)
         .await;
-    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.status(), 200);
+    let told = refused.text().await.expect("a short stream");
+    assert!(told.starts_with("retry: "), "{told:?}");
     assert!(
-        refused.headers().contains_key("retry-after"),
-        "a draining refusal carries Retry-After"
+        told.ends_with("event: drain\ndata: {\"reason\":\"draining\"}\n\n"),
+        "{told:?}"
     );
-    let problem: Value = refused.json().await.expect("a problem body");
-    assert_eq!(problem["code"], "draining", "{problem}");
 
     assert_eq!(app.try_ws(Some(&token)).await.err(), Some(503));
     let (status, problem) = app
@@ -195,14 +193,7 @@ async fn a_second_sigterm_during_the_drain_exits_at_once() {
 
     sigterm(&app);
     let signalled = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .expect("the node is still up, draining");
-    assert_eq!(ready.status(), 503);
+    readyz_once_draining(&app, Duration::from_secs(5)).await;
 
     let status =
         tokio::task::block_in_place(|| app.signal_and_wait("TERM", Duration::from_secs(5)))
@@ -213,4 +204,27 @@ async fn a_second_sigterm_during_the_drain_exits_at_once() {
         "exited well before the {drain_secs} s drain period: {:?}",
         signalled.elapsed()
     );
+}
+
+/// Asks `/readyz` until it answers `503` (the node took the signal), at most
+/// for `within`; its body.
+async fn readyz_once_draining(app: &TestApp, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let ready = app
+            .http
+            .get(format!("{}/readyz", app.base_url))
+            .send()
+            .await
+            .expect("readyz answers while draining");
+        if ready.status() == 503 {
+            return ready.json().await.expect("readyz answers JSON");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz still answers {} {within:?} after the signal",
+            ready.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -3,6 +3,7 @@
 mod assets;
 mod auth;
 mod bad_input;
+mod browser;
 mod cli;
 mod cluster;
 mod delivery;
@@ -10,6 +11,7 @@ mod drain;
 mod failover;
 mod observability;
 mod publish;
+mod reliability;
 mod store;
 mod store_outage;
 mod subscribe_cli;

@@ -40,13 +40,13 @@ async fn wait_for_metric(app: &TestApp, series: &str, value: f64) -> Metrics {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let metrics = scrape(app).await;
-        if metrics.get(series) >= value {
+        if metrics.value(series).is_some_and(|v| v >= value) {
             return metrics;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{series} did not reach {value} within {WAIT:?}; it is {}; all: {:?}",
-            metrics.get(series),
+            "{series} did not reach {value} within {WAIT:?}; it is {:?}; all: {:?}",
+            metrics.value(series),
             metrics.samples
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -14,6 +14,7 @@ crate::on_both_stores!(
     retention_by_count_keeps_the_newest_events_and_reads_report_the_reset,
     retention_by_age_prunes_old_events_but_never_restarts_seqs,
     an_id_is_reusable_once_its_event_left_retention,
+    revocations_are_read_incrementally_in_commit_order,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -156,4 +157,84 @@ async fn an_id_is_reusable_once_its_event_left_retention(backend: Backend) {
         vec![2],
         "a new event once it left"
     );
+}
+
+async fn revocations_are_read_incrementally_in_commit_order(backend: Backend) {
+    use herald::auth::RevocationKind::{Jti, Sub};
+    let (store, _dir) = open(backend).await;
+    let names = |changes: &herald::store::RevocationChanges| -> Vec<(String, u64)> {
+        let mut names: Vec<(String, u64)> = changes
+            .revocations
+            .iter()
+            .map(|r| (format!("{}:{}", r.kind, r.value), r.revoked_at_secs))
+            .collect();
+        names.sort();
+        names
+    };
+    let now = 1_000;
+    let all = store.revocations(0, now).await.expect("read");
+    assert!(all.revocations.is_empty());
+    let start = all.last_change;
+
+    store.revoke(Sub, "a", 900, 2_000).await.expect("revoke");
+    store.revoke(Jti, "t1", 901, 2_000).await.expect("revoke");
+    let first = store.revocations(start, now).await.expect("read");
+    assert_eq!(
+        names(&first),
+        vec![("jti:t1".to_owned(), 901), ("sub:a".to_owned(), 900)]
+    );
+    assert_eq!(first.last_change, start + 2);
+
+    // Nothing new: nothing read.
+    let none = store
+        .revocations(first.last_change, now)
+        .await
+        .expect("read");
+    assert!(none.revocations.is_empty(), "{:?}", none.revocations);
+    assert_eq!(none.last_change, first.last_change);
+
+    // A renewal is a change; an older second does not lower the stored one.
+    store.revoke(Sub, "a", 950, 2_100).await.expect("revoke");
+    store.revoke(Sub, "b", 960, 2_000).await.expect("revoke");
+    let second = store
+        .revocations(first.last_change, now)
+        .await
+        .expect("read");
+    assert_eq!(
+        names(&second),
+        vec![("sub:a".to_owned(), 950), ("sub:b".to_owned(), 960)]
+    );
+    store.revoke(Sub, "a", 10, 2_100).await.expect("revoke");
+    let third = store
+        .revocations(second.last_change, now)
+        .await
+        .expect("read");
+    assert_eq!(names(&third), vec![("sub:a".to_owned(), 950)]);
+
+    // Expired ones are not read, and pruning them never moves the count back.
+    let later = store.revocations(0, 2_050).await.expect("read");
+    assert_eq!(names(&later), vec![("sub:a".to_owned(), 950)]);
+    assert_eq!(store.prune_revocations(3_000).await.expect("prune"), 3);
+    let after_prune = store
+        .revocations(third.last_change, 3_000)
+        .await
+        .expect("read");
+    assert!(after_prune.revocations.is_empty());
+    assert_eq!(after_prune.last_change, third.last_change);
+    store.revoke(Sub, "c", 3_000, 4_000).await.expect("revoke");
+    let fresh = store
+        .revocations(third.last_change, 3_000)
+        .await
+        .expect("read");
+    assert_eq!(names(&fresh), vec![("sub:c".to_owned(), 3_000)]);
+    assert!(fresh.last_change > third.last_change);
+
+    // Asked after a change the store never reached (a restored store):
+    // everything is read again.
+    let ahead = store
+        .revocations(fresh.last_change + 100, 3_000)
+        .await
+        .expect("read");
+    assert_eq!(names(&ahead), vec![("sub:c".to_owned(), 3_000)]);
+    assert_eq!(ahead.last_change, fresh.last_change);
 }

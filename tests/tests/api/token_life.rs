@@ -521,8 +521,23 @@ async fn no_token_is_logged_over_a_connection_life() {
         }
     }
     assert!(ended, "the SSE stream ended with `event: error`");
-    // Give the server a moment to write its last lines.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every connection has written its last line: its `connection closed`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let logs = app.logs();
+        let (opened, closed) = (
+            logs.matches("connection opened").count(),
+            logs.matches("connection closed").count(),
+        );
+        if opened >= 2 && closed == opened {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{closed} of {opened} connections logged their close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert_no_token_logged(
         &app.logs(),

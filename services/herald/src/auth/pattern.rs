@@ -6,12 +6,14 @@
 //! re-parsed: a subject such as `7.>` or `*` cannot widen what a token allows,
 //! because no topic segment can contain `.`, `*` or `>`.
 
+use serde::{Deserialize, Serialize};
+
 use crate::topic::{Topic, is_segment_char};
 
 /// The placeholder replaced by the token's `sub` claim.
 pub const SUB_PLACEHOLDER: &str = "{sub}";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Segment {
     Literal(String),
     /// `*`: exactly one segment.
@@ -21,7 +23,7 @@ enum Segment {
 }
 
 /// A compiled pattern, with `{sub}` already substituted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pattern {
     segments: Vec<Segment>,
 }
@@ -80,7 +82,7 @@ impl Pattern {
 }
 
 /// A set of patterns: a topic is allowed when any of them matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatternSet(Vec<Pattern>);
 
 impl PatternSet {

@@ -1,11 +1,12 @@
 //! Revocation: which tokens no longer count. The store holds the truth
-//! (shared by every node); each node keeps a copy in memory, refreshed every
-//! heartbeat and updated at once when the node itself revokes.
+//! (shared by every node); each node keeps a copy in memory, updated at once
+//! when the node itself revokes or hears of a revocation on the bus, and
+//! every heartbeat with the revocations stored or renewed since its last
+//! read (an incremental read: see `Store::revocations`).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
 
 use parking_lot::RwLock;
 
@@ -14,7 +15,8 @@ use super::Principal;
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevocationKind {
-    /// Every token of a subject issued at or before the revocation's second.
+    /// Every token of a subject issued before the revocation's second, or
+    /// without `iat`.
     Sub,
     /// One token, by its `jti`.
     Jti,
@@ -61,8 +63,8 @@ pub struct Revocation {
 pub struct TokenId {
     pub sub: std::sync::Arc<str>,
     pub jti: Option<std::sync::Arc<str>>,
-    /// Issued at, seconds since the epoch.
-    pub iat: u64,
+    /// Issued at, seconds since the epoch; `None` when the token has no `iat`.
+    pub iat: Option<u64>,
 }
 
 impl From<&Principal> for TokenId {
@@ -75,22 +77,19 @@ impl From<&Principal> for TokenId {
     }
 }
 
-/// This node's copy of the unexpired revocations.
+/// This node's copy of the unexpired revocations: the second of each.
 #[derive(Default)]
 pub struct Revocations {
-    set: RwLock<HashMap<(RevocationKind, String), Known>>,
-}
-
-/// A known revocation's second, and when this node added it itself.
-#[derive(Debug, Clone, Copy)]
-struct Known {
-    revoked_at_secs: u64,
-    added_here: Option<Instant>,
+    set: RwLock<HashMap<(RevocationKind, String), u64>>,
 }
 
 impl Revocations {
-    /// Whether the token `id` is revoked: its subject was revoked at or after
-    /// its `iat`, or its `jti` was revoked.
+    /// Whether the token `id` is revoked: its `jti` was revoked, or its
+    /// subject was revoked and the token was issued (`iat`, whole seconds)
+    /// before the revocation's second, or carries no `iat` (its age is
+    /// unknown). A token issued in the revocation's own second is not
+    /// covered: a log-in right after a log-out-everywhere must work, and
+    /// `iat` cannot tell which came first within that second.
     pub fn covers(&self, id: &TokenId) -> bool {
         let set = self.set.read();
         if set.is_empty() {
@@ -98,7 +97,7 @@ impl Revocations {
         }
         let by_sub = set
             .get(&(RevocationKind::Sub, id.sub.to_string()))
-            .is_some_and(|known| id.iat <= known.revoked_at_secs);
+            .is_some_and(|revoked_at| id.iat.is_none_or(|iat| iat < *revoked_at));
         by_sub
             || id
                 .jti
@@ -111,48 +110,50 @@ impl Revocations {
         self.covers(&TokenId::from(principal))
     }
 
-    /// Adds one revocation this node has just stored (keeping the later
-    /// second if it is already known).
-    pub fn add(&self, revocation: Revocation) {
+    /// Adds one revocation (keeping the later second if it is already
+    /// known). Returns whether it was news.
+    pub fn add(&self, revocation: Revocation) -> bool {
         let mut set = self.set.write();
-        let known = set
-            .entry((revocation.kind, revocation.value))
-            .or_insert(Known {
-                revoked_at_secs: revocation.revoked_at_secs,
-                added_here: None,
-            });
-        known.revoked_at_secs = known.revoked_at_secs.max(revocation.revoked_at_secs);
-        known.added_here = Some(Instant::now());
+        Self::insert(&mut set, revocation)
     }
 
-    /// Replaces the set with the store's, read from `read_started` on.
-    /// Revocations this node added since then are kept: the read may not
-    /// have seen them. Returns whether it learned any revocation it did not
-    /// know (so that live connections are re-checked).
-    pub fn replace(&self, revocations: Vec<Revocation>, read_started: Instant) -> bool {
-        let mut fresh: HashMap<(RevocationKind, String), Known> = revocations
-            .into_iter()
-            .map(|r| {
-                let known = Known {
-                    revoked_at_secs: r.revoked_at_secs,
-                    added_here: None,
-                };
-                ((r.kind, r.value), known)
-            })
-            .collect();
-        let mut set = self.set.write();
-        let learned = fresh.iter().any(|(key, new)| {
-            set.get(key)
-                .is_none_or(|known| known.revoked_at_secs < new.revoked_at_secs)
-        });
-        for (key, known) in set.drain() {
-            if known.added_here.is_some_and(|added| added >= read_started) {
-                let kept = fresh.entry(key).or_insert(known);
-                kept.revoked_at_secs = kept.revoked_at_secs.max(known.revoked_at_secs);
-            }
+    /// Adds revocations read from the store. Returns whether any was news
+    /// (so that live connections are re-checked).
+    pub fn merge(&self, revocations: Vec<Revocation>) -> bool {
+        if revocations.is_empty() {
+            return false;
         }
-        *set = fresh;
+        let mut set = self.set.write();
+        let mut learned = false;
+        for revocation in revocations {
+            learned |= Self::insert(&mut set, revocation);
+        }
         learned
+    }
+
+    fn insert(set: &mut HashMap<(RevocationKind, String), u64>, revocation: Revocation) -> bool {
+        let known = set.entry((revocation.kind, revocation.value)).or_insert(0);
+        let learned = *known < revocation.revoked_at_secs;
+        *known = (*known).max(revocation.revoked_at_secs);
+        learned
+    }
+
+    /// Forgets the revocations made `ttl_secs` or more before `now_secs`:
+    /// no token they cover is still valid (tokens must not live longer).
+    pub fn expire(&self, now_secs: u64, ttl_secs: u64) {
+        self.set
+            .write()
+            .retain(|_, revoked_at| revoked_at.saturating_add(ttl_secs) > now_secs);
+    }
+
+    /// How many revocations this node knows.
+    pub fn len(&self) -> usize {
+        self.set.read().len()
+    }
+
+    /// Whether this node knows no revocation.
+    pub fn is_empty(&self) -> bool {
+        self.set.read().is_empty()
     }
 }
 
@@ -160,7 +161,7 @@ impl Revocations {
 mod tests {
     use super::*;
 
-    fn id(sub: &str, jti: Option<&str>, iat: u64) -> TokenId {
+    fn id(sub: &str, jti: Option<&str>, iat: Option<u64>) -> TokenId {
         TokenId {
             sub: sub.into(),
             jti: jti.map(Into::into),
@@ -168,18 +169,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_subject_revocation_covers_tokens_issued_up_to_its_second() {
-        let r = Revocations::default();
-        r.add(Revocation {
+    fn sub(value: &str, revoked_at_secs: u64) -> Revocation {
+        Revocation {
             kind: RevocationKind::Sub,
-            value: "7".into(),
-            revoked_at_secs: 100,
-        });
-        assert!(r.covers(&id("7", None, 99)));
-        assert!(r.covers(&id("7", None, 100)));
-        assert!(!r.covers(&id("7", None, 101)));
-        assert!(!r.covers(&id("8", None, 1)));
+            value: value.into(),
+            revoked_at_secs,
+        }
+    }
+
+    #[test]
+    fn a_subject_revocation_covers_tokens_issued_before_its_second_or_without_iat() {
+        let r = Revocations::default();
+        r.add(sub("7", 100));
+        assert!(r.covers(&id("7", None, Some(0))));
+        assert!(r.covers(&id("7", None, Some(99))));
+        assert!(r.covers(&id("7", None, None)), "age unknown: refused");
+        assert!(
+            !r.covers(&id("7", None, Some(100))),
+            "issued in the revocation's second: a log-in right after it works"
+        );
+        assert!(!r.covers(&id("7", None, Some(101))));
+        assert!(!r.covers(&id("8", None, Some(1))));
+        assert!(!r.covers(&id("8", None, None)));
     }
 
     #[test]
@@ -190,37 +201,35 @@ mod tests {
             value: "a".into(),
             revoked_at_secs: 100,
         });
-        assert!(r.covers(&id("7", Some("a"), 1_000)));
-        assert!(!r.covers(&id("7", Some("b"), 1)));
-        assert!(!r.covers(&id("7", None, 1)));
+        assert!(r.covers(&id("7", Some("a"), Some(1_000))));
+        assert!(r.covers(&id("7", Some("a"), None)));
+        assert!(!r.covers(&id("7", Some("b"), Some(1))));
+        assert!(!r.covers(&id("7", None, None)));
     }
 
     #[test]
-    fn replacing_tells_whether_anything_was_learned() {
+    fn merging_tells_whether_anything_was_learned_and_keeps_the_later_second() {
         let r = Revocations::default();
-        let one = Revocation {
-            kind: RevocationKind::Sub,
-            value: "7".into(),
-            revoked_at_secs: 100,
-        };
-        assert!(r.replace(vec![one.clone()], Instant::now()));
-        assert!(!r.replace(vec![one.clone()], Instant::now()));
-        assert!(r.replace(
-            vec![Revocation {
-                revoked_at_secs: 200,
-                ..one.clone()
-            }],
-            Instant::now()
-        ));
-        assert!(!r.replace(Vec::new(), Instant::now()));
-        assert!(!r.covers(&id("7", None, 1)));
+        assert!(r.merge(vec![sub("7", 100)]));
+        assert!(!r.merge(vec![sub("7", 100)]));
+        assert!(!r.merge(Vec::new()));
+        assert!(!r.merge(vec![sub("7", 50)]), "an older second is no news");
+        assert!(r.covers(&id("7", None, Some(99))));
+        assert!(r.merge(vec![sub("7", 200)]));
+        assert!(r.covers(&id("7", None, Some(150))));
+        assert!(!r.add(sub("7", 200)));
+        assert!(r.add(sub("8", 1)));
+        assert_eq!(r.len(), 2);
+    }
 
-        // One added here after a read began survives that read's answer.
-        let read_started = Instant::now();
-        r.add(one);
-        assert!(!r.replace(Vec::new(), read_started));
-        assert!(r.covers(&id("7", None, 1)));
-        assert!(!r.replace(Vec::new(), Instant::now()));
-        assert!(!r.covers(&id("7", None, 1)));
+    #[test]
+    fn revocations_older_than_their_ttl_are_forgotten() {
+        let r = Revocations::default();
+        r.add(sub("old", 100));
+        r.add(sub("new", 500));
+        r.expire(600, 400);
+        assert!(!r.covers(&id("old", None, None)));
+        assert!(r.covers(&id("new", None, None)));
+        assert_eq!(r.len(), 1);
     }
 }

@@ -55,14 +55,14 @@ pub struct HeraldClaims {
 }
 
 /// A verified token: who it is and what it allows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// The `sub` claim.
     pub sub: Arc<str>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
-    /// Issued at, seconds since the epoch (0 when absent).
-    pub iat: u64,
+    /// Issued at, seconds since the epoch, if the token says.
+    pub iat: Option<u64>,
     /// The `jti` claim, if any.
     pub jti: Option<Arc<str>>,
     /// Topics the bearer may subscribe to.
@@ -86,7 +86,7 @@ impl Principal {
         Principal {
             sub: Arc::from(claims.sub),
             exp: claims.exp,
-            iat: claims.iat.unwrap_or(0),
+            iat: claims.iat,
             jti: claims.jti.map(Arc::from),
             subscribe: Arc::new(subscribe),
             publish: Arc::new(publish),

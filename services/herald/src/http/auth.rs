@@ -17,13 +17,29 @@ pub async fn ticket(
     Bearer(principal): Bearer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ticket = state
+    let minted = state
         .tickets
-        .issue(principal)
+        .mint()
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let ttl = state.tickets.ttl();
+    let expires_at_ms =
+        crate::event::now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    state
+        .store
+        .put_ticket(
+            &minted.key,
+            &crate::auth::tickets::encode_grant(&principal),
+            expires_at_ms,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "storing a ticket failed");
+            ApiError::Unavailable("the store is unavailable; retry shortly".into())
+        })?;
+    let ticket = minted.ticket;
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(json!({"ticket": ticket, "expires_in": state.tickets.ttl().as_secs()})))
+        .json(json!({"ticket": ticket, "expires_in": ttl.as_secs()})))
 }
 
 /// `POST /v1/admin/revoke` with `{"sub":"..."}` or `{"jti":"..."}`.

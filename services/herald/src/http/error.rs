@@ -35,12 +35,26 @@ pub enum ApiError {
     TooManyTopics(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the store is unavailable; nothing was stored, and retrying with the same id is safe")]
+    #[error("{0}")]
+    OriginNotAllowed(String),
+    #[error("{}", store_detail(.0))]
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
     Unavailable(String),
     #[error("this node is draining; retry on another node")]
     Draining { retry_after_secs: u64 },
+}
+
+/// What a publisher may conclude from a store failure.
+fn store_detail(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::CommitUnknown(_) => {
+            "the store did not confirm the commit: the events may or may not be stored; \
+             retrying with the same id is safe (a stored event answers 200 with its seq), \
+             while a retry without an id may store them twice"
+        }
+        _ => "the store is unavailable; nothing was stored, and retrying with the same id is safe",
+    }
 }
 
 impl ApiError {
@@ -57,6 +71,7 @@ impl ApiError {
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::NotFound(_) => "not_found",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
         }
@@ -99,6 +114,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidParameter(_)
             | ApiError::TooManyTopics(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -8,7 +8,9 @@ mod auth;
 pub mod error;
 mod health;
 mod metrics;
+pub mod origin;
 mod publish;
+pub mod socket;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 
-use crate::auth::{AuthError, Principal, Tickets, TokenError, Verifier};
+use crate::auth::{AuthError, OriginPolicy, Principal, Tickets, TokenError, Verifier};
 use crate::bus::Bus;
 use crate::session::gate::Gate;
 use crate::store::{Committer, Store};
@@ -35,8 +37,10 @@ pub struct AppState {
     pub sessions: Arc<crate::session::Shared>,
     /// Name of the session cookie that may carry a token.
     pub auth_cookie: String,
-    /// This node's unused tickets.
+    /// Ticket settings and this node's outstanding tickets.
     pub tickets: Tickets,
+    /// Web origins whose pages may subscribe, besides this server's own.
+    pub origins: Arc<OriginPolicy>,
     /// How long a revocation is kept, in seconds.
     pub revocation_ttl_secs: u64,
 }
@@ -59,12 +63,14 @@ pub struct SubscribeQuery {
 
 impl SubscribeQuery {
     /// Parses and authorizes the query; `poll` allows `wait` and `limit`.
-    pub fn parse(
+    pub async fn parse(
         req: &HttpRequest,
         state: &AppState,
         poll: bool,
     ) -> Result<SubscribeQuery, ApiError> {
-        let principal = subscriber_credential(req, state)?.ok_or(AuthError::Missing)?;
+        let principal = subscriber_credential(req, state)
+            .await?
+            .ok_or(AuthError::Missing)?;
         let mut topics: Vec<Topic> = Vec::new();
         let mut since = None;
         let mut wait_secs = 0;
@@ -151,7 +157,7 @@ impl SubscribeQuery {
 /// (taken: it opens one connection), an `access_token` query parameter.
 /// `None` when there are none (a WebSocket may send them in its first
 /// frame); an error when they are there but wrong, expired or revoked.
-pub fn subscriber_credential(
+pub async fn subscriber_credential(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<Option<Principal>, ApiError> {
@@ -169,13 +175,7 @@ pub fn subscriber_credential(
     {
         Some(cookie.value().to_owned())
     } else if let Some(ticket) = param("ticket") {
-        let principal =
-            state
-                .tickets
-                .redeem(&ticket)
-                .ok_or(AuthError::Token(TokenError::Invalid(
-                    "unknown, used or expired ticket: get a new one from POST /v1/tickets",
-                )))?;
+        let principal = redeem_ticket(state, &ticket).await?;
         return Ok(Some(state.sessions.admit(principal)?));
     } else {
         param("access_token")
@@ -184,6 +184,27 @@ pub fn subscriber_credential(
         Some(token) => Ok(Some(state.sessions.verify(&token)?)),
         None => Ok(None),
     }
+}
+
+/// Takes `ticket` from the store (on whichever node minted it): the
+/// principal it stands for, once.
+async fn redeem_ticket(state: &AppState, ticket: &str) -> Result<Principal, ApiError> {
+    let refused = || {
+        ApiError::from(AuthError::Token(TokenError::Invalid(
+            "unknown, used or expired ticket: get a new one from POST /v1/tickets",
+        )))
+    };
+    let key = crate::auth::tickets::key(ticket).ok_or_else(refused)?;
+    let grant = state
+        .store
+        .take_ticket(&key, crate::event::now_ms())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "redeeming a ticket failed: the store is unavailable");
+            ApiError::Unavailable("the store is unavailable; retry shortly".into())
+        })?
+        .ok_or_else(refused)?;
+    crate::auth::tickets::decode_grant(&grant).ok_or_else(refused)
 }
 
 /// The caller, authenticated by its bearer token.
@@ -206,19 +227,39 @@ fn authenticate(req: &HttpRequest) -> Result<Bearer, ApiError> {
     Ok(Bearer(state.sessions.verify(token)?))
 }
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/v1/admin/stats", web::get().to(admin::stats))
-        .route("/v1/publish", web::post().to(publish::publish))
-        .route("/v1/tickets", web::post().to(auth::ticket))
-        .route("/v1/admin/revoke", web::post().to(auth::revoke))
-        .route("/v1/ws", web::get().to(crate::session::ws::handler))
-        .route("/v1/sse", web::get().to(crate::session::sse::handler))
-        .route("/v1/poll", web::get().to(crate::session::poll::handler))
-        .configure(assets::routes);
+/// Registers every route. The endpoints that act for a subscriber check the
+/// page's `Origin` first; those that pages reach with `fetch` or
+/// `EventSource` answer CORS for the allowed origins.
+pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
+    move |cfg| {
+        let browser = |path: &str, route: actix_web::Route| {
+            web::resource(path)
+                .route(route)
+                .wrap(origin::cors(origins.clone()))
+                .wrap(actix_web::middleware::from_fn(origin::enforce))
+        };
+        cfg.route("/healthz", web::get().to(health::healthz))
+            .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(metrics::metrics))
+            .route("/v1/admin/stats", web::get().to(admin::stats))
+            .route("/v1/publish", web::post().to(publish::publish))
+            .service(browser("/v1/tickets", web::post().to(auth::ticket)))
+            .route("/v1/admin/revoke", web::post().to(auth::revoke))
+            .service(
+                web::resource("/v1/ws")
+                    .route(web::get().to(crate::session::ws::handler))
+                    .wrap(actix_web::middleware::from_fn(origin::enforce)),
+            )
+            .service(browser(
+                "/v1/sse",
+                web::get().to(crate::session::sse::handler),
+            ))
+            .service(browser(
+                "/v1/poll",
+                web::get().to(crate::session::poll::handler),
+            ))
+            .configure(assets::routes);
+    }
 }
 
 /// Answers unknown routes with a problem document.

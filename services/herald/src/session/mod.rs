@@ -48,6 +48,8 @@ pub struct SessionSettings {
     pub leeway_secs: u64,
     /// How long a WebSocket may take to send its first `auth` frame.
     pub auth_timeout: Duration,
+    /// `subscribe` and `unsubscribe` frames a WebSocket may send per second.
+    pub max_subscription_ops_per_sec: u32,
 }
 
 /// What sessions share: the store, the hubs, the token verifier and the
@@ -387,9 +389,9 @@ impl<T: Transport> Session<T> {
         if topics.is_empty() {
             return;
         }
-        for topic in &topics {
-            self.subs.add(topic.clone());
-        }
+        // A head read that comes back after the topic was unsubscribed (and
+        // perhaps subscribed again) must not start the new subscription.
+        let generations: Vec<u64> = topics.iter().map(|t| self.subs.add(t.clone())).collect();
         let ready = match &self.member {
             Some(member) => hub::register(&self.shared.hubs, self.id, &topics, member),
             None => hub::Ready::now(),
@@ -410,13 +412,16 @@ impl<T: Transport> Session<T> {
                         session.shared.hubs.saw_heads(&heads);
                         let started: Vec<(Topic, u64)> = heads
                             .iter()
-                            .filter(|(t, _)| session.subs.contains(t))
-                            .cloned()
+                            .zip(&generations)
+                            .filter(|((t, _), g)| session.subs.is_current(t, **g))
+                            .map(|(h, _)| h.clone())
                             .collect();
                         T::on_started(session, started.clone());
-                        for (topic, head) in started {
+                        for ((topic, head), generation) in heads.into_iter().zip(generations) {
                             let (actions, read) =
-                                session.subs.start(&topic, head, since.get(&topic));
+                                session
+                                    .subs
+                                    .start(&topic, generation, head, since.get(&topic));
                             session.apply(actions, ctx);
                             if let Some(read) = read {
                                 session.read(read, ctx);

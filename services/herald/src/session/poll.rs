@@ -133,40 +133,108 @@ impl Answer {
     }
 }
 
-/// Reads up to `limit` events (across all topics) after `positions`.
+/// One requested topic while a poll reads the store.
+struct Progress {
+    topic: Topic,
+    /// The last seq put in the answer (or the client's cursor).
+    position: u64,
+    /// The topic's head at its latest read.
+    head: u64,
+    events: Vec<Bytes>,
+    /// Nothing more to read for it now.
+    done: bool,
+}
+
+/// How `remaining` events are shared among `active` topics: an even share
+/// each, the remainder one apiece from a random one on (so that when there
+/// are fewer events than topics, no topic is always the one left out).
+fn shares(remaining: usize, active: usize) -> Vec<usize> {
+    if active == 0 {
+        return Vec::new();
+    }
+    let (base, extra) = (remaining / active, remaining % active);
+    let first = rand::random_range(0..active);
+    (0..active)
+        .map(|k| base + usize::from((k + active - first) % active < extra))
+        .collect()
+}
+
+/// Reads up to `limit` events (across all topics) after `positions`,
+/// shared fairly: each topic with events gets an even share of `limit`, and
+/// what a topic leaves unused goes to the topics that have more. A cursor
+/// beyond a topic's head is answered with a reset from the head plus one,
+/// and the cursor moves back to the head.
 async fn read(
     store: &dyn Store,
     positions: &[(Topic, u64)],
     limit: usize,
 ) -> Result<Answer, ApiError> {
+    let mut topics: Vec<Progress> = positions
+        .iter()
+        .map(|(topic, after)| Progress {
+            topic: topic.clone(),
+            position: *after,
+            head: 0,
+            events: Vec::new(),
+            done: false,
+        })
+        .collect();
+    let mut resets = Vec::new();
+    let mut remaining = limit;
+    let mut first_round = true;
+    // Every round either uses up `remaining` or finishes a topic.
+    loop {
+        let active: Vec<usize> = (0..topics.len()).filter(|&i| !topics[i].done).collect();
+        if active.is_empty() || (remaining == 0 && !first_round) {
+            break;
+        }
+        let quotas = shares(remaining, active.len());
+        for (i, quota) in active.into_iter().zip(quotas) {
+            // Every topic is read once, for its head, even with no share.
+            if quota == 0 && !first_round {
+                continue;
+            }
+            let topic = &mut topics[i];
+            let read = store
+                .read_since(&topic.topic, topic.position, quota)
+                .await
+                .map_err(|e| ApiError::Store(Arc::new(e)))?;
+            topic.head = read.head;
+            if topic.position > read.head {
+                // From another deployment, or a wiped store.
+                resets.push((topic.topic.clone(), read.head + 1));
+                topic.position = read.head;
+                topic.done = true;
+                continue;
+            }
+            if quota > 0
+                && let Some(from) = read.reset_from(topic.position)
+            {
+                resets.push((topic.topic.clone(), from));
+                topic.position = from - 1;
+            }
+            for event in &read.events {
+                if event.seq > topic.position + 1 {
+                    resets.push((topic.topic.clone(), event.seq));
+                }
+                topic.position = event.seq;
+                topic.events.push(Bytes::from(event.to_json()));
+            }
+            remaining -= read.events.len().min(remaining);
+            topic.done = read.head <= topic.position || (quota > 0 && read.events.len() < quota);
+        }
+        first_round = false;
+    }
     let mut answer = Answer {
-        events: Vec::new(),
-        resets: Vec::new(),
+        events: Vec::with_capacity(limit - remaining),
+        resets,
         cursor: Cursor::new(),
         more: false,
     };
-    for (topic, after) in positions {
-        let remaining = limit - answer.events.len();
-        let read = store
-            .read_since(topic, *after, remaining)
-            .await
-            .map_err(|e| ApiError::Store(Arc::new(e)))?;
-        let mut position = *after;
-        if remaining > 0
-            && let Some(from) = read.reset_from(position)
-        {
-            answer.resets.push((topic.clone(), from));
-            position = from - 1;
-        }
-        for event in &read.events {
-            if event.seq > position + 1 {
-                answer.resets.push((topic.clone(), event.seq));
-            }
-            position = event.seq;
-            answer.events.push(Bytes::from(event.to_json()));
-        }
-        answer.more |= read.head > position;
-        answer.cursor.set(topic.clone(), position);
+    for topic in topics {
+        answer.more |= topic.head > topic.position;
+        answer.cursor.set(topic.topic, topic.position);
+        answer.events.extend(topic.events);
     }
     Ok(answer)
 }
@@ -218,7 +286,7 @@ pub async fn handler(
             retry_after_secs: 1,
         });
     }
-    let query = SubscribeQuery::parse(&req, &state, true)?;
+    let query = SubscribeQuery::parse(&req, &state, true).await?;
     let store = &*state.sessions.store;
     // Topics without a position are live-only: they stand at their head.
     let live_only: Vec<Topic> = query
@@ -359,6 +427,21 @@ mod tests {
         let answer = from_hub(&positions, &woken(vec![event("a", 4)])).expect("no gap");
         assert!(answer.is_empty());
         assert_eq!(answer.cursor.to_string(), "a:4");
+    }
+
+    #[test]
+    fn a_limit_is_shared_evenly_and_never_exceeded() {
+        for (remaining, active) in [(10, 3), (1, 3), (100, 1), (7, 7), (2, 5), (0, 2)] {
+            let shares = shares(remaining, active);
+            assert_eq!(shares.len(), active);
+            assert_eq!(shares.iter().sum::<usize>(), remaining, "{shares:?}");
+            let (min, max) = (shares.iter().min(), shares.iter().max());
+            assert!(
+                max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                "{shares:?}"
+            );
+        }
+        assert!(shares(5, 0).is_empty());
     }
 
     #[test]

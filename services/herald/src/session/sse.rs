@@ -90,8 +90,13 @@ pub async fn handler(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let gate = state.gate.enter()?;
-    let query = SubscribeQuery::parse(&req, &state, false)?;
+    let gate = match state.gate.enter() {
+        Ok(gate) => gate,
+        Err(ApiError::Draining { .. }) => return Ok(come_back_later("draining")),
+        Err(ApiError::Unavailable(_)) => return Ok(come_back_later("full")),
+        Err(other) => return Err(other),
+    };
+    let query = SubscribeQuery::parse(&req, &state, false).await?;
     let since = match req
         .headers()
         .get("last-event-id")
@@ -126,16 +131,34 @@ pub async fn handler(
     // Answer once the subscriptions are in place: every event committed
     // after the client sees the response is delivered.
     if subscribed.await != Ok(true) {
-        return Err(ApiError::Unavailable(
-            "the store is unavailable; retry shortly".into(),
-        ));
+        return Ok(come_back_later("unavailable"));
     }
-    Ok(HttpResponse::Ok()
+    Ok(stream_response().streaming(body(rx, addr)))
+}
+
+/// The headers of every event stream.
+fn stream_response() -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .insert_header((header::CONTENT_ENCODING, "identity"))
-        .streaming(body(rx, addr)))
+        .insert_header((header::CONTENT_ENCODING, "identity"));
+    response
+}
+
+/// The answer when this node cannot take the stream now (`reason`:
+/// `draining`, `full`, `unavailable`): a `200` stream that only says
+/// `retry:` and `event: drain`, then ends. A native `EventSource` gives up
+/// for good on any status but `200`; this makes it reconnect by itself,
+/// with the `Last-Event-ID` it holds, and the load balancer sends it to
+/// another node.
+fn come_back_later(reason: &'static str) -> HttpResponse {
+    stream_response().body(format!(
+        "retry: {}\n\nevent: drain\ndata: {}\n\n",
+        retry_ms(),
+        json!({ "reason": reason })
+    ))
 }
 
 /// Tells the session when the response body is dropped: the client is gone.

@@ -8,6 +8,11 @@
 //! topic is known to reach and reads the store from the client's position
 //! until it gets there. Delivery is therefore in order, with no gap and no
 //! duplicate, and without buffering live events during a read.
+//!
+//! Each subscription of a topic has a generation: unsubscribing then
+//! subscribing again makes a new one, and a head or a store read asked for
+//! by an earlier generation is dropped when it comes back, so it can never
+//! replay unasked events into the new subscription, nor repeat its events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,15 +33,19 @@ pub enum Action {
     Reset { topic: Topic, from: u64 },
 }
 
-/// A store read the connection should make: events of `topic` after `after`.
+/// A store read the connection should make: events of `topic` after `after`,
+/// for the subscription of that `generation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
     pub topic: Topic,
     pub after: u64,
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone)]
 struct TopicState {
+    /// Which subscription of the topic this is.
+    generation: u64,
     /// The last seq sent to the client (its cursor).
     position: u64,
     /// The highest seq known to exist (from live events or store heads).
@@ -51,6 +60,8 @@ struct TopicState {
 #[derive(Debug, Default)]
 pub struct Subs {
     topics: HashMap<Topic, TopicState>,
+    /// The generation of the last subscription added.
+    last_generation: u64,
 }
 
 impl Subs {
@@ -79,15 +90,29 @@ impl Subs {
         self.topics.keys()
     }
 
-    /// Adds `topic`, registered with the hub but waiting for its head.
+    /// Adds `topic`, registered with the hub but waiting for its head, and
+    /// returns its generation (the current one if it is already held).
     /// Live events for it are noted, not delivered, until [`Subs::start`].
-    pub fn add(&mut self, topic: Topic) {
-        self.topics.entry(topic).or_insert(TopicState {
+    pub fn add(&mut self, topic: Topic) -> u64 {
+        let next = self.last_generation + 1;
+        let state = self.topics.entry(topic).or_insert(TopicState {
+            generation: next,
             position: 0,
             known: 0,
             started: false,
             reading: false,
         });
+        if state.generation == next {
+            self.last_generation = next;
+        }
+        state.generation
+    }
+
+    /// Whether `generation` is the current subscription of `topic`.
+    pub fn is_current(&self, topic: &Topic, generation: u64) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|state| state.generation == generation)
     }
 
     /// Removes `topic`.
@@ -98,13 +123,19 @@ impl Subs {
     /// Starts `topic` once its head is known: at `since` when the client
     /// gave one, else at the head (live only). A `since` beyond the head
     /// (a cursor from another deployment, say) is answered with a reset.
+    /// A head read for an earlier `generation` of the topic changes nothing.
     pub fn start(
         &mut self,
         topic: &Topic,
+        generation: u64,
         head: u64,
         since: Option<u64>,
     ) -> (Vec<Action>, Option<ReadRequest>) {
-        let Some(state) = self.topics.get_mut(topic) else {
+        let Some(state) = self
+            .topics
+            .get_mut(topic)
+            .filter(|s| s.generation == generation && !s.started)
+        else {
             return (Vec::new(), None);
         };
         let mut actions = Vec::new();
@@ -130,6 +161,7 @@ impl Subs {
             Some(ReadRequest {
                 topic: topic.clone(),
                 after: state.position,
+                generation: state.generation,
             })
         } else {
             None
@@ -153,13 +185,18 @@ impl Subs {
     }
 
     /// The answer to a [`ReadRequest`]; `read` is `None` when the read
-    /// failed (the caller retries later with [`Subs::retry`]).
+    /// failed (the caller retries later with [`Subs::retry`]). The answer to
+    /// a request of an earlier subscription of the topic is dropped.
     pub fn on_read(
         &mut self,
         request: &ReadRequest,
         read: Option<Read>,
     ) -> (Vec<Action>, Option<ReadRequest>) {
-        let Some(state) = self.topics.get_mut(&request.topic) else {
+        let Some(state) = self
+            .topics
+            .get_mut(&request.topic)
+            .filter(|s| s.generation == request.generation)
+        else {
             return (Vec::new(), None);
         };
         let Some(read) = read else {
@@ -203,7 +240,10 @@ impl Subs {
 
     /// After a failed read: the same request again.
     pub fn retry(&mut self, request: &ReadRequest) -> Option<ReadRequest> {
-        let state = self.topics.get_mut(&request.topic)?;
+        let state = self
+            .topics
+            .get_mut(&request.topic)
+            .filter(|s| s.generation == request.generation)?;
         state.reading = false;
         Self::read_if_behind(&request.topic, state)
     }
@@ -290,7 +330,7 @@ mod tests {
         let mut s = Subs::new();
         s.add(t());
         assert!(s.on_live(&live(5)).0.is_none(), "nothing before the start");
-        let (actions, read) = s.start(&t(), 5, None);
+        let (actions, read) = s.start(&t(), 1, 5, None);
         assert!(actions.is_empty() && read.is_none());
         assert!(s.on_live(&live(5)).0.is_none(), "the head itself is old");
         assert!(matches!(s.on_live(&live(6)).0, Some(Action::Event(_))));
@@ -301,7 +341,7 @@ mod tests {
     fn resume_replays_then_catches_up_with_events_published_during_the_replay() {
         let mut s = Subs::new();
         s.add(t());
-        let (_, req) = s.start(&t(), 10, Some(7));
+        let (_, req) = s.start(&t(), 1, 10, Some(7));
         let req = req.expect("behind the head: read");
         assert_eq!(req.after, 7);
         // Events 11 and 12 arrive live while the replay is under way.
@@ -322,7 +362,7 @@ mod tests {
     fn a_gap_in_live_events_is_filled_from_the_store() {
         let mut s = Subs::new();
         s.add(t());
-        s.start(&t(), 3, None);
+        s.start(&t(), 1, 3, None);
         let (action, req) = s.on_live(&live(5));
         assert!(action.is_none());
         let req = req.expect("gap: read");
@@ -335,13 +375,13 @@ mod tests {
     fn a_cursor_older_than_retention_resets_to_the_oldest_event() {
         let mut s = Subs::new();
         s.add(t());
-        let (_, req) = s.start(&t(), 130, Some(17));
+        let (_, req) = s.start(&t(), 1, 130, Some(17));
         let (actions, _) = s.on_read(&req.expect("read"), Some(read(120..=130, 130)));
         assert_eq!(seqs(&actions)[..2], [-120, 120]);
         // Everything pruned: the reset points past the head.
         let mut s = Subs::new();
         s.add(t());
-        let (_, req) = s.start(&t(), 50, Some(10));
+        let (_, req) = s.start(&t(), 1, 50, Some(10));
         let (actions, _) = s.on_read(&req.expect("read"), Some(nothing(50)));
         assert_eq!(seqs(&actions), vec![-51]);
         assert_eq!(s.cursor().to_string(), "orders.1:50");
@@ -351,7 +391,7 @@ mod tests {
     fn a_cursor_beyond_the_head_resets_to_the_head() {
         let mut s = Subs::new();
         s.add(t());
-        let (actions, req) = s.start(&t(), 4, Some(9));
+        let (actions, req) = s.start(&t(), 1, 4, Some(9));
         assert_eq!(seqs(&actions), vec![-5]);
         assert!(req.is_none());
         assert!(matches!(s.on_live(&live(5)).0, Some(Action::Event(_))));
@@ -361,7 +401,7 @@ mod tests {
     fn a_full_page_reads_on_and_a_failed_read_is_retried() {
         let mut s = Subs::new();
         s.add(t());
-        let (_, req) = s.start(&t(), PAGE_EVENTS as u64, Some(0));
+        let (_, req) = s.start(&t(), 1, PAGE_EVENTS as u64, Some(0));
         let req = req.expect("read");
         assert_eq!(s.on_read(&req, None).0.len(), 0);
         let req = s.retry(&req).expect("retried");
@@ -372,16 +412,53 @@ mod tests {
     }
 
     #[test]
+    fn a_read_or_head_of_an_earlier_subscription_is_dropped() {
+        let mut s = Subs::new();
+        let old = s.add(t());
+        let (_, stale) = s.start(&t(), old, 5, Some(0));
+        let stale = stale.expect("behind: read");
+        // Unsubscribed and subscribed again, live only, while that read runs.
+        assert!(s.remove(&t()));
+        let new = s.add(t());
+        assert_ne!(old, new);
+        assert!(s.is_current(&t(), new) && !s.is_current(&t(), old));
+        let (actions, next) = s.on_read(&stale, Some(read(1..=5, 5)));
+        assert!(actions.is_empty() && next.is_none(), "not asked for");
+        assert!(s.retry(&stale).is_none());
+        // A head read for the earlier subscription does not start this one.
+        let (actions, next) = s.start(&t(), old, 5, Some(0));
+        assert!(actions.is_empty() && next.is_none());
+        // This one resumes from 3: exactly 4 and 5, once.
+        let (_, req) = s.start(&t(), new, 5, Some(3));
+        let req = req.expect("behind: read");
+        assert_eq!(req.generation, new);
+        let (actions, next) = s.on_read(&req, Some(read(4..=5, 5)));
+        assert_eq!(seqs(&actions), vec![4, 5]);
+        assert!(next.is_none());
+        let (actions, _) = s.on_read(&stale, Some(read(1..=5, 5)));
+        assert!(actions.is_empty(), "still dropped later on");
+        assert!(matches!(s.on_live(&live(6)).0, Some(Action::Event(_))));
+        // Subscribing again to a held topic keeps its generation and position.
+        assert_eq!(s.add(t()), new);
+        assert!(
+            s.start(&t(), new, 6, Some(0)).1.is_none(),
+            "already started"
+        );
+        assert_eq!(s.cursor().to_string(), "orders.1:6");
+    }
+
+    #[test]
     fn resync_rereads_every_started_topic() {
         let mut s = Subs::new();
         s.add(t());
-        s.start(&t(), 2, None);
+        s.start(&t(), 1, 2, None);
         let reqs = s.resync();
         assert_eq!(
             reqs,
             vec![ReadRequest {
                 topic: t(),
-                after: 2
+                after: 2,
+                generation: 1,
             }]
         );
         let (actions, next) = s.on_read(&reqs[0], Some(read(3..=3, 3)));

@@ -33,8 +33,43 @@ pub enum WsFrame {
     Close(u16, String),
 }
 
-/// The WebSocket transport.
-pub struct Ws;
+/// The WebSocket transport, with its budget of subscription frames.
+pub struct Ws {
+    ops: OpBudget,
+}
+
+/// A token bucket for `subscribe` and `unsubscribe` frames: each would read
+/// the store and change the hub, so a client cannot make this connection
+/// hammer them.
+struct OpBudget {
+    per_sec: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl OpBudget {
+    fn new(per_sec: u32) -> OpBudget {
+        OpBudget {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one frame's worth, if there is any.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.per_sec);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 fn text(value: serde_json::Value) -> (WsFrame, usize) {
     let s = value.to_string();
@@ -127,7 +162,7 @@ pub async fn handler(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let gate = state.gate.enter()?;
-    let principal = crate::http::subscriber_credential(&req, &state)?;
+    let principal = crate::http::subscriber_credential(&req, &state).await?;
     let (response, ws, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidParameter(format!("not a WebSocket upgrade: {e}")))?;
     let settings = &state.sessions.settings;
@@ -138,7 +173,10 @@ pub async fn handler(
     let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
     actix_rt::spawn(writer(ws, rx));
     let authenticated = principal.is_some();
-    let session = Session::new(Ws, out, principal, state.sessions.clone(), gate);
+    let ws_transport = Ws {
+        ops: OpBudget::new(settings.max_subscription_ops_per_sec),
+    };
+    let session = Session::new(ws_transport, out, principal, state.sessions.clone(), gate);
     Session::create(move |ctx| {
         ctx.add_stream(messages);
         if authenticated {
@@ -310,6 +348,17 @@ impl Session<Ws> {
             return self.close(
                 CloseReason::Unauthorized(
                     r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
+                ),
+                ctx,
+            );
+        }
+        if matches!(op.as_str(), "subscribe" | "unsubscribe") && !self.transport.ops.take() {
+            let limit = self.shared.settings.max_subscription_ops_per_sec;
+            return self.reply_error(
+                "rate_limited",
+                &[],
+                &format!(
+                    "at most {limit} subscribe and unsubscribe frames per second; frame ignored"
                 ),
                 ctx,
             );

@@ -56,11 +56,25 @@ impl Read {
     }
 }
 
-/// A store failure: the operation did not happen (transactions roll back).
+/// Revocations read from the store, and how far the read reached.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationChanges {
+    /// Revocations stored or renewed since the change asked after.
+    pub revocations: Vec<Revocation>,
+    /// The change to ask after next time.
+    pub last_change: u64,
+}
+
+/// A store failure: the operation did not happen (transactions roll back),
+/// except after [`StoreError::CommitUnknown`], where it may have.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The connection failed after `COMMIT` was sent: the transaction may
+    /// or may not have committed.
+    #[error("the store did not confirm a commit: {0}")]
+    CommitUnknown(#[source] sqlx::Error),
     #[error("the store's migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shutting down")]
@@ -118,11 +132,35 @@ pub trait Store: Send + Sync + 'static {
         expires_at_secs: u64,
     ) -> Result<(), StoreError>;
 
-    /// Every revocation not expired at `now_secs`.
-    async fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// The revocations stored or renewed after change `after_change` (0:
+    /// every one) and not expired at `now_secs`, with the change to ask
+    /// after next time. Changes are numbered in commit order, so asking
+    /// after the last one seen never misses one.
+    async fn revocations(
+        &self,
+        after_change: u64,
+        now_secs: u64,
+    ) -> Result<RevocationChanges, StoreError>;
 
     /// Deletes the revocations expired at `now_secs`. Returns how many went.
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError>;
+
+    /// Keeps a ticket: `grant` (what it authorizes) under `key` until
+    /// `expires_at_ms`.
+    async fn put_ticket(
+        &self,
+        key: &str,
+        grant: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the ticket stored under `key`: deletes it and returns its grant
+    /// if it had not expired at `now_ms`. Of concurrent takes of one ticket,
+    /// on any node, at most one gets it.
+    async fn take_ticket(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError>;
+
+    /// Deletes the tickets expired at `now_ms`. Returns how many went.
+    async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url` (`sqlite://...` or `postgres://...`).
@@ -166,7 +204,7 @@ pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention) -> tokio::task:
 }
 
 /// Runs prune batches until nothing is left to prune (or the store fails),
-/// then deletes expired revocations.
+/// then deletes expired revocations and tickets.
 pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
     let total = prune_events(store, retention).await;
     if let Err(e) = store
@@ -174,6 +212,9 @@ pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
         .await
     {
         tracing::warn!(error = %e, "pruning expired revocations failed; will retry");
+    }
+    if let Err(e) = store.prune_tickets(crate::event::now_ms()).await {
+        tracing::warn!(error = %e, "pruning expired tickets failed; will retry");
     }
     total
 }

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 
 use super::plan::{plan, topics};
-use super::{Appended, Read, Store, StoreError};
+use super::{Appended, Read, RevocationChanges, Store, StoreError};
 use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Event, NewEvent};
 use crate::topic::Topic;
@@ -209,41 +209,77 @@ impl Store for SqliteStore {
         revoked_at_secs: u64,
         expires_at_secs: u64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The counter's row lock orders writers: change numbers are
+        // assigned in commit order, so a reader that saw number N has seen
+        // every change below it.
+        let change: i64 = sqlx::query_scalar(
+            "UPDATE revocation_changes SET last_change = last_change + 1 RETURNING last_change",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
-            "INSERT INTO revocations (kind, value, revoked_at, expires_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO revocations (kind, value, revoked_at, expires_at, change_no) \
+             VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (kind, value) DO UPDATE SET \
              revoked_at = MAX(revocations.revoked_at, excluded.revoked_at), \
-             expires_at = MAX(revocations.expires_at, excluded.expires_at)",
+             expires_at = MAX(revocations.expires_at, excluded.expires_at), \
+             change_no = excluded.change_no",
         )
         .bind(kind.as_str())
         .bind(value)
         .bind(to_i64(revoked_at_secs))
         .bind(to_i64(expires_at_secs))
-        .execute(&self.pool)
+        .bind(change)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn revocations(&self, now_secs: u64) -> Result<Vec<Revocation>, StoreError> {
-        let rows =
-            sqlx::query("SELECT kind, value, revoked_at FROM revocations WHERE expires_at > ?")
-                .bind(to_i64(now_secs))
-                .fetch_all(&self.pool)
-                .await?;
-        let mut revocations = Vec::with_capacity(rows.len());
+    async fn revocations(
+        &self,
+        after_change: u64,
+        now_secs: u64,
+    ) -> Result<RevocationChanges, StoreError> {
+        // The counter first: every change up to it is committed, and so
+        // visible to the read that follows.
+        let last: i64 = sqlx::query_scalar("SELECT last_change FROM revocation_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        // A counter behind what the caller saw: the store was replaced
+        // (restored, wiped); everything is read again.
+        let after_change = if to_u64(last) < after_change {
+            0
+        } else {
+            after_change
+        };
+        let rows = sqlx::query(
+            "SELECT kind, value, revoked_at, change_no FROM revocations \
+             WHERE change_no > ? AND expires_at > ?",
+        )
+        .bind(to_i64(after_change))
+        .bind(to_i64(now_secs))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changes = RevocationChanges {
+            revocations: Vec::with_capacity(rows.len()),
+            last_change: to_u64(last),
+        };
         for row in rows {
+            changes.last_change = changes.last_change.max(to_u64(row.try_get(3)?));
             let kind: String = row.try_get(0)?;
             // A kind this version does not know is skipped, not an outage.
             let Ok(kind) = kind.parse::<RevocationKind>() else {
                 continue;
             };
-            revocations.push(Revocation {
+            changes.revocations.push(Revocation {
                 kind,
                 value: row.try_get(1)?,
                 revoked_at_secs: to_u64(row.try_get(2)?),
             });
         }
-        Ok(revocations)
+        Ok(changes)
     }
 
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError> {
@@ -252,6 +288,41 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?
             .rows_affected())
+    }
+
+    async fn put_ticket(
+        &self,
+        key: &str,
+        grant: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tickets (key, principal, expires_at) VALUES (?, ?, ?)")
+            .bind(key)
+            .bind(grant)
+            .bind(expires_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_ticket(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("DELETE FROM tickets WHERE key = ? RETURNING principal, expires_at")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let expires_at: i64 = row.try_get(1)?;
+        Ok((expires_at > now_ms).then(|| row.try_get(0)).transpose()?)
+    }
+
+    async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tickets WHERE expires_at <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 
