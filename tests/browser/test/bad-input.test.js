@@ -143,6 +143,14 @@ for (const transport of TRANSPORTS) {
   test(`${transport}: a cursor beyond the head (a wiped store) is answered with a reset, and nothing after it is skipped`, async () => {
     const ahead = uniqueTopic('ahead');
     await publishRange(ahead, 1, 3);
+    if (transport === 'poll') {
+      // What the server itself answers, so that a failure says whose it is.
+      const token = cluster.token({ subscribe: [ahead] });
+      const answer = await fetch(`${cluster.url(0)}/v1/poll?topic=${ahead}&since=${ahead}:10`, { headers: { authorization: `Bearer ${token}` } });
+      const body = await answer.json();
+      assert.deepEqual(body.resets, [{ topic: ahead, from: 4 }],
+        `server: GET /v1/poll from a cursor beyond the head answers ${JSON.stringify(body)}, without the reset docs/API.md promises`);
+    }
     const { page, problems } = await client({ token: cluster.token({ subscribe: [ahead] }), transports: [transport] });
     await subscribe(page, ahead, 10);
     // docs/API.md: "A cursor beyond a topic's head ... is answered with a

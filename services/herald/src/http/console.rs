@@ -3,8 +3,8 @@
 //! hands it the admin token that `serve --dev` prints at start-up, so a
 //! developer can open the console and connect without copying it.
 //!
-//! The token is there only when the application registered a [`DevToken`]
-//! (it does so for `--dev` alone); otherwise the route answers `404`, like
+//! The application registers a [`DevToken`], holding the token under
+//! `--dev` and nothing otherwise; without one the route answers `404`, like
 //! any unknown route. The answer has no CORS headers, so only pages of the
 //! node's own origin can read it.
 
@@ -13,19 +13,24 @@ use actix_web::{HttpResponse, web};
 
 use super::error::ApiError;
 
-/// The development admin token, registered as application data by `serve
-/// --dev`.
-#[derive(Clone)]
-pub struct DevToken(pub String);
+/// The development admin token (`serve --dev`), or `None`; registered as
+/// application data.
+#[derive(Clone, Default)]
+pub struct DevToken(pub Option<String>);
 
 /// `GET /v1/dev/token`: `{"token": "..."}` in development mode, else `404`.
 pub async fn dev_token(token: Option<web::Data<DevToken>>) -> Result<HttpResponse, ApiError> {
-    let token = token.ok_or_else(|| {
-        ApiError::NotFound("the development token is offered only by `herald serve --dev`".into())
-    })?;
+    let token = token
+        .as_ref()
+        .and_then(|token| token.0.as_deref())
+        .ok_or_else(|| {
+            ApiError::NotFound(
+                "the development token is offered only by `herald serve --dev`".into(),
+            )
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({ "token": token.0 })))
+        .json(serde_json::json!({ "token": token })))
 }
 
 #[cfg(test)]
@@ -38,7 +43,7 @@ mod tests {
     async fn the_dev_token_is_offered_only_when_registered() {
         let dev = test::init_service(
             App::new()
-                .app_data(web::Data::new(DevToken("t0k3n".into())))
+                .app_data(web::Data::new(DevToken(Some("t0k3n".into()))))
                 .route("/v1/dev/token", web::get().to(dev_token)),
         )
         .await;
@@ -49,10 +54,23 @@ mod tests {
         .await;
         assert_eq!(answer, serde_json::json!({"token": "t0k3n"}));
 
-        let production =
-            test::init_service(App::new().route("/v1/dev/token", web::get().to(dev_token))).await;
+        let production = test::init_service(
+            App::new()
+                .app_data(web::Data::new(DevToken(None)))
+                .route("/v1/dev/token", web::get().to(dev_token)),
+        )
+        .await;
         let answer = test::call_service(
             &production,
+            test::TestRequest::get().uri("/v1/dev/token").to_request(),
+        )
+        .await;
+        assert_eq!(answer.status(), 404);
+
+        let unregistered =
+            test::init_service(App::new().route("/v1/dev/token", web::get().to(dev_token))).await;
+        let answer = test::call_service(
+            &unregistered,
             test::TestRequest::get().uri("/v1/dev/token").to_request(),
         )
         .await;
