@@ -146,9 +146,12 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
+        let dev_token = web::Data::new(http::console::DevToken(dev_token(&settings)?));
+        let console_token = dev_token.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(console_token.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query_error))
                 .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
@@ -172,7 +175,7 @@ impl Application {
         let server = server.run();
 
         if settings.dev {
-            print_dev_banner(&settings, addr)?;
+            print_dev_banner(dev_token.0.as_deref(), addr);
         }
         println!("listening on http://{addr}");
         tracing::info!(%addr, "listening");
@@ -250,10 +253,11 @@ fn load_verifier(settings: &ServeArgs) -> anyhow::Result<Verifier> {
     })?)
 }
 
-fn print_dev_banner(settings: &ServeArgs, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let Some(secret) = &settings.keys.jwt_secret else {
-        println!("development mode: tokens are checked against the configured public key");
-        return Ok(());
+/// The development admin token (24 h, every topic), when `--dev` signs with
+/// a secret.
+fn dev_token(settings: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let Some(secret) = settings.keys.jwt_secret.as_ref().filter(|_| settings.dev) else {
+        return Ok(None);
     };
     let claims = Claims {
         sub: "dev".into(),
@@ -266,15 +270,22 @@ fn print_dev_banner(settings: &ServeArgs, addr: std::net::SocketAddr) -> anyhow:
         },
         ..Claims::default()
     };
-    let token = Minter::hs256(secret.expose()).mint(&claims)?;
+    Ok(Some(Minter::hs256(secret.expose()).mint(&claims)?))
+}
+
+fn print_dev_banner(token: Option<&str>, addr: std::net::SocketAddr) {
+    let Some(token) = token else {
+        println!("development mode: tokens are checked against the configured public key");
+        return;
+    };
     println!(
         "\nHerald is running in development mode. Admin token (24 h, every topic):\n\n\
          export TOKEN={token}\n\n\
+         Web console: http://{addr}/\n\
          Publish:\n  curl -i http://{addr}/v1/publish -H \"Authorization: Bearer $TOKEN\" \\\n    \
          -H 'Content-Type: application/json' -d '{{\"topic\":\"demo\",\"data\":{{\"hello\":\"world\"}}}}'\n\
          Read everything retained on a topic:\n  curl \"http://{addr}/v1/poll?topic=demo&since=demo:0\" -H \"Authorization: Bearer $TOKEN\"\n"
     );
-    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -14,7 +14,7 @@ use crate::config::{Cli, ClientArgs, Command, MigrateArgs, PublishArgs, ServeArg
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Migrate(args) => runtime()?.block_on(migrate(args)),
         Command::Token(args) => token(args),
         Command::Publish(args) => runtime()?.block_on(publish(args)),
