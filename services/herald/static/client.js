@@ -608,6 +608,8 @@ export class Herald {
   /** The connection works: remember its transport for the origin. */
   _open(c) {
     if (c !== this._conn) return;
+    this._proven = c.kind;
+    this._misses = 0;
     this._openAt = now();
     this._ti0 = this._ti;
     worked.set(this._memKey, c.kind);
@@ -632,6 +634,8 @@ export class Herald {
     if (this._openAt && now() - this._openAt >= o.stableAfter) this._tries = 0;
     this._openAt = 0;
     let delay;
+    // A transport that worked here before failing to open is a node refusing (draining, full), not a proxy: retry it a few times first.
+    if (how.fallback && this._order[this._ti] === this._proven && this._misses++ < 3) how = {};
     if (how.fallback && this._ti < this._order.length - 1) {
       this._ti++;
       delay = 0;
@@ -926,10 +930,20 @@ function sse(h) {
         s.onmessage = (m) => msg('message', m.data, m.lastEventId);
         s.addEventListener('reset', (m) => msg('reset', m.data, m.lastEventId));
         s.addEventListener('drain', (m) => msg('drain', m.data));
-        s.addEventListener('error', (m) => {
+        s.addEventListener('error', async (m) => {
           if (m.data !== undefined) return msg('error', m.data);
           // The connection failed; EventSource would retry the same URL (a used ticket): we do it ourselves.
-          fail({ fallback: !opened });
+          if (opened) return fail({});
+          // EventSource hides the status: ask a poll whether Herald refuses these topics or credentials.
+          stop();
+          const mine = gen;
+          let how = { fallback: true };
+          try {
+            await h._poll(0);
+          } catch (e) {
+            if (e && e.status && !e.alien) how = h._how(e, false);
+          }
+          if (mine === gen) fail(how);
         });
         return;
       }

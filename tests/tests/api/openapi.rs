@@ -7,28 +7,32 @@ use std::collections::BTreeSet;
 use herald_tests::app::spawn_app;
 use serde_json::Value;
 
-/// The `(METHOD, path)` pairs of `routes()` in services/herald/src/http/mod.rs.
+/// The `(METHOD, path)` pairs registered by the `routes` functions of
+/// services/herald/src/http/mod.rs and http/assets.rs: every path literal
+/// there, with the `web::METHOD()` that follows it.
 fn registered_routes() -> BTreeSet<(String, String)> {
-    let source = include_str!("../../../services/herald/src/http/mod.rs");
-    let start = source
-        .find("pub fn routes(")
-        .expect("http/mod.rs defines routes()");
-    let body = &source[start..];
-    let body = &body[..body.find("\n}\n").expect("routes() ends")];
     let mut routes = BTreeSet::new();
-    for piece in body.split(".route(").skip(1) {
-        let path = piece
-            .split('"')
-            .nth(1)
-            .expect("a route's path is a string literal");
-        let method = piece
-            .split("web::")
-            .nth(1)
-            .and_then(|rest| rest.split("()").next())
-            .expect("a route names its method as web::METHOD()");
-        routes.insert((method.to_uppercase(), path.to_owned()));
+    for source in [
+        include_str!("../../../services/herald/src/http/mod.rs"),
+        include_str!("../../../services/herald/src/http/assets.rs"),
+    ] {
+        let start = source
+            .find("pub fn routes(")
+            .expect("the file defines routes()");
+        let body = &source[start..];
+        let body = &body[..body.find("\n}\n").expect("routes() ends")];
+        for piece in body.split("\"/").skip(1) {
+            let path = format!("/{}", piece.split('"').next().expect("a closed literal"));
+            let method = piece
+                .split("web::")
+                .skip(1)
+                .filter_map(|rest| rest.split("()").next())
+                .find(|m| ["get", "post", "put", "delete", "patch"].contains(m))
+                .expect("a route names its method as web::METHOD()");
+            routes.insert((method.to_uppercase(), path));
+        }
     }
-    assert!(routes.len() >= 10, "routes() was not read: {routes:?}");
+    assert!(routes.len() >= 14, "routes() was not read: {routes:?}");
     routes
 }
 

@@ -96,7 +96,14 @@ pub async fn handler(
         Err(ApiError::Unavailable(_)) => return Ok(come_back_later("full")),
         Err(other) => return Err(other),
     };
-    let query = SubscribeQuery::parse(&req, &state, false).await?;
+    let query = match SubscribeQuery::parse(&req, &state, false).await {
+        Ok(query) => query,
+        // A ticket that could not be looked up: the store is away.
+        Err(ApiError::Unavailable(_) | ApiError::Store(_)) => {
+            return Ok(come_back_later("unavailable"));
+        }
+        Err(refused) => return Err(refused),
+    };
     let since = match req
         .headers()
         .get("last-event-id")
