@@ -177,9 +177,9 @@ impl Scenario for SoakArgs {
         .await;
         stop.send_replace(true);
         sampler.await.context("the sampler panicked")?;
-        let mut samples = std::mem::take(&mut *lock(&samples));
-        // The run's last moment: subscribers still connected.
-        samples.push(Sample::take(&target.pids, start));
+        // The sampler's last sample is the run's end (subscribers still
+        // connected: the fan-out run closes them only as it returns).
+        let samples = std::mem::take(&mut *lock(&samples));
         // Once they are gone: what a server keeps after its clients left.
         tokio::time::sleep(every).await;
         let after_close = Sample::take(&target.pids, start);
