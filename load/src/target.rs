@@ -25,6 +25,8 @@ use crate::server::{Launch, LocalHerald};
 /// How long a started Herald may take to print its address, by default.
 pub const DEFAULT_START_TIMEOUT_SECS: u64 = 60;
 
+/// How long a node may take to be ready with its bus connected.
+const BUS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long `/readyz` may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -326,7 +328,7 @@ pub struct TargetInfo {
     pub herald_version: Option<String>,
     /// Store kind from `/readyz` (`sqlite`, `postgres`).
     pub store: String,
-    /// Bus kind from `/readyz`.
+    /// Bus kind from `/healthz`.
     pub bus: String,
     /// Extra settings it was started with.
     pub herald_env: Vec<String>,
@@ -484,12 +486,20 @@ impl Target {
         }
     }
 
-    /// Asks every node's `/readyz`; returns the first node's store and bus
-    /// kinds; fails unless all are ready.
+    /// Asks every node whether it is ready with its bus up (waiting up to
+    /// `BUS_CONNECT_TIMEOUT`); returns the first node's store and bus kinds.
     async fn readiness(&self) -> anyhow::Result<(String, String)> {
         let mut first = None;
         for base in &self.node_urls {
-            let kinds = readiness_of(base).await?;
+            // A node started here may still be connecting to NATS.
+            let deadline = std::time::Instant::now() + BUS_CONNECT_TIMEOUT;
+            let kinds = loop {
+                match readiness_of(base).await {
+                    Ok(kinds) => break kinds,
+                    Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            };
             first.get_or_insert(kinds);
         }
         first.context("no node")
@@ -512,15 +522,19 @@ impl Target {
     }
 }
 
-/// Asks `/readyz` of `base` for the store and bus kinds; fails unless ready.
+/// Asks `/readyz` of `base` for the store kind and `/healthz` for the bus
+/// kind; fails unless the node is ready and its bus is up (a node is ready
+/// without NATS, but a measurement across nodes needs it).
 async fn readiness_of(base: &str) -> anyhow::Result<(String, String)> {
-    {
-        let url = format!("{base}/readyz");
-        let response = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(READY_TIMEOUT)
-            .build()
-            .context("building an HTTP client")?
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(READY_TIMEOUT)
+        .build()
+        .context("building an HTTP client")?;
+    let mut kinds = Vec::new();
+    for (path, part) in [("readyz", "store"), ("healthz", "bus")] {
+        let url = format!("{base}/{path}");
+        let response = client
             .get(&url)
             .send()
             .await
@@ -530,12 +544,14 @@ async fn readiness_of(base: &str) -> anyhow::Result<(String, String)> {
             .json()
             .await
             .with_context(|| format!("GET {url}: the body is not JSON"))?;
-        if !status.is_success() {
+        if !status.is_success() || body[part]["ok"] == serde_json::Value::Bool(false) {
             bail!("GET {url}: {status}: {body}");
         }
-        let kind = |part: &str| body[part]["kind"].as_str().unwrap_or("unknown").to_owned();
-        Ok((kind("store"), kind("bus")))
+        kinds.push(body[part]["kind"].as_str().unwrap_or("unknown").to_owned());
     }
+    let bus = kinds.pop().unwrap_or_default();
+    let store = kinds.pop().unwrap_or_default();
+    Ok((store, bus))
 }
 
 /// `SECRET_BYTES` random bytes as hex.
