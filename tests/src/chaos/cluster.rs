@@ -172,15 +172,23 @@ impl Cluster {
         self.nodes.iter().map(|n| n.base_url.clone()).collect()
     }
 
-    /// Whether node `i` answers `/readyz` with `200` (store and bus up).
+    /// Whether node `i` is ready (`/readyz` answers `200`: store up, not
+    /// draining) with its NATS bus connected (`/healthz`; readiness itself
+    /// does not depend on NATS).
     pub async fn is_ready(&self, i: usize) -> bool {
-        let url = format!("{}/readyz", self.nodes[i].base_url);
-        match self.http.get(url).send().await {
-            Ok(response) if response.status() == 200 => response
-                .json::<Value>()
-                .await
-                .is_ok_and(|body| body["bus"]["kind"] == "nats"),
-            _ => false,
+        let base = &self.nodes[i].base_url;
+        let ready = matches!(
+            self.http.get(format!("{base}/readyz")).send().await,
+            Ok(response) if response.status() == 200
+        );
+        if !ready {
+            return false;
+        }
+        match self.http.get(format!("{base}/healthz")).send().await {
+            Ok(response) => response.json::<Value>().await.is_ok_and(|body| {
+                body["bus"]["kind"] == "nats" && body["bus"]["ok"] == Value::Bool(true)
+            }),
+            Err(_) => false,
         }
     }
 
