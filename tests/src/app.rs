@@ -266,6 +266,20 @@ impl TestApp {
         })
     }
 
+    /// An administrator's token (no topics) for an hour.
+    pub fn admin_token(&self) -> String {
+        token_with(Claims {
+            sub: "admin".into(),
+            exp: (now_secs() + 3600) as u64,
+            iat: Some(now_secs() as u64),
+            herald: HeraldClaims {
+                admin: true,
+                ..HeraldClaims::default()
+            },
+            ..Claims::default()
+        })
+    }
+
     /// A token that may publish and subscribe to every topic for an hour.
     pub fn root_token(&self) -> String {
         self.token("root", &[">"], &[">"], 3600)

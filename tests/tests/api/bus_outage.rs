@@ -9,7 +9,7 @@ use herald_tests::clients::{SseClient, WAIT, WsEvent};
 use herald_tests::nats::NatsServer;
 use serde_json::{Value, json};
 
-use crate::cluster::{cluster_with, next_seqs, scrape, seq};
+use crate::cluster::{cluster_with, next_seqs, seq};
 
 /// `/healthz`: its status and body.
 async fn health(node: &TestApp) -> (u16, Value) {
@@ -113,7 +113,11 @@ async fn a_node_whose_nats_is_down_stays_ready_serves_its_subscribers_and_the_ot
     tokio::task::block_in_place(|| nats.stop());
     wait_bus(a, false).await;
     wait_bus(b, false).await;
-    assert_eq!(scrape(a).await.get("herald_bus_up"), 0.0, "the gauge tells");
+    assert_eq!(
+        a.metrics().await.get("herald_bus_up"),
+        0.0,
+        "the gauge tells"
+    );
     assert!(
         a.logs().contains("NATS disconnected"),
         "the log tells: {}",
@@ -180,5 +184,5 @@ async fn a_node_whose_nats_is_down_stays_ready_serves_its_subscribers_and_the_ot
         vec![last],
         "SSE: no duplicate"
     );
-    assert_eq!(scrape(b).await.get("herald_bus_up"), 1.0);
+    assert_eq!(b.metrics().await.get("herald_bus_up"), 1.0);
 }

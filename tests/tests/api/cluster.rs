@@ -340,8 +340,8 @@ async fn a_node_subscribes_to_a_topic_only_while_it_has_local_subscribers() {
         1,
         "node B subscribed once, before confirming the subscription: {subjects:?}"
     );
-    assert_eq!(scrape(b).await.get("herald_bus_topics_followed"), 1.0);
-    assert_eq!(scrape(a).await.get("herald_bus_topics_followed"), 0.0);
+    assert_eq!(b.metrics().await.get("herald_bus_topics_followed"), 1.0);
+    assert_eq!(a.metrics().await.get("herald_bus_topics_followed"), 0.0);
     // Subscribed means every later event arrives, from another node too.
     a.publish(&topic, json!(1)).await;
     assert_eq!(next_seqs(&mut first, 1).await, vec![1]);
@@ -389,16 +389,7 @@ async fn a_revocation_issued_on_one_node_closes_a_connection_on_another_within_a
     });
     let mut ws = b.ws_subscribed(&user, &[&topic], None).await;
 
-    let admin = herald_tests::app::token_with(herald::auth::Claims {
-        sub: "admin".into(),
-        exp: (herald_tests::app::now_secs() + 3600) as u64,
-        iat: Some(herald_tests::app::now_secs() as u64),
-        herald: herald::auth::HeraldClaims {
-            admin: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let admin = b.admin_token();
     let revoked_at = tokio::time::Instant::now();
     let response = a
         .http
@@ -459,24 +450,10 @@ async fn an_event_committed_by_a_node_that_died_before_its_bus_publish_is_delive
         took < Duration::from_secs(2 * HEARTBEAT_SECS + 3),
         "delivered {took:?} after the commit"
     );
-    let metrics = scrape(b).await;
+    let metrics = b.metrics().await;
     assert!(
         metrics.get(r#"herald_bus_repairs_total{cause="head_check"}"#) >= 1.0,
         "the repair is counted: {:?}",
         metrics.samples
     );
-}
-
-/// Node `app`'s `/metrics`, parsed.
-pub(crate) async fn scrape(app: &TestApp) -> herald_tests::prom::Metrics {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base_url))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics has a body");
-    herald_tests::prom::Metrics::parse(&text).expect("/metrics is Prometheus text")
 }

@@ -240,16 +240,7 @@ async fn a_subject_revocation_spares_tokens_of_its_own_second_and_refuses_tokens
 ) {
     let mut app = spawn_with(Options::new(backend)).await;
     let topic = unique_topic("revoke.edge");
-    let admin = herald_tests::app::token_with(herald::auth::Claims {
-        sub: "admin".into(),
-        exp: (herald_tests::app::now_secs() + 3600) as u64,
-        iat: Some(herald_tests::app::now_secs() as u64),
-        herald: herald::auth::HeraldClaims {
-            admin: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let admin = app.admin_token();
     let response = app
         .http
         .post(format!("{}/v1/admin/revoke", app.base_url))
