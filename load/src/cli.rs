@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::machine::Machine;
 use crate::report::Report;
-use crate::scenarios::{Scenario, conns, fanout, poll_cost, publish, soak, storm, topics};
+use crate::scenarios::{Scenario, acks, conns, fanout, poll_cost, publish, soak, storm, topics};
 use crate::target::Target;
 
 /// Load generator threads, by default: one, so that on a small machine the
@@ -58,6 +58,10 @@ pub enum Command {
     /// `fanout` held for 10 minutes or more, sampling the server's memory and
     /// open descriptors over time: no growth after warm-up.
     Soak(soak::SoakArgs),
+    /// N WebSocket subscribers (each its own `sub`) on one topic at a rate,
+    /// without and with an `ack` for every event: server CPU per delivery
+    /// and acknowledgment store writes per second.
+    Acks(acks::AcksArgs),
     /// Draw SVG plots from JSON records of earlier runs: every latency
     /// distribution in one plot, every `conns` run's memory in another.
     Plot(PlotArgs),
@@ -81,7 +85,11 @@ impl Command {
             Command::Fanout(_) | Command::Topics(_) | Command::Storm(_) | Command::Soak(_) => {
                 DEFAULT_FANOUT_CLIENT_THREADS
             }
-            Command::Publish(_) | Command::Conns(_) | Command::PollCost(_) | Command::Plot(_) => {
+            Command::Publish(_)
+            | Command::Conns(_)
+            | Command::PollCost(_)
+            | Command::Acks(_)
+            | Command::Plot(_) => {
                 DEFAULT_CLIENT_THREADS
             }
         }
@@ -147,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Storm(args) => execute(&args, threads).await,
         Command::PollCost(args) => execute(&args, threads).await,
         Command::Soak(args) => execute(&args, threads).await,
+        Command::Acks(args) => execute(&args, threads).await,
         Command::Plot(_) => bail!("`plot` runs no scenario: use `plot_records`"),
     }
 }

@@ -108,6 +108,8 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             memory_svg(&path, &bars)?;
             written.push(path);
         }
+        // Counts and CPU, no latency distribution: nothing to draw.
+        Runs::Acks(_) => {}
     }
     Ok(written)
 }

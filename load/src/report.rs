@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, poll_cost, publish, soak, storm};
+use crate::scenarios::{acks, conns, fanout, poll_cost, publish, soak, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -77,6 +77,7 @@ pub enum Runs {
     Storm(Vec<storm::StormFigures>),
     PollCost(Vec<poll_cost::PollCostFigures>),
     Soak(Vec<soak::SoakFigures>),
+    Acks(Vec<acks::AcksFigures>),
 }
 
 /// One invocation's record.
@@ -118,6 +119,7 @@ impl Report {
             Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
             Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
             Runs::Soak(runs) => runs.iter().map(soak::SoakFigures::failures).sum(),
+            Runs::Acks(runs) => runs.iter().map(acks::AcksFigures::failures).sum(),
         }
     }
 
@@ -141,6 +143,7 @@ impl Report {
             Runs::Storm(runs) => out.push_str(&storm::render(runs)),
             Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
             Runs::Soak(runs) => out.push_str(&soak::render(runs)),
+            Runs::Acks(runs) => out.push_str(&acks::render(runs)),
         }
         if self.server_log_lines > 0 {
             out.push_str(&format!(

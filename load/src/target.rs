@@ -352,6 +352,9 @@ pub struct Target {
     pub pids: Vec<u32>,
     /// The database server's process id, when its CPU is measured.
     pub db_pid: Option<u32>,
+    /// The HS256 signing secret, when known (a started server, or
+    /// `--jwt-secret`): scenarios that need a token per client mint them.
+    pub jwt_secret: Option<Secret>,
     /// For the report.
     pub info: TargetInfo,
     locals: Vec<LocalHerald>,
@@ -414,6 +417,7 @@ impl Target {
                 Target {
                     base_url: node_urls[0].clone(),
                     token: mint(secret.as_bytes(), token_secs)?,
+                    jwt_secret: Some(Secret(secret.clone())),
                     pid: Some(locals[0].pid),
                     pids: locals.iter().map(|l| l.pid).collect(),
                     db_pid: None,
@@ -439,6 +443,10 @@ impl Target {
                 credential,
                 pids,
             } => Target {
+                jwt_secret: match &credential {
+                    Credential::Secret(secret) => Some(secret.clone()),
+                    Credential::Token(_) => None,
+                },
                 token: match credential {
                     Credential::Token(token) => token,
                     Credential::Secret(secret) => mint(secret.expose().as_bytes(), token_secs)?,

@@ -28,6 +28,10 @@ const s: Subscription = h.subscribe<Order>(
 );
 cookie.subscribe('user.7', (e) => console.log(e.data), { since: 'user.7:3' });
 
+const acking = new Herald('/', { ack: 'manual' });
+acking.subscribe('user.7', (e) => acking.ack(e));
+acking.close();
+
 const offState = h.on('state', (state: State) => {
   if (state === 'open') console.log(h.transport);
 });
@@ -45,6 +49,8 @@ cookie.close();
 // The typings are strict enough to catch mistakes (an unused directive fails the check).
 // @ts-expect-error: not a transport
 new Herald('/', { transports: ['carrier-pigeon'] });
+// @ts-expect-error: ack is 'auto' or 'manual'
+new Herald('/', { ack: true });
 // @ts-expect-error: the events are state, reset and error
 h.on('message', () => {});
 // @ts-expect-error: a state listener gets a State, not a number

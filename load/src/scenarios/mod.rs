@@ -14,6 +14,7 @@ use crate::client::Sources;
 use crate::report::Runs;
 use crate::target::{Target, TargetArgs};
 
+pub mod acks;
 pub mod conns;
 pub mod fanout;
 pub mod poll_cost;

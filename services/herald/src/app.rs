@@ -25,6 +25,7 @@ pub struct Application {
     port: u16,
     pruner: tokio::task::JoinHandle<()>,
     revocation_refresher: tokio::task::JoinHandle<()>,
+    ack_flusher: tokio::task::JoinHandle<()>,
     gate: Arc<Gate>,
     sessions: Arc<Shared>,
 }
@@ -81,6 +82,9 @@ impl Application {
             },
         );
 
+        let acks = crate::ack::Acks::new(store.clone(), &settings.acks);
+        let ack_flusher = acks.spawn_flusher();
+
         let revocations = Arc::new(Revocations::default());
         // Known before the first request, so a restart never forgets one; a
         // store that cannot be read yet is retried every heartbeat.
@@ -110,6 +114,7 @@ impl Application {
                 max_subscription_ops_per_sec: settings.max_subscription_ops_per_sec,
             },
             connections: Connections::default(),
+            acks,
         });
         bus.set_control(sessions.clone());
         let revocation_refresher = spawn_revocation_refresher(
@@ -184,6 +189,7 @@ impl Application {
             port: addr.port(),
             pruner,
             revocation_refresher,
+            ack_flusher,
             gate,
             sessions,
         })
@@ -200,6 +206,8 @@ impl Application {
         let result = crate::drain::serve(self.server, self.gate, &self.sessions.connections).await;
         self.pruner.abort();
         self.revocation_refresher.abort();
+        self.ack_flusher.abort();
+        self.sessions.acks.flush_all().await;
         result
     }
 }

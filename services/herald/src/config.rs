@@ -175,6 +175,8 @@ pub struct ServeArgs {
     pub nats_prefix: String,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub acks: crate::ack::AckArgs,
     /// Development mode: without a configured key, make a random one and print a ready admin token.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -309,6 +311,7 @@ fn check(ok: bool, name: &'static str, reason: &str) -> Result<(), SettingError>
 impl ServeArgs {
     /// Rejects settings that cannot work, before anything binds.
     pub fn validate(&self) -> Result<(), SettingError> {
+        self.acks.validate()?;
         check(
             self.log_topic
                 .as_deref()
@@ -521,6 +524,11 @@ pub struct SubscribeArgs {
     /// Transport to use.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,
+    /// Acknowledge every event once printed (`POST /v1/ack`, or the
+    /// WebSocket `ack` frame); without `--since`, start each topic after
+    /// this subscriber's acknowledged position.
+    #[arg(long)]
+    pub ack: bool,
     /// Exit after printing this many events (for tests).
     #[arg(long, hide = true)]
     pub max_events: Option<u64>,

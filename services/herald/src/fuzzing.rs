@@ -107,6 +107,7 @@ pub fn ws_frame(data: &[u8]) {
                 let _ = verifier.verify(&op.token);
             }
         }
+        Ok(ClientFrame::Ack(op)) => check_cursor(&op.cursor),
         Ok(ClientFrame::Ping) => {}
         Ok(ClientFrame::Unknown(op)) => {
             let quoted: String = op.chars().take(64).collect();

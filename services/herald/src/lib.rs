@@ -8,6 +8,7 @@
 //! - [`topic`]: topic names and cursors
 //! - [`event`]: events and their one wire encoding
 //! - [`auth`]: tokens, topic patterns
+//! - [`ack`]: acknowledgments: cumulative per subscriber and topic, coalesced per node
 //! - [`store`]: the durable event log (SQLite, Postgres), group commit, retention
 //! - [`bus`]: carries committed events to every node (in-process, NATS)
 //! - [`publish`]: the publish path: parse, check, commit, fan out
@@ -18,6 +19,7 @@
 //! - [`cli`]: the `herald` command line
 #![forbid(unsafe_code)]
 
+pub mod ack;
 pub mod app;
 pub mod auth;
 pub mod bus;

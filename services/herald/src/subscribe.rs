@@ -69,13 +69,16 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             cursor.set(topic.clone(), seq);
         }
     }
-    let client = Client::new(args.client, &topics)?;
+    let mut client = Client::new(args.client, &topics)?;
+    let acker = (args.ack && args.transport != Transport::Ws).then(|| client.start_acker());
     let mut follower = Follower {
         topics,
         cursor,
         printed: 0,
         max_events: args.max_events,
         established: false,
+        ack: args.ack,
+        unacked: false,
     };
 
     let outcome = tokio::select! {
@@ -93,6 +96,10 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
         }
         Some(Err(e)) => Err(e),
     };
+    if let Some(acker) = acker {
+        drop(client);
+        acker.finish().await;
+    }
     if !follower.cursor.is_empty() {
         eprintln!("resume with --since {}", follower.cursor);
     }
@@ -106,6 +113,8 @@ struct Client {
     patterns: Vec<String>,
     base_url: String,
     http: reqwest::Client,
+    /// With `--ack` over SSE or polling: the latest cursor to acknowledge.
+    acks: Option<tokio::sync::watch::Sender<String>>,
 }
 
 impl Client {
@@ -122,6 +131,7 @@ impl Client {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .build()
                 .context("building the HTTP client")?,
+            acks: None,
         };
         // Missing credentials fail now, not on the first connection.
         client.token()?;
@@ -143,6 +153,44 @@ impl Client {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
+
+    /// Starts acknowledging over HTTP: a task posts the latest cursor
+    /// handed to [`Client::ack`], one request at a time (later cursors
+    /// replace one not yet sent: acknowledgments are cumulative).
+    fn start_acker(&mut self) -> crate::ack::client::Acker {
+        let (tx, acker) = crate::ack::client::Acker::start(
+            self.http.clone(),
+            self.url("/v1/ack"),
+            self.args.clone(),
+            self.patterns.clone(),
+        );
+        self.acks = Some(tx);
+        acker
+    }
+
+    /// With `--ack`, acknowledges what `f` has printed, if that moved: over
+    /// HTTP when the acker runs; `Some(frame)` for a WebSocket to send.
+    fn ack(&self, f: &mut Follower) -> Option<String> {
+        if !f.ack || !std::mem::take(&mut f.unacked) {
+            return None;
+        }
+        let cursor = f.cursor.to_string();
+        match &self.acks {
+            Some(acks) => {
+                acks.send_replace(cursor);
+                None
+            }
+            None => Some(serde_json::json!({"op": "ack", "cursor": cursor}).to_string()),
+        }
+    }
+
+    /// Like [`Client::ack`] when acknowledging over HTTP; a WebSocket
+    /// follower acknowledges on its connection, with its next frame.
+    fn ack_over_http(&self, f: &mut Follower) {
+        if self.acks.is_some() {
+            self.ack(f);
+        }
+    }
 }
 
 /// The subscription's state across connections: the topics, the cursor, and
@@ -156,6 +204,11 @@ struct Follower {
     max_events: Option<u64>,
     /// Set when a connection got as far as subscribing; clears the backoff.
     established: bool,
+    /// `--ack`: acknowledge what is printed; resume from the acknowledged
+    /// positions.
+    ack: bool,
+    /// Whether the cursor moved since the last acknowledgment.
+    unacked: bool,
 }
 
 /// How a connection ended.
@@ -229,6 +282,7 @@ impl Follower {
             Err(e) => return Err(End::Fatal(anyhow!(e).context("writing to standard output"))),
         }
         self.cursor.set(topic, head.seq);
+        self.unacked = true;
         self.printed += 1;
         if self.max_events.is_some_and(|max| self.printed >= max) {
             return Err(End::Stop(format!("printed {} events", self.printed)));
@@ -511,6 +565,16 @@ fn ws_url(base_url: &str) -> String {
 /// One WebSocket connection: subscribe from the cursor, print events until
 /// it ends.
 async fn websocket(f: &mut Follower, client: &Client) -> Result<Infallible, End> {
+    if f.ack && f.has_live_only_topics() {
+        // Where the acknowledged positions stand, and what follows them.
+        let live_only: Vec<Topic> = f
+            .topics
+            .iter()
+            .filter(|t| f.cursor.get(t).is_none())
+            .cloned()
+            .collect();
+        poll_round(f, client, &live_only, 0).await?;
+    }
     let url = ws_url(&client.base_url);
     let mut request = url
         .as_str()
@@ -571,7 +635,13 @@ async fn websocket(f: &mut Follower, client: &Client) -> Result<Infallible, End>
         last_heard = Instant::now();
         match message {
             Some(Ok(Message::Text(text))) => {
-                if let Some(reply) = ws_frame(f, client, &text)?
+                let handled = ws_frame(f, client, &text);
+                if let Some(ack) = client.ack(f)
+                    && let Err(e) = ws.send(Message::text(ack)).await
+                {
+                    return Err(End::retry(format_args!("connection lost: {}", causes(&e))));
+                }
+                if let Some(reply) = handled?
                     && let Err(e) = ws.send(Message::text(reply)).await
                 {
                     return Err(End::retry(format_args!("connection lost: {}", causes(&e))));
@@ -752,7 +822,9 @@ async fn sse(f: &mut Follower, client: &Client, resuming: bool) -> Result<Infall
         };
         match event.event.as_str() {
             "message" => {
-                f.event(&event.data)?;
+                let printed = f.event(&event.data);
+                client.ack_over_http(f);
+                printed?;
                 f.adopt(&event.id);
             }
             "reset" => {
@@ -827,6 +899,9 @@ async fn poll_round(
     if !since.is_empty() {
         request = request.query(&[("since", since.to_string())]);
     }
+    if f.ack {
+        request = request.query(&[("resume", "ack")]);
+    }
     let response = send(request, Duration::from_secs(wait_secs) + POLL_MARGIN).await?;
     let answer: Answer = match response.json().await {
         Ok(answer) => answer,
@@ -839,9 +914,13 @@ async fn poll_round(
         f.reset(reset.get())?;
     }
     for event in &answer.events {
-        f.event(event.get())?;
+        if let Err(end) = f.event(event.get()) {
+            client.ack_over_http(f);
+            return Err(end);
+        }
     }
     f.adopt(&answer.cursor);
+    client.ack_over_http(f);
     Ok(())
 }
 

@@ -58,6 +58,12 @@ export interface HeraldOptions {
   share?: boolean | string;
   /** Keep each topic's position so that a reload resumes. Default false. */
   persist?: false | 'session' | 'local' | CursorStorage;
+  /**
+   * Acknowledge processed events to the server (per token `sub`): `'auto'`
+   * once the handlers of an event return, `'manual'` with `ack(event)`.
+   * Either way, topics without a position resume after the acknowledged seq.
+   */
+  ack?: 'auto' | 'manual';
   /** Implementations to use instead of the global ones (React Native, Node, tests); `null` disables one. */
   WebSocket?: unknown;
   EventSource?: unknown;
@@ -111,6 +117,8 @@ export class Herald {
   /** Returns a function that removes the listener. */
   on<K extends keyof HeraldEventMap>(name: K, listener: (value: HeraldEventMap[K]) => void): () => void;
   close(): void;
+  /** Acknowledges `event` and everything before it on its topic. */
+  ack(event: { topic: string; seq: number }): void;
 }
 
 export default Herald;

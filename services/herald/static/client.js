@@ -341,6 +341,28 @@ export class Herald {
       try {
         this._store.setItem(this._key(e.topic), String(e.seq));
       } catch {}
+    if (seen && this._o.ack === 'auto') this.ack(e);
+  }
+
+  /**
+   * Acknowledges `event` and everything before it on its topic (`ack:
+   * 'manual'`; `'auto'` does it once the handlers return). Batched: sent
+   * within 100 ms, on the WebSocket or with POST /v1/ack.
+   * @param {{topic: string, seq: number}} e
+   */
+  ack(e) {
+    const a = (this._acks ||= new Map());
+    if (!(a.get(e.topic) >= e.seq)) a.set(e.topic, e.seq);
+    this._ackT ||= setTimeout(() => {
+      this._ackT = 0;
+      const cursor = [...a].map((p) => p.join(':')).join(',');
+      a.clear();
+      const c = this._conn;
+      if (c && c.ready && c.ack) return c.ack(cursor);
+      this._init().then((i) =>
+        this._fetch(this.url + '/v1/ack', { ...i, method: 'POST', headers: { ...i.headers, 'Content-Type': 'application/json' }, body: JSON.stringify({ cursor }) }),
+      ).then((r) => r.ok || problem(r).then((x) => this._emit('error', x)), () => {});
+    }, 100);
   }
 
   _gap() {
@@ -497,6 +519,7 @@ export class Herald {
     let q = '/v1/poll?topic=' + topics.map(encodeURIComponent).join(',') + '&wait=' + wait + '&limit=' + this._o.pollLimit;
     const since = this._since(topics, record);
     if (since) q += '&since=' + encodeURIComponent(since);
+    if (this._o.ack) q += '&resume=ack';
     const res = await this._fetch(this.url + q, await this._init(signal));
     if (!res.ok) throw await problem(res);
     let b;
@@ -771,11 +794,13 @@ function ws(h) {
   c.apply = (add, del) => {
     if (del.length) send({ op: 'unsubscribe', topics: del });
     if (add.length) {
-      const since = h._since(add, true);
-      send(since ? { op: 'subscribe', topics: add, since } : { op: 'subscribe', topics: add });
+      const f = { op: 'subscribe', topics: add, since: h._since(add, true) || undefined };
+      if (o.ack) f.resume = 'ack';
+      send(f);
     }
   };
   c.auth = (token) => send({ op: 'auth', token });
+  c.ack = (cursor) => send({ op: 'ack', cursor });
   c.check = (force) => {
     const n = now();
     if (pingAt > last) {
@@ -793,7 +818,8 @@ function ws(h) {
         return h._event(e);
       }
       case 'subscribed':
-        for (const [t, s] of parseCursor(f.heads)) h._seat(t, s);
+        // Resuming from acknowledged positions, the heads are not where a topic starts.
+        if (!o.ack) for (const [t, s] of parseCursor(f.heads)) h._seat(t, s);
         return;
       case 'reset':
         return h._reset(f.topic, f.from);
@@ -917,6 +943,7 @@ function sse(h) {
     let url = h.url + '/v1/sse?topic=' + topics.map(encodeURIComponent).join(',');
     const since = h._since(topics, true);
     if (since) url += '&since=' + encodeURIComponent(since);
+    if (o.ack) url += '&resume=ack';
     timer = setTimeout(() => fail({ fallback: !opened }), o.openTimeout);
     try {
       if (h._ES) {

@@ -1,5 +1,6 @@
 //! Black-box tests: the real `herald` binary against real SQLite and Postgres.
 
+mod acks;
 mod assets;
 mod auth;
 mod bad_input;

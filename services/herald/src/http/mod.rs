@@ -2,6 +2,7 @@
 //! statistics, and the shared state and extractors the
 //! handlers use. Handlers are short: extract, call the core, map the result.
 
+mod ack;
 mod admin;
 mod assets;
 mod auth;
@@ -71,6 +72,9 @@ pub struct SubscribeParams {
     pub since: Option<Cursor>,
     pub wait_secs: u64,
     pub limit: usize,
+    /// `resume=ack`: topics without a `since` position start from the
+    /// subscriber's acknowledged positions.
+    pub resume_from_acks: bool,
 }
 
 impl SubscribeParams {
@@ -81,8 +85,13 @@ impl SubscribeParams {
         let mut since = None;
         let mut wait_secs = 0;
         let mut limit = DEFAULT_POLL_LIMIT;
+        let mut resume_from_acks = false;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
+                "resume" => {
+                    resume_from_acks = crate::ack::ws::resume_from_acks(Some(value.as_ref()))
+                        .map_err(|_| ApiError::InvalidParameter("resume is \"ack\"".into()))?
+                }
                 "topic" => {
                     // Several topics per parameter, comma-separated, are accepted too.
                     for text in value.split(',').filter(|t| !t.is_empty()) {
@@ -140,6 +149,7 @@ impl SubscribeParams {
             since,
             wait_secs,
             limit,
+            resume_from_acks,
         })
     }
 }
@@ -159,6 +169,7 @@ impl SubscribeQuery {
             since,
             wait_secs,
             limit,
+            resume_from_acks,
         } = SubscribeParams::parse(req.query_string(), poll, state.sessions.settings.max_topics)?;
         let forbidden: Vec<&str> = topics
             .iter()
@@ -172,10 +183,18 @@ impl SubscribeQuery {
             ))
             .into());
         }
+        let mut since = since.unwrap_or_default();
+        if resume_from_acks {
+            state
+                .sessions
+                .acks
+                .resume(&principal.sub, &topics, &mut since)
+                .await?;
+        }
         Ok(SubscribeQuery {
             principal,
             topics,
-            since: since.unwrap_or_default(),
+            since,
             wait_secs,
             limit,
         })
@@ -277,6 +296,9 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
             .route("/v1/publish", web::post().to(publish::publish))
             .service(browser("/v1/tickets", web::post().to(auth::ticket)))
             .route("/v1/admin/revoke", web::post().to(auth::revoke))
+            .service(browser("/v1/ack", web::post().to(ack::ack)))
+            .route("/v1/acks", web::get().to(ack::receipts))
+            .route("/v1/admin/acks", web::delete().to(ack::delete))
             .service(
                 web::resource("/v1/ws")
                     .route(web::get().to(crate::session::ws::handler))

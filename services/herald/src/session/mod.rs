@@ -62,6 +62,8 @@ pub struct Shared {
     pub revocations: Arc<Revocations>,
     pub settings: SessionSettings,
     pub connections: Connections,
+    /// This node's acknowledgments on their way to the store.
+    pub acks: Arc<crate::ack::Acks>,
 }
 
 impl Shared {

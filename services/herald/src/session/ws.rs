@@ -254,6 +254,9 @@ pub struct SubscribeOp {
     pub topics: Vec<String>,
     #[serde(default)]
     pub since: Option<String>,
+    /// `"ack"`: resume from the subscriber's acknowledged positions.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// `{"op":"unsubscribe","topics":[...]}`
@@ -273,6 +276,7 @@ pub enum ClientFrame {
     Subscribe(SubscribeOp),
     Unsubscribe(UnsubscribeOp),
     Auth(AuthOp),
+    Ack(crate::ack::ws::AckOp),
     Ping,
     /// An `op` Herald does not know.
     Unknown(String),
@@ -302,6 +306,7 @@ pub fn decode_frame(text: &str) -> Result<ClientFrame, FrameError> {
             ClientFrame::Unsubscribe(serde_json::from_str(text).map_err(body("unsubscribe"))?)
         }
         "auth" => ClientFrame::Auth(serde_json::from_str(text).map_err(body("auth"))?),
+        "ack" => ClientFrame::Ack(serde_json::from_str(text).map_err(body("ack"))?),
         "ping" => ClientFrame::Ping,
         _ => ClientFrame::Unknown(op),
     })
@@ -428,6 +433,7 @@ impl Session<Ws> {
             Ok(ClientFrame::Subscribe(op)) => self.on_subscribe(op, ctx),
             Ok(ClientFrame::Unsubscribe(op)) => self.on_unsubscribe(op, ctx),
             Ok(ClientFrame::Auth(op)) => self.on_auth(op, ctx),
+            Ok(ClientFrame::Ack(op)) => self.on_ack(op, ctx),
             Ok(ClientFrame::Ping) => self.reply(json!({"op": "pong"}), ctx),
             Ok(ClientFrame::Unknown(other)) => {
                 let other: String = other.chars().take(64).collect();
@@ -440,6 +446,10 @@ impl Session<Ws> {
         let since = match op.since.as_deref().map(Cursor::parse).transpose() {
             Ok(since) => since.unwrap_or_default(),
             Err(e) => return self.reply_error("invalid_cursor", &[], &e.to_string(), ctx),
+        };
+        let from_acks = match crate::ack::ws::resume_from_acks(op.resume.as_deref()) {
+            Ok(from_acks) => from_acks,
+            Err(message) => return self.reply_error("invalid_frame", &[], message, ctx),
         };
         let mut invalid = Vec::new();
         let mut valid: Vec<Topic> = Vec::new();
@@ -500,6 +510,9 @@ impl Session<Ws> {
                 json!({"op": "subscribed", "topics": existing, "heads": heads.to_string()}),
                 ctx,
             );
+        }
+        if from_acks {
+            return self.subscribe_from_acks(allowed, since, ctx);
         }
         self.subscribe(allowed, since, ctx);
     }

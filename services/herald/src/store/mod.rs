@@ -4,6 +4,7 @@
 //! The store is the truth. A publish is answered only after its transaction
 //! commits; every transport resumes from it.
 
+pub mod acks;
 mod committer;
 mod plan;
 mod postgres;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use acks::{AckRow, AckWrite};
 pub use committer::{Committer, CommitterSettings};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -161,6 +163,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the tickets expired at `now_ms`. Returns how many went.
     async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Raises each acknowledgment (subscriber, topic) to its seq in one
+    /// transaction; never lowers one (a lower or equal seq changes nothing,
+    /// its time included).
+    async fn put_acks(&self, acks: &[AckWrite]) -> Result<(), StoreError>;
+
+    /// Up to `limit` acknowledgments of `topic` (only `sub`'s, if given),
+    /// by subscriber, after subscriber `after_sub`.
+    async fn acks_by_topic(
+        &self,
+        topic: &Topic,
+        sub: Option<&str>,
+        after_sub: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AckRow>, StoreError>;
+
+    /// `sub`'s acknowledged seq of each topic (`None`: never acknowledged),
+    /// in input order.
+    async fn acks_of(&self, sub: &str, topics: &[Topic]) -> Result<Vec<Option<u64>>, StoreError>;
+
+    /// Deletes every acknowledgment of `sub`. Returns how many went.
+    async fn delete_acks(&self, sub: &str) -> Result<u64, StoreError>;
+
+    /// Deletes the acknowledgments of every subscriber that has acknowledged
+    /// nothing since `older_than_ms`. Returns how many went.
+    async fn prune_acks(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url` (`sqlite://...` or `postgres://...`).
@@ -216,6 +244,7 @@ pub async fn prune_once(store: &dyn Store, retention: Retention) -> u64 {
     if let Err(e) = store.prune_tickets(crate::event::now_ms()).await {
         tracing::warn!(error = %e, "pruning expired tickets failed; will retry");
     }
+    acks::prune(store, retention.max_age).await;
     total
 }
 

@@ -324,6 +324,32 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn put_acks(&self, acks: &[super::AckWrite]) -> Result<(), StoreError> {
+        super::acks::put_sqlite(&self.pool, acks).await
+    }
+
+    async fn acks_by_topic(
+        &self,
+        topic: &Topic,
+        sub: Option<&str>,
+        after_sub: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::AckRow>, StoreError> {
+        super::acks::by_topic_sqlite(&self.pool, topic, sub, after_sub, limit).await
+    }
+
+    async fn acks_of(&self, sub: &str, topics: &[Topic]) -> Result<Vec<Option<u64>>, StoreError> {
+        super::acks::of_sub_sqlite(&self.pool, sub, topics).await
+    }
+
+    async fn delete_acks(&self, sub: &str) -> Result<u64, StoreError> {
+        super::acks::delete_sqlite(&self.pool, sub).await
+    }
+
+    async fn prune_acks(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        super::acks::prune_sqlite(&self.pool, older_than_ms).await
+    }
 }
 
 fn event_from_row(topic: &Topic, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
