@@ -89,9 +89,7 @@ impl Command {
             | Command::Conns(_)
             | Command::PollCost(_)
             | Command::Acks(_)
-            | Command::Plot(_) => {
-                DEFAULT_CLIENT_THREADS
-            }
+            | Command::Plot(_) => DEFAULT_CLIENT_THREADS,
         }
     }
 }

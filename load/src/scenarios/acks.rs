@@ -209,10 +209,9 @@ impl Scenario for AcksArgs {
     }
 
     async fn run(settings: &AcksSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let secret = target
-            .jwt_secret
-            .clone()
-            .context("the acks scenario mints a token per subscriber: give --jwt-secret with --url")?;
+        let secret = target.jwt_secret.clone().context(
+            "the acks scenario mints a token per subscriber: give --jwt-secret with --url",
+        )?;
         let tag = format!("{:08x}", rand::random::<u32>());
         let mut runs = Vec::new();
         for acking in [false, true] {
@@ -268,7 +267,9 @@ async fn counter(http: &reqwest::Client, nodes: &[String], name: &str) -> anyhow
             .lines()
             .find_map(|line| {
                 let (series, value) = line.rsplit_once(' ')?;
-                (series == name).then(|| value.parse::<f64>().ok()).flatten()
+                (series == name)
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
             })
             .unwrap_or(0.0);
     }
@@ -343,12 +344,7 @@ async fn run_once(
         let ws = opened
             .context("an opening task panicked")?
             .map_err(|e| anyhow::anyhow!("opening a subscriber failed: {}", e.0))?;
-        readers.spawn(subscriber(
-            ws,
-            topic_arc.clone(),
-            acking,
-            delivered.clone(),
-        ));
+        readers.spawn(subscriber(ws, topic_arc.clone(), acking, delivered.clone()));
     }
 
     let received_before = counter(&http, &target.node_urls, "herald_acks_received_total").await?;
@@ -409,8 +405,10 @@ async fn run_once(
     if acking {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let received = counter(&http, &target.node_urls, "herald_acks_received_total").await? - received_before;
-    let written = counter(&http, &target.node_urls, "herald_acks_written_total").await? - written_before;
+    let received =
+        counter(&http, &target.node_urls, "herald_acks_received_total").await? - received_before;
+    let written =
+        counter(&http, &target.node_urls, "herald_acks_written_total").await? - written_before;
 
     let deliveries = delivered.load(Ordering::Relaxed);
     let server_cpu_secs = match (cpu_before, cpu_after) {

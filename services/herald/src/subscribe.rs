@@ -70,7 +70,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
         }
     }
     let mut client = Client::new(args.client, &topics)?;
-    let acker = (args.ack && args.transport != Transport::Ws).then(|| client.start_acker());
+    let acker = args.ack.then(|| client.start_acker());
     let mut follower = Follower {
         topics,
         cursor,
@@ -113,7 +113,8 @@ struct Client {
     patterns: Vec<String>,
     base_url: String,
     http: reqwest::Client,
-    /// With `--ack` over SSE or polling: the latest cursor to acknowledge.
+    /// With `--ack`: the latest cursor to acknowledge over HTTP (SSE,
+    /// polling, and the first poll of a WebSocket follower).
     acks: Option<tokio::sync::watch::Sender<String>>,
 }
 
@@ -168,27 +169,23 @@ impl Client {
         acker
     }
 
-    /// With `--ack`, acknowledges what `f` has printed, if that moved: over
-    /// HTTP when the acker runs; `Some(frame)` for a WebSocket to send.
-    fn ack(&self, f: &mut Follower) -> Option<String> {
+    /// With `--ack`, the `ack` frame for what `f` has printed, if that
+    /// moved since the last acknowledgment.
+    fn ack_frame(&self, f: &mut Follower) -> Option<String> {
         if !f.ack || !std::mem::take(&mut f.unacked) {
             return None;
         }
-        let cursor = f.cursor.to_string();
-        match &self.acks {
-            Some(acks) => {
-                acks.send_replace(cursor);
-                None
-            }
-            None => Some(serde_json::json!({"op": "ack", "cursor": cursor}).to_string()),
-        }
+        Some(serde_json::json!({"op": "ack", "cursor": f.cursor.to_string()}).to_string())
     }
 
-    /// Like [`Client::ack`] when acknowledging over HTTP; a WebSocket
-    /// follower acknowledges on its connection, with its next frame.
+    /// With `--ack`, acknowledges what `f` has printed over HTTP, if that
+    /// moved since the last acknowledgment.
     fn ack_over_http(&self, f: &mut Follower) {
-        if self.acks.is_some() {
-            self.ack(f);
+        if let Some(acks) = &self.acks
+            && f.ack
+            && std::mem::take(&mut f.unacked)
+        {
+            acks.send_replace(f.cursor.to_string());
         }
     }
 }
@@ -636,7 +633,7 @@ async fn websocket(f: &mut Follower, client: &Client) -> Result<Infallible, End>
         match message {
             Some(Ok(Message::Text(text))) => {
                 let handled = ws_frame(f, client, &text);
-                if let Some(ack) = client.ack(f)
+                if let Some(ack) = client.ack_frame(f)
                     && let Err(e) = ws.send(Message::text(ack)).await
                 {
                     return Err(End::retry(format_args!("connection lost: {}", causes(&e))));

@@ -279,10 +279,7 @@ impl Acks {
     ) -> Result<u64, AckError> {
         let at_ms = crate::event::now_ms();
         let mut set = self.set.lock();
-        let new = entries
-            .iter()
-            .filter(|(t, _)| set.is_new(sub, t))
-            .count();
+        let new = entries.iter().filter(|(t, _)| set.is_new(sub, t)).count();
         if set.len + new > self.max_pending {
             drop(set);
             metrics::refused(entries.len() as u64);
@@ -409,7 +406,11 @@ impl Acks {
 
     /// Checks an acknowledgment against the store's heads, takes it into
     /// the pending set and waits for the flush that writes it.
-    pub async fn ack_and_wait(&self, principal: &Principal, text: &str) -> Result<Cursor, AckError> {
+    pub async fn ack_and_wait(
+        &self,
+        principal: &Principal,
+        text: &str,
+    ) -> Result<Cursor, AckError> {
         let entries = parse(text, principal)?;
         let topics: Vec<Topic> = entries.iter().map(|(t, _)| t.clone()).collect();
         let heads = self.store.heads(&topics).await?;

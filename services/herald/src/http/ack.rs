@@ -43,9 +43,7 @@ pub async fn ack(
     let body = read_body(&req, payload, state.sessions.settings.max_frame_bytes).await?;
     check_content_type(&req)?;
     let body: AckBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::InvalidJson(format!(
-            "the body is {{\"cursor\":\"topic:seq,...\"}}: {e}"
-        ))
+        ApiError::InvalidJson(format!("the body is {{\"cursor\":\"topic:seq,...\"}}: {e}"))
     })?;
     let acked = state
         .sessions
@@ -73,9 +71,8 @@ fn parse_receipt_query(query: &str) -> Result<ReceiptQuery, ApiError> {
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "topic" => {
-                topic = Some(
-                    Topic::parse(&value).map_err(|e| ApiError::InvalidTopic(e.to_string()))?,
-                )
+                topic =
+                    Some(Topic::parse(&value).map_err(|e| ApiError::InvalidTopic(e.to_string()))?)
             }
             "sub" if !value.is_empty() => sub = Some(value.into_owned()),
             "after" if !value.is_empty() => after = Some(value.into_owned()),
@@ -91,8 +88,7 @@ fn parse_receipt_query(query: &str) -> Result<ReceiptQuery, ApiError> {
             _ => {}
         }
     }
-    let topic =
-        topic.ok_or_else(|| ApiError::InvalidTopic("name the topic: ?topic=...".into()))?;
+    let topic = topic.ok_or_else(|| ApiError::InvalidTopic("name the topic: ?topic=...".into()))?;
     Ok(ReceiptQuery {
         topic,
         sub,

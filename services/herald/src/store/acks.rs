@@ -193,11 +193,12 @@ pub async fn of_sub_postgres(
     topics: &[Topic],
 ) -> Result<Vec<Option<u64>>, StoreError> {
     let names: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
-    let rows = sqlx::query("SELECT topic, seq FROM acks WHERE sub = $1 AND topic = ANY($2::text[])")
-        .bind(sub)
-        .bind(&names)
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT topic, seq FROM acks WHERE sub = $1 AND topic = ANY($2::text[])")
+            .bind(sub)
+            .bind(&names)
+            .fetch_all(pool)
+            .await?;
     let mut found = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let topic: String = row.try_get(0)?;
