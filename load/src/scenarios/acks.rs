@@ -2,7 +2,8 @@
 //! each with its own `sub` (a token minted per subscriber), events
 //! published at `--rate` for `--duration-secs`; one run with subscribers
 //! that only read, one with subscribers that send an `ack` frame for every
-//! event they receive. The report gives, per run, deliveries, server CPU
+//! event they receive, and one with subscribers that acknowledge the latest
+//! event at most every `--batch-ms` (as `/client.js` does, 100 ms). The report gives, per run, deliveries, server CPU
 //! per million deliveries, and the acknowledgments the server received and
 //! wrote to its store (from `/metrics`): store writes per second should be
 //! bounded by subscribers × topics / `HERALD_ACK_FLUSH_MS`, not by the
@@ -40,6 +41,9 @@ pub const DEFAULT_DURATION_SECS: u64 = 30;
 pub const DEFAULT_DRAIN_SECS: u64 = 30;
 /// Subscribers being opened at once, by default.
 pub const DEFAULT_OPEN_CONCURRENCY: usize = 64;
+/// Least time between two acknowledgments of a batching subscriber, by
+/// default (what `/client.js` waits).
+pub const DEFAULT_BATCH_MS: u64 = 100;
 
 const MAX_SUBSCRIBERS: usize = 50_000;
 /// Read buffer per subscriber: frames are small.
@@ -71,6 +75,9 @@ pub struct AcksArgs {
     /// Source addresses: subscribers are spread over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
     pub source_ips: u8,
+    /// Milliseconds a batching subscriber waits between acknowledgments.
+    #[arg(long, env = "HERALD_LOAD_BATCH_MS", default_value_t = DEFAULT_BATCH_MS)]
+    pub batch_ms: u64,
 }
 
 /// The checked settings of an `acks` invocation.
@@ -82,13 +89,37 @@ pub struct AcksSettings {
     pub drain_secs: u64,
     pub open_concurrency: usize,
     pub source_ips: u8,
+    pub batch_ms: u64,
+}
+
+/// How subscribers acknowledge in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acking {
+    /// Not at all.
+    Off,
+    /// An `ack` frame for every event.
+    EveryEvent,
+    /// The latest event, at most once per this many milliseconds (and the
+    /// last one).
+    Batched(u64),
+}
+
+impl Acking {
+    fn name(self) -> String {
+        match self {
+            Acking::Off => "off".into(),
+            Acking::EveryEvent => "every event".into(),
+            Acking::Batched(ms) => format!("every {ms} ms"),
+        }
+    }
 }
 
 /// One run's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct AcksFigures {
-    /// Whether subscribers acknowledged every event.
-    pub acking: bool,
+    /// How subscribers acknowledged.
+    pub acking: Acking,
     pub subscribers: usize,
     /// Events published (the end event included).
     pub events: u64,
@@ -136,7 +167,7 @@ pub fn render(runs: &[AcksFigures]) -> String {
     ]);
     for r in runs {
         table.row(vec![
-            if r.acking { "every event" } else { "off" }.into(),
+            r.acking.name(),
             r.subscribers.to_string(),
             r.events.to_string(),
             r.deliveries.to_string(),
@@ -150,18 +181,19 @@ pub fn render(runs: &[AcksFigures]) -> String {
         ]);
     }
     let mut out = table.render();
-    let per_million = |acking: bool| {
-        runs.iter()
-            .find(|r| r.acking == acking)
-            .and_then(|r| r.cpu_secs_per_million)
-    };
-    if let (Some(off), Some(on)) = (per_million(false), per_million(true))
-        && off > 0.0
-    {
-        out.push_str(&format!(
-            "CPU per delivery with acknowledgments: {:+.1}% against without\n",
-            (on / off - 1.0) * 100.0
-        ));
+    let off = runs
+        .iter()
+        .find(|r| r.acking == Acking::Off)
+        .and_then(|r| r.cpu_secs_per_million)
+        .filter(|off| *off > 0.0);
+    for r in runs.iter().filter(|r| r.acking != Acking::Off) {
+        if let (Some(off), Some(on)) = (off, r.cpu_secs_per_million) {
+            out.push_str(&format!(
+                "CPU per delivery, acknowledging {}: {:+.1}% against without\n",
+                r.acking.name(),
+                (on / off - 1.0) * 100.0
+            ));
+        }
     }
     out
 }
@@ -197,6 +229,7 @@ impl Scenario for AcksArgs {
             drain_secs: self.drain_secs,
             open_concurrency: self.open_concurrency,
             source_ips: self.source_ips,
+            batch_ms: self.batch_ms,
         })
     }
 
@@ -214,14 +247,16 @@ impl Scenario for AcksArgs {
         )?;
         let tag = format!("{:08x}", rand::random::<u32>());
         let mut runs = Vec::new();
-        for acking in [false, true] {
+        let modes = [
+            Acking::Off,
+            Acking::EveryEvent,
+            Acking::Batched(settings.batch_ms),
+        ];
+        for (i, acking) in modes.into_iter().enumerate() {
             if !runs.is_empty() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let topic = format!(
-                "{TOPIC_PREFIX}.acks.{tag}.{}",
-                if acking { "on" } else { "off" }
-            );
+            let topic = format!("{TOPIC_PREFIX}.acks.{tag}.r{i}");
             runs.push(run_once(settings, target, &secret, &topic, acking).await?);
             if !target.is_running() {
                 bail!("the server exited during the run");
@@ -286,8 +321,9 @@ fn seq_of(frame: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Reads events until the end event; acknowledges each when `acking`.
-async fn subscriber(mut ws: WsStream, topic: Arc<str>, acking: bool, delivered: Arc<AtomicU64>) {
+/// Reads events until the end event, acknowledging as `acking` says.
+async fn subscriber(mut ws: WsStream, topic: Arc<str>, acking: Acking, delivered: Arc<AtomicU64>) {
+    let mut last_ack = Instant::now();
     while let Some(Ok(message)) = ws.next().await {
         let Message::Text(text) = message else {
             continue;
@@ -299,13 +335,20 @@ async fn subscriber(mut ws: WsStream, topic: Arc<str>, acking: bool, delivered: 
             continue;
         };
         delivered.fetch_add(1, Ordering::Relaxed);
-        if acking {
+        let end = text.contains(r#""end":true"#);
+        let due = match acking {
+            Acking::Off => false,
+            Acking::EveryEvent => true,
+            Acking::Batched(ms) => end || last_ack.elapsed() >= Duration::from_millis(ms),
+        };
+        if due {
+            last_ack = Instant::now();
             let ack = format!(r#"{{"op":"ack","cursor":"{topic}:{seq}"}}"#);
             if ws.send(Message::text(ack)).await.is_err() {
                 return;
             }
         }
-        if text.contains(r#""end":true"#) {
+        if end {
             return;
         }
     }
@@ -316,7 +359,7 @@ async fn run_once(
     target: &Target,
     secret: &Secret,
     topic: &str,
-    acking: bool,
+    acking: Acking,
 ) -> anyhow::Result<AcksFigures> {
     let http = reqwest::Client::new();
     let sources = Sources::new(settings.source_ips)?;
@@ -402,7 +445,7 @@ async fn run_once(
     let cpu_after = crate::cpu::processes_cpu(&target.pids).ok();
     readers.abort_all();
     // Written acknowledgments trail by one flush interval: let it run.
-    if acking {
+    if acking != Acking::Off {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let received =

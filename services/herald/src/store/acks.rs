@@ -56,23 +56,33 @@ fn highest(acks: &[AckWrite]) -> Vec<AckWrite> {
     by_pair.into_values().collect()
 }
 
+/// Rows per SQLite statement: 4 parameters each, far below SQLite's bound
+/// on parameters, and few statements per flush.
+const SQLITE_ROWS_PER_STATEMENT: usize = 250;
+
 pub async fn put_sqlite(pool: &SqlitePool, acks: &[AckWrite]) -> Result<(), StoreError> {
     if acks.is_empty() {
         return Ok(());
     }
+    let rows = highest(acks);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for ack in highest(acks) {
-        sqlx::query(
-            "INSERT INTO acks (sub, topic, seq, acked_at) VALUES (?, ?, ?, ?) \
+    for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        // Only placeholders vary: the text holds no input.
+        let sql = format!(
+            "INSERT INTO acks (sub, topic, seq, acked_at) VALUES {} \
              ON CONFLICT (sub, topic) DO UPDATE SET seq = excluded.seq, acked_at = excluded.acked_at \
              WHERE excluded.seq > acks.seq",
-        )
-        .bind(ack.sub.as_str())
-        .bind(ack.topic.as_str())
-        .bind(to_i64(ack.seq))
-        .bind(ack.at_ms)
-        .execute(&mut *tx)
-        .await?;
+            vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ack in chunk {
+            query = query
+                .bind(ack.sub.as_str())
+                .bind(ack.topic.as_str())
+                .bind(to_i64(ack.seq))
+                .bind(ack.at_ms);
+        }
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
