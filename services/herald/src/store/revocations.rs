@@ -4,7 +4,9 @@
 
 use crate::auth::{Revocation, RevocationKind};
 
-use super::{RevocationChanges, to_u64};
+use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+use super::{RevocationChanges, StoreError, to_i64, to_u64};
 
 /// How a store writes SQL.
 #[derive(Debug, Clone, Copy)]
@@ -95,4 +97,59 @@ pub fn changes(last: u64, rows: Vec<(String, String, i64, i64)>) -> RevocationCh
         });
     }
     changes
+}
+
+/// Records a revocation in `pool`'s store, with the next change number, in
+/// one transaction.
+pub async fn revoke<DB: Database>(
+    pool: &Pool<DB>,
+    d: Dialect,
+    kind: RevocationKind,
+    value: &str,
+    revoked_at_secs: u64,
+    expires_at_secs: u64,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut tx = pool.begin().await?;
+    let change: i64 = sqlx::query_scalar(NEXT_CHANGE).fetch_one(&mut *tx).await?;
+    sqlx::query(upsert(d))
+        .bind(kind.as_str())
+        .bind(value)
+        .bind(to_i64(revoked_at_secs))
+        .bind(to_i64(expires_at_secs))
+        .bind(change)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The revocations of `pool`'s store changed after `after_change`.
+pub async fn read<DB: Database>(
+    pool: &Pool<DB>,
+    d: Dialect,
+    after_change: u64,
+    now_secs: u64,
+) -> Result<RevocationChanges, StoreError>
+where
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    String: Type<DB> + for<'r> Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let last: i64 = sqlx::query_scalar(LAST_CHANGE).fetch_one(pool).await?;
+    let last = to_u64(last);
+    let rows = sqlx::query_as(changed_since(d))
+        .bind(to_i64(read_after(last, after_change)))
+        .bind(to_i64(now_secs))
+        .fetch_all(pool)
+        .await?;
+    Ok(changes(last, rows))
 }

@@ -202,20 +202,15 @@ impl Store for SqliteStore {
         revoked_at_secs: u64,
         expires_at_secs: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let change: i64 = sqlx::query_scalar(revocations::NEXT_CHANGE)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(revocations::upsert(Dialect::Sqlite))
-            .bind(kind.as_str())
-            .bind(value)
-            .bind(to_i64(revoked_at_secs))
-            .bind(to_i64(expires_at_secs))
-            .bind(change)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        revocations::revoke(
+            &self.pool,
+            Dialect::Sqlite,
+            kind,
+            value,
+            revoked_at_secs,
+            expires_at_secs,
+        )
+        .await
     }
 
     async fn revocations(
@@ -223,16 +218,7 @@ impl Store for SqliteStore {
         after_change: u64,
         now_secs: u64,
     ) -> Result<RevocationChanges, StoreError> {
-        let last: i64 = sqlx::query_scalar(revocations::LAST_CHANGE)
-            .fetch_one(&self.pool)
-            .await?;
-        let last = to_u64(last);
-        let rows = sqlx::query_as(revocations::changed_since(Dialect::Sqlite))
-            .bind(to_i64(revocations::read_after(last, after_change)))
-            .bind(to_i64(now_secs))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(revocations::changes(last, rows))
+        revocations::read(&self.pool, Dialect::Sqlite, after_change, now_secs).await
     }
 
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError> {
