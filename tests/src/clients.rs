@@ -32,6 +32,48 @@ pub enum WsEvent {
     Ended,
 }
 
+/// Why a WebSocket did not open.
+#[derive(Debug)]
+pub enum WsRefusal {
+    /// The server answered the upgrade with this status and body (JSON, or null).
+    Http(u16, Value),
+    /// The connection failed before an answer.
+    Failed(String),
+    /// No answer within the time allowed.
+    TimedOut,
+}
+
+/// Opens a WebSocket at `url` (`ws://...`) with extra request `headers`,
+/// waiting at most `within`: the one way the harness opens WebSockets.
+pub async fn open_ws(
+    url: &str,
+    headers: &[(&str, String)],
+    within: Duration,
+) -> Result<WsClient, WsRefusal> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderName;
+    let mut request = url.into_client_request().expect("a valid URL");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            value.parse().expect("a valid header value"),
+        );
+    }
+    match tokio::time::timeout(within, tokio_tungstenite::connect_async(request)).await {
+        Ok(Ok((stream, _))) => Ok(WsClient { stream }),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Err(WsRefusal::Http(response.status().as_u16(), body))
+        }
+        Ok(Err(e)) => Err(WsRefusal::Failed(e.to_string())),
+        Err(_) => Err(WsRefusal::TimedOut),
+    }
+}
+
 impl TestApp {
     /// Opens `/v1/ws` with `token` in the Authorization header (or none).
     pub async fn ws(&self, token: Option<&str>) -> WsClient {
@@ -48,25 +90,19 @@ impl TestApp {
     /// Opens `/v1/ws?{query}` (credentials in the URL, such as a ticket);
     /// an HTTP refusal comes back as its status.
     pub async fn try_ws_query(&self, query: &str, token: Option<&str>) -> Result<WsClient, u16> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut url = format!("{}/v1/ws", self.base_url.replace("http://", "ws://"));
         if !query.is_empty() {
             url = format!("{url}?{query}");
         }
-        let mut request = url.into_client_request().expect("a valid URL");
-        if let Some(token) = token {
-            request.headers_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("a valid header"),
-            );
-        }
-        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
-            Ok(Ok((stream, _))) => Ok(WsClient { stream }),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                Err(response.status().as_u16())
-            }
-            Ok(Err(e)) => panic!("WebSocket connect failed: {e}"),
-            Err(_) => panic!("WebSocket connect timed out"),
+        let headers: Vec<(&str, String)> = token
+            .map(|token| ("authorization", format!("Bearer {token}")))
+            .into_iter()
+            .collect();
+        match open_ws(&url, &headers, WAIT).await {
+            Ok(ws) => Ok(ws),
+            Err(WsRefusal::Http(status, _)) => Err(status),
+            Err(WsRefusal::Failed(e)) => panic!("WebSocket connect failed: {e}"),
+            Err(WsRefusal::TimedOut) => panic!("WebSocket connect timed out"),
         }
     }
 

@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::app::Application;
 use crate::auth::token::now_secs;
 use crate::auth::{Claims, HeraldClaims, Minter};
-use crate::config::{Cli, ClientArgs, Command, MigrateArgs, PublishArgs, ServeArgs, TokenArgs};
+use crate::config::{Cli, Command, MigrateArgs, PublishArgs, ServeArgs, TokenArgs};
 
 /// Entry point of the `herald` binary.
 pub fn main() -> anyhow::Result<()> {
@@ -29,11 +29,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let follow = args
+    let log_topic = args
         .log_topic
         .as_deref()
         .and_then(|t| crate::topic::Topic::parse(t).ok());
-    let telemetry = crate::telemetry::init(args.log_format, follow);
+    let telemetry = crate::telemetry::init(args.log_format, log_topic);
     let result = actix_rt::System::new().block_on(async move {
         let app = Application::build(args).await?;
         app.run().await?;
@@ -80,34 +80,6 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bearer token a client command sends: the given one, or a short-lived
-/// one minted from the shared secret for exactly what the command needs.
-pub fn client_token(
-    client: &ClientArgs,
-    subscribe: &[String],
-    publish: &[String],
-) -> anyhow::Result<String> {
-    if let Some(token) = &client.token {
-        return Ok(String::from_utf8_lossy(token.expose()).into_owned());
-    }
-    let Some(secret) = &client.jwt_secret else {
-        bail!("no credentials: set HERALD_TOKEN (or HERALD_JWT_SECRET to mint one)");
-    };
-    let now = now_secs();
-    let claims = Claims {
-        sub: "herald-cli".into(),
-        exp: now + 3600,
-        iat: Some(now),
-        herald: HeraldClaims {
-            subscribe: subscribe.to_vec(),
-            publish: publish.to_vec(),
-            admin: false,
-        },
-        ..Claims::default()
-    };
-    Ok(Minter::hs256(secret.expose()).mint(&claims)?)
-}
-
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let data = match args.data.as_deref() {
         None | Some("-") => {
@@ -119,7 +91,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     };
     let data: serde_json::Value =
         serde_json::from_str(&data).context("the data must be JSON (quote strings: '\"hi\"')")?;
-    let token = client_token(&args.client, &[], std::slice::from_ref(&args.topic))?;
+    let token = args.client.token(&[], std::slice::from_ref(&args.topic))?;
     let mut body = serde_json::json!({"topic": args.topic, "data": data});
     if let Some(id) = args.id {
         body["id"] = id.into();

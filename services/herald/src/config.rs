@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -184,16 +185,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_NO_MIGRATE")]
     pub no_migrate: bool,
     /// Heartbeat and token re-check interval, in seconds.
-    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS)]
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub heartbeat_secs: u64,
     /// How long events stay replayable, in seconds.
-    #[arg(long, env = "HERALD_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS)]
+    #[arg(long, env = "HERALD_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub retention_secs: u64,
     /// At most this many events are kept per topic.
-    #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = DEFAULT_RETENTION_EVENTS)]
+    #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = DEFAULT_RETENTION_EVENTS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub retention_events: u64,
     /// How often retention pruning runs, in seconds.
-    #[arg(long, env = "HERALD_PRUNE_INTERVAL_SECS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECS)]
+    #[arg(long, env = "HERALD_PRUNE_INTERVAL_SECS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub prune_interval_secs: u64,
     /// How long a draining node spreads its clients' reconnects, in seconds.
     #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
@@ -219,14 +220,14 @@ pub struct ServeArgs {
     )]
     pub request_head_timeout_secs: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
-    #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS)]
+    #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub ticket_secs: u64,
     /// Most unused tickets a node holds; past it (after sweeping expired
     /// ones), `POST /v1/tickets` answers `503 unavailable`.
-    #[arg(long, env = "HERALD_MAX_TICKETS", default_value_t = DEFAULT_MAX_TICKETS)]
+    #[arg(long, env = "HERALD_MAX_TICKETS", default_value_t = DEFAULT_MAX_TICKETS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_tickets: usize,
     /// Revocations are kept this long, in seconds; tokens must not live longer.
-    #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS)]
+    #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub revocation_ttl_secs: u64,
     /// Web origins, besides this server's own, whose pages may subscribe
     /// (WebSocket, SSE, polling, tickets): comma-separated
@@ -238,7 +239,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = DEFAULT_AUTH_COOKIE)]
     pub auth_cookie: String,
     /// Most topics one connection may hold.
-    #[arg(long, env = "HERALD_MAX_TOPICS_PER_CONNECTION", default_value_t = DEFAULT_MAX_TOPICS_PER_CONNECTION)]
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_CONNECTION", default_value_t = DEFAULT_MAX_TOPICS_PER_CONNECTION, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub max_topics_per_connection: usize,
     /// Most `subscribe` and `unsubscribe` frames one WebSocket may send per
     /// second (as many may come in a burst); more are refused with an
@@ -246,35 +247,36 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "HERALD_MAX_SUBSCRIPTION_OPS_PER_SEC",
-        default_value_t = DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC
+        default_value_t = DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC,
+        value_parser = RangedU64ValueParser::<u32>::new().range(1..)
     )]
     pub max_subscription_ops_per_sec: u32,
     /// Largest inbound WebSocket frame, in bytes.
-    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_frame_bytes: usize,
     /// Most WebSocket and SSE connections (and pending long polls) per node.
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
     /// How long a WebSocket may take to send its first `auth` frame, in seconds.
     #[arg(long, env = "HERALD_AUTH_TIMEOUT_SECS", default_value_t = DEFAULT_AUTH_TIMEOUT_SECS)]
     pub auth_timeout_secs: u64,
     /// Events a connection's outbound queue holds before it is closed as a slow consumer.
-    #[arg(long, env = "HERALD_QUEUE_EVENTS", default_value_t = DEFAULT_QUEUE_EVENTS)]
+    #[arg(long, env = "HERALD_QUEUE_EVENTS", default_value_t = DEFAULT_QUEUE_EVENTS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub queue_events: usize,
     /// Bytes a connection's outbound queue holds before it is closed as a slow consumer.
     #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = DEFAULT_QUEUE_BYTES)]
     pub queue_bytes: usize,
     /// Largest publish request body, in bytes.
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_body_bytes: usize,
     /// Largest `data` of one event (its JSON text), in bytes.
-    #[arg(long, env = "HERALD_MAX_DATA_BYTES", default_value_t = DEFAULT_MAX_DATA_BYTES)]
+    #[arg(long, env = "HERALD_MAX_DATA_BYTES", default_value_t = DEFAULT_MAX_DATA_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_data_bytes: usize,
     /// Most events in one publish batch.
-    #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS)]
+    #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_batch_events: usize,
     /// Concurrent group-commit transactions on Postgres (SQLite always uses one).
-    #[arg(long, env = "HERALD_STORE_WRITERS", default_value_t = DEFAULT_STORE_WRITERS)]
+    #[arg(long, env = "HERALD_STORE_WRITERS", default_value_t = DEFAULT_STORE_WRITERS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub store_writers: usize,
     /// HTTP worker threads; 0: one per core.
     #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
@@ -320,89 +322,9 @@ impl ServeArgs {
             "must be a topic name",
         )?;
         check(
-            self.heartbeat_secs >= 1,
-            "HERALD_HEARTBEAT_SECS",
-            "must be at least 1",
-        )?;
-        check(
-            self.retention_secs >= 1,
-            "HERALD_RETENTION_SECS",
-            "must be at least 1",
-        )?;
-        check(
-            self.retention_events >= 1,
-            "HERALD_RETENTION_EVENTS",
-            "must be at least 1",
-        )?;
-        check(
-            self.prune_interval_secs >= 1,
-            "HERALD_PRUNE_INTERVAL_SECS",
-            "must be at least 1",
-        )?;
-        check(
-            self.ticket_secs >= 1,
-            "HERALD_TICKET_SECS",
-            "must be at least 1",
-        )?;
-        check(
-            self.max_tickets >= 1,
-            "HERALD_MAX_TICKETS",
-            "must be at least 1",
-        )?;
-        check(
-            self.revocation_ttl_secs >= 1,
-            "HERALD_REVOCATION_TTL_SECS",
-            "must be at least 1",
-        )?;
-        check(
-            (1..=4096).contains(&self.max_topics_per_connection),
-            "HERALD_MAX_TOPICS_PER_CONNECTION",
-            "must be from 1 to 4096",
-        )?;
-        check(
-            self.max_subscription_ops_per_sec >= 1,
-            "HERALD_MAX_SUBSCRIPTION_OPS_PER_SEC",
-            "must be at least 1",
-        )?;
-        check(
-            self.max_frame_bytes >= 1024,
-            "HERALD_MAX_FRAME_BYTES",
-            "must be at least 1024",
-        )?;
-        check(
-            self.max_connections >= 1,
-            "HERALD_MAX_CONNECTIONS",
-            "must be at least 1",
-        )?;
-        check(
-            self.queue_events >= 1,
-            "HERALD_QUEUE_EVENTS",
-            "must be at least 1",
-        )?;
-        check(
             self.queue_bytes >= self.max_data_bytes,
             "HERALD_QUEUE_BYTES",
             "must be at least HERALD_MAX_DATA_BYTES, or one large event would close every connection",
-        )?;
-        check(
-            self.max_body_bytes >= 1024,
-            "HERALD_MAX_BODY_BYTES",
-            "must be at least 1024",
-        )?;
-        check(
-            self.max_data_bytes >= 1,
-            "HERALD_MAX_DATA_BYTES",
-            "must be at least 1",
-        )?;
-        check(
-            (1..=100_000).contains(&self.max_batch_events),
-            "HERALD_MAX_BATCH_EVENTS",
-            "must be from 1 to 100000",
-        )?;
-        check(
-            self.store_writers >= 1,
-            "HERALD_STORE_WRITERS",
-            "must be at least 1",
         )?;
         check(
             !self.auth_cookie.is_empty(),
@@ -485,6 +407,32 @@ pub struct ClientArgs {
     /// HS256 shared secret, used to mint a token when none is given.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+}
+
+impl ClientArgs {
+    /// The bearer token a client command sends: the given one, or a short-lived
+    /// one minted from the shared secret for exactly what the command needs.
+    pub fn token(&self, subscribe: &[String], publish: &[String]) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(String::from_utf8_lossy(token.expose()).into_owned());
+        }
+        let Some(secret) = &self.jwt_secret else {
+            anyhow::bail!("no credentials: set HERALD_TOKEN (or HERALD_JWT_SECRET to mint one)");
+        };
+        let now = crate::auth::token::now_secs();
+        let claims = crate::auth::Claims {
+            sub: "herald-cli".into(),
+            exp: now + 3600,
+            iat: Some(now),
+            herald: crate::auth::HeraldClaims {
+                subscribe: subscribe.to_vec(),
+                publish: publish.to_vec(),
+                admin: false,
+            },
+            ..crate::auth::Claims::default()
+        };
+        Ok(crate::auth::Minter::hs256(secret.expose()).mint(&claims)?)
+    }
 }
 
 /// `herald publish`.

@@ -93,8 +93,6 @@ pub struct Encoded {
     pub json: Bytes,
     /// `{"op":"event",...}`: the WebSocket text frame.
     pub ws_frame: ByteString,
-    /// Whether its topic is followed in the logs (`HERALD_LOG_TOPIC`).
-    pub follow: bool,
 }
 
 impl Encoded {
@@ -107,7 +105,6 @@ impl Encoded {
         let ws_frame = ByteString::try_from(Bytes::from(frame))
             .expect("serde_json writes UTF-8 and the prefix is ASCII");
         Encoded {
-            follow: crate::telemetry::follows(&topic),
             topic,
             seq,
             time_ms,

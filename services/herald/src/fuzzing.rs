@@ -16,7 +16,7 @@ use crate::auth::{Pattern, Verifier, VerifierSettings};
 use crate::http::SubscribeParams;
 use crate::http::error::ApiError;
 use crate::publish::Limits;
-use crate::session::ws::{ClientFrame, FrameError, decode_frame};
+use crate::session::ws::{ClientOp, FrameError, decode_frame};
 use crate::topic::{Cursor, MAX_TOPIC_BYTES, Topic, is_segment_char};
 
 /// The HS256 secret of the fixed verification keys.
@@ -86,7 +86,7 @@ pub fn ws_frame(data: &[u8]) {
         return;
     };
     match decode_frame(text) {
-        Ok(ClientFrame::Subscribe(op)) => {
+        Ok(ClientOp::Subscribe(op)) => {
             if let Some(since) = op.since.as_deref() {
                 check_cursor(since);
             }
@@ -97,19 +97,19 @@ pub fn ws_frame(data: &[u8]) {
                 }
             }
         }
-        Ok(ClientFrame::Unsubscribe(op)) => {
+        Ok(ClientOp::Unsubscribe(op)) => {
             for topic in &op.topics {
                 let _ = Topic::parse(topic);
             }
         }
-        Ok(ClientFrame::Auth(op)) => {
+        Ok(ClientOp::Auth(op)) => {
             for verifier in verifiers() {
                 let _ = verifier.verify(&op.token);
             }
         }
-        Ok(ClientFrame::Ack(op)) => check_cursor(&op.cursor),
-        Ok(ClientFrame::Ping) => {}
-        Ok(ClientFrame::Unknown(op)) => {
+        Ok(ClientOp::Ack(op)) => check_cursor(&op.cursor),
+        Ok(ClientOp::Ping) => {}
+        Ok(ClientOp::Unknown(op)) => {
             let quoted: String = op.chars().take(64).collect();
             let _ = format!("unknown op {quoted:?}");
         }
@@ -231,7 +231,7 @@ pub fn publish_body(data: &[u8]) {
                 }
             }
         }
-        Err(e) => answer(&e),
+        Err(e) => answer(&ApiError::from(e)),
     }
 }
 

@@ -4,18 +4,28 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from flags and `HERALD_*` variables
+//! Listed from the bottom up: a module uses only those above it (and
+//! `telemetry`, which every layer reports to). Nothing below [`http`]
+//! knows about HTTP.
+//!
 //! - [`topic`]: topic names and cursors
 //! - [`event`]: events and their one wire encoding
-//! - [`auth`]: tokens, topic patterns
+//! - [`close`]: why a connection ends (codes and messages)
+//! - [`telemetry`]: logs, traces and metrics
+//! - [`config`]: settings from flags and `HERALD_*` variables
+//! - [`auth`]: tokens, topic patterns, origins, tickets, revocations, access checks
 //! - [`ack`]: acknowledgments: cumulative per subscriber and topic, coalesced per node
-//! - [`store`]: the durable event log (SQLite, Postgres), group commit, retention
-//! - [`bus`]: carries committed events to every node (in-process, NATS)
-//! - [`publish`]: the publish path: parse, check, commit, fan out
-//! - [`subscribe`]: `herald subscribe`, a resuming client for every transport
-//! - [`http`]: routes and the table of error codes
-//! - [`app`]: building and running the server
+//! - [`store`]: the durable event log (SQLite, Postgres), retention
+//! - [`hub`]: which local connections want which topic, one registry per worker
+//! - [`bus`]: carries committed events to every node's hubs (in-process, NATS)
+//! - [`publish`]: the publish pipeline: parse, authorize, group commit, then the bus
+//! - [`session`]: connections (WebSocket, SSE, polling): the session actor,
+//!   the catch-up machine, outbound queues, the node's gate
+//! - [`node`]: one node's parts, built in dependency order
+//! - [`http`]: routes, extractors and the table of error codes
 //! - [`drain`]: owning the signals; draining the node before it exits
+//! - [`app`]: building and running the server
+//! - [`subscribe`]: `herald subscribe`, a resuming client for every transport
 //! - [`cli`]: the `herald` command line
 #![forbid(unsafe_code)]
 
@@ -24,6 +34,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod close;
 pub mod config;
 pub mod drain;
 pub mod event;
@@ -31,6 +42,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod http;
 pub mod hub;
+pub mod node;
 pub mod publish;
 pub mod session;
 pub mod store;

@@ -142,7 +142,7 @@ impl Client {
     /// The bearer token for the next connection: the given one, or a fresh
     /// one minted from the shared secret.
     fn token(&self) -> anyhow::Result<String> {
-        crate::cli::client_token(&self.args, &self.patterns, &[])
+        self.args.token(&self.patterns, &[])
     }
 
     /// Whether [`Client::token`] mints a new token each time, so that an

@@ -14,10 +14,9 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::rng::Rng;
-use crate::clients::{SseClient, WsClient, WsEvent};
+use crate::clients::{SseClient, WsEvent, WsRefusal, open_ws};
 
 /// How long opening a connection (or an SSE answer's head) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,29 +356,13 @@ async fn ws_session(
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let url = format!("{}/v1/ws", base.replace("http://", "ws://"));
-    let mut request = url
-        .into_client_request()
-        .expect("a node URL is a valid URL");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", context.token)
-            .parse()
-            .expect("a token is a valid header value"),
-    );
-    let stream = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    {
-        Ok(Ok((stream, _))) => stream,
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            return End::Failed(format!("ws {}", response.status().as_u16()));
-        }
-        Ok(Err(error)) => return End::Failed(format!("ws {}", failure(&error))),
-        Err(_) => return End::Failed("ws connect timeout".into()),
+    let headers = [("authorization", format!("Bearer {}", context.token))];
+    let mut ws = match open_ws(&url, &headers, CONNECT_TIMEOUT).await {
+        Ok(ws) => ws,
+        Err(WsRefusal::Http(status, _)) => return End::Failed(format!("ws {status}")),
+        Err(WsRefusal::Failed(error)) => return End::Failed(format!("ws {}", failure(&error))),
+        Err(WsRefusal::TimedOut) => return End::Failed("ws connect timeout".into()),
     };
-    let mut ws = WsClient { stream };
     state.unsubscribed = false;
     let resume = state.have.clone();
     let subscribe =

@@ -403,18 +403,12 @@ async fn ws_status(
     query: &str,
     headers: &[(&'static str, String)],
 ) -> u16 {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("{}/v1/ws?{query}", app.base_url.replace("http://", "ws://"));
-    let mut request = url.into_client_request().expect("a valid URL");
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, value.parse().expect("a valid header value"));
-    }
-    match tokio_tungstenite::connect_async(request).await {
+    let headers: Vec<(&str, String)> = headers.iter().map(|(n, v)| (*n, v.clone())).collect();
+    match herald_tests::clients::open_ws(&url, &headers, herald_tests::clients::WAIT).await {
         Ok(_) => 101,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("WebSocket connect failed: {e}"),
+        Err(herald_tests::clients::WsRefusal::Http(status, _)) => status,
+        Err(e) => panic!("WebSocket connect failed: {e:?}"),
     }
 }
 

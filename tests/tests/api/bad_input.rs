@@ -451,13 +451,10 @@ async fn a_bad_credential_in_the_upgrade_is_refused_401_before_any_upgrade() {
         "{}/v1/ws?access_token=garbage",
         app.base_url.replace("http://", "ws://")
     );
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            assert_eq!(response.status(), 401)
-        }
-        Ok(Err(e)) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(Ok(_)) => panic!("a garbage access_token was upgraded"),
-        Err(_) => panic!("the upgrade was not answered in time"),
+    match herald_tests::clients::open_ws(&url, &[], WAIT).await {
+        Err(herald_tests::clients::WsRefusal::Http(status, _)) => assert_eq!(status, 401),
+        Err(e) => panic!("expected an HTTP refusal, got {e:?}"),
+        Ok(_) => panic!("a garbage access_token was upgraded"),
     }
     // And a good credential is upgraded.
     ws_authenticated(&app, &app.root_token()).await;

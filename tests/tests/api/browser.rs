@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use herald_tests::app::{Backend, Options, TestApp, spawn_with, unique_topic};
-use herald_tests::clients::{SseClient, WAIT, WsClient};
+use herald_tests::clients::{SseClient, WAIT, WsClient, WsRefusal, open_ws};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ALLOWED: &str = "https://app.example.com";
 
@@ -23,30 +22,15 @@ async fn ws_from(
     token: &str,
 ) -> Result<WsClient, (u16, Value)> {
     let url = format!("{}/v1/ws", app.base_url.replace("http://", "ws://"));
-    let mut request = url.into_client_request().expect("a valid URL");
-    let headers = request.headers_mut();
-    headers.insert(
-        "cookie",
-        format!("herald_token={token}")
-            .parse()
-            .expect("a valid header"),
-    );
+    let mut headers = vec![("cookie", format!("herald_token={token}"))];
     if let Some(origin) = origin {
-        headers.insert("origin", origin.parse().expect("a valid header"));
+        headers.push(("origin", origin.to_owned()));
     }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
-        Ok(Ok((stream, _))) => Ok(WsClient { stream }),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            let status = response.status().as_u16();
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
-            Err((status, body))
-        }
-        Ok(Err(e)) => panic!("WebSocket connect failed: {e}"),
-        Err(_) => panic!("WebSocket connect timed out"),
+    match open_ws(&url, &headers, WAIT).await {
+        Ok(ws) => Ok(ws),
+        Err(WsRefusal::Http(status, body)) => Err((status, body)),
+        Err(WsRefusal::Failed(e)) => panic!("WebSocket connect failed: {e}"),
+        Err(WsRefusal::TimedOut) => panic!("WebSocket connect timed out"),
     }
 }
 

@@ -61,7 +61,7 @@ async fn post(
     patterns: &[String],
     cursor: &str,
 ) -> anyhow::Result<()> {
-    let token = crate::cli::client_token(args, patterns, &[])?;
+    let token = args.token(patterns, &[])?;
     let response = http
         .post(url)
         .bearer_auth(token)

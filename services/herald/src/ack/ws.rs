@@ -64,19 +64,19 @@ impl Session<Ws> {
             .map(|(topic, seq)| sent.get(topic).filter(|p| seq <= p))
             .collect();
         if let Some(heads) = known {
-            if let Err(e) = self.shared.acks.offer(&sub, &entries, &heads) {
+            if let Err(e) = self.env.acks.offer(&sub, &entries, &heads) {
                 error_frame(self, &e, ctx);
             }
             return;
         }
-        let store = self.shared.store.clone();
+        let store = self.env.store.clone();
         let topics: Vec<Topic> = entries.iter().map(|(t, _)| t.clone()).collect();
         let heads = async move { store.heads(&topics).await };
         ctx.spawn(heads.into_actor(self).map(move |heads, session, ctx| {
             let taken = heads
                 .map_err(AckError::from)
                 .and_then(|heads| super::check_heads(&entries, &heads).map(|()| heads))
-                .and_then(|heads| session.shared.acks.offer(&sub, &entries, &heads));
+                .and_then(|heads| session.env.acks.offer(&sub, &entries, &heads));
             if let Err(e) = taken {
                 error_frame(session, &e, ctx);
             }
@@ -99,7 +99,7 @@ impl Session<Ws> {
             return;
         };
         let sub = principal.sub.clone();
-        let acks = self.shared.acks.clone();
+        let acks = self.env.acks.clone();
         let read_topics = topics.clone();
         let positions = async move {
             acks.resume(&sub, &read_topics, &mut since).await?;

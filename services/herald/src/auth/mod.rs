@@ -1,6 +1,7 @@
 //! Authentication and authorization: tokens, topic patterns, tickets,
 //! revocations, where a request carries its credentials.
 
+pub mod access;
 pub mod origin;
 pub mod pattern;
 pub mod revocation;
@@ -10,6 +11,7 @@ pub mod token;
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
 
+pub use access::Access;
 pub use origin::{OriginPolicy, OriginRule};
 pub use pattern::{Pattern, PatternSet};
 pub use revocation::{Revocation, RevocationKind, Revocations, TokenId};

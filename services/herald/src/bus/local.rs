@@ -1,22 +1,23 @@
 //! The in-process bus of a single node: publishing hands each event straight
-//! to the node's sink.
+//! to the node's hubs.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Bus, BusError, Sink};
+use super::{Bus, BusError};
 use crate::event::Event;
+use crate::hub::Hubs;
 
 /// The single-node bus.
 pub struct LocalBus {
-    sink: Arc<dyn Sink>,
+    hubs: Arc<Hubs>,
 }
 
 impl LocalBus {
-    /// A bus that delivers to `sink`.
-    pub fn new(sink: Arc<dyn Sink>) -> LocalBus {
-        LocalBus { sink }
+    /// A bus that delivers to `hubs`.
+    pub fn new(hubs: Arc<Hubs>) -> LocalBus {
+        LocalBus { hubs }
     }
 }
 
@@ -28,7 +29,7 @@ impl Bus for LocalBus {
 
     async fn publish(&self, events: &[Event]) -> Result<(), BusError> {
         for event in events {
-            self.sink.deliver(event.encode());
+            self.hubs.deliver(event.encode());
         }
         Ok(())
     }

@@ -2,12 +2,11 @@
 //! node; NATS across a cluster.
 //!
 //! The bus is a fast path, never the truth: a node that sees a gap in a
-//! topic's seqs repairs it from the store.
+//! topic's seqs repairs it from the store. It is built after the hubs it
+//! delivers to and before the committer that publishes on it.
 
 mod local;
 mod nats;
-
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -15,13 +14,7 @@ pub use local::LocalBus;
 pub use nats::NatsBus;
 
 use crate::auth::Revocation;
-use crate::event::{Encoded, Event};
-
-/// Receives the events a bus carries to this node.
-pub trait Sink: Send + Sync + 'static {
-    /// Delivers one committed event, encoded once for every local connection.
-    fn deliver(&self, event: Arc<Encoded>);
-}
+use crate::event::Event;
 
 /// Why a bus publish failed (the events are committed regardless).
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +39,6 @@ pub trait Bus: Send + Sync + 'static {
     async fn announce_revocation(&self, _revocation: &Revocation) -> Result<(), BusError> {
         Ok(())
     }
-
-    /// Where the revocations other nodes announce go. Set once, at start.
-    fn set_control(&self, _control: Arc<dyn Control>) {}
 }
 
 /// Receives the control messages other nodes send over the bus.

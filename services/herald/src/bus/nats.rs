@@ -29,8 +29,8 @@
 //! heartbeat).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,10 +40,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Bus, BusError, Control, Sink};
+use super::{Bus, BusError, Control};
 use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Encoded, Event};
-use crate::hub::{Follow, Hubs};
+use crate::hub::{Change, Changes, Hubs};
 use crate::store::Store;
 use crate::topic::Topic;
 
@@ -109,24 +109,21 @@ impl Topics {
     }
 }
 
-/// The hubs' side of [`Topics`]: subscribes and unsubscribes as local
-/// interest comes and goes.
-struct FollowTopics(Arc<Topics>);
-
-impl Follow for FollowTopics {
-    fn start(&self, topic: &Topic) -> watch::Receiver<bool> {
-        let (ready, confirmed) = watch::channel(false);
+impl Topics {
+    /// Starts receiving `topic`; `ready` turns `true` once NATS has the
+    /// subscription.
+    fn start(&self, topic: Topic, ready: watch::Sender<bool>) {
         let seen = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(follow(
-            self.0.client.clone(),
-            self.0.subject(topic),
+            self.client.clone(),
+            self.subject(&topic),
             topic.clone(),
-            self.0.hubs.clone(),
+            self.hubs.clone(),
             seen.clone(),
             ready,
         ));
-        let previous = self.0.followed.lock().insert(
-            topic.clone(),
+        let previous = self.followed.lock().insert(
+            topic,
             Followed {
                 seen,
                 checked_head: None,
@@ -136,17 +133,24 @@ impl Follow for FollowTopics {
         if let Some(previous) = previous {
             previous.task.abort();
         }
-        confirmed
     }
 
+    /// Stops receiving `topic`.
     fn stop(&self, topic: &Topic) {
-        if let Some(followed) = self.0.followed.lock().remove(topic) {
+        if let Some(followed) = self.followed.lock().remove(topic) {
             followed.task.abort();
         }
     }
+}
 
-    fn seen(&self, topic: &Topic, seq: u64) {
-        self.0.saw(topic, seq);
+/// Subscribes and unsubscribes as the hubs' interest changes, in order.
+async fn follow_interest(mut changes: Changes, topics: Arc<Topics>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            Change::Start(topic, ready) => topics.start(topic, ready),
+            Change::Stop(topic) => topics.stop(&topic),
+            Change::Seen(topic, seq) => topics.saw(&topic, seq),
+        }
     }
 }
 
@@ -207,19 +211,21 @@ pub struct NatsBus {
     hubs: Arc<Hubs>,
     topics: Arc<Topics>,
     health: Arc<Health>,
-    control: Arc<OnceLock<Arc<dyn Control>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl NatsBus {
     /// Connects to `url` (in the background, retrying, so nodes may start
-    /// before NATS), makes `hubs` follow local interest, and starts a
-    /// repair check (with the head check against `store`) every
-    /// `repair_interval`.
+    /// before NATS); receives the topics `interest` (the hubs' interest)
+    /// asks for and delivers their events to `hubs`; hands the revocations
+    /// other nodes announce to `control`; and starts a repair check (with
+    /// the head check against `store`) every `repair_interval`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         hubs: Arc<Hubs>,
+        interest: Changes,
+        control: Arc<dyn Control>,
         store: Arc<dyn Store>,
         repair_interval: Duration,
     ) -> Result<NatsBus, BusError> {
@@ -252,10 +258,9 @@ impl NatsBus {
             hubs: hubs.clone(),
             followed: Mutex::new(HashMap::new()),
         });
-        hubs.follow(FollowTopics(topics.clone()));
-        let control: Arc<OnceLock<Arc<dyn Control>>> = Arc::new(OnceLock::new());
+        let interest_follower = tokio::spawn(follow_interest(interest, topics.clone()));
         let resync_receiver = tokio::spawn(receive_resyncs(resyncs, hubs.clone()));
-        let revocation_receiver = tokio::spawn(receive_revocations(revocations, control.clone()));
+        let revocation_receiver = tokio::spawn(receive_revocations(revocations, control));
         let repairer = tokio::spawn(repair_periodically(
             client.clone(),
             format!("{prefix}.resync"),
@@ -270,8 +275,12 @@ impl NatsBus {
             hubs,
             topics,
             health,
-            control,
-            tasks: vec![resync_receiver, revocation_receiver, repairer],
+            tasks: vec![
+                interest_follower,
+                resync_receiver,
+                revocation_receiver,
+                repairer,
+            ],
         })
     }
 
@@ -368,10 +377,6 @@ impl Bus for NatsBus {
                 "announcing a revocation: not accepted within {PUBLISH_TIMEOUT:?}"
             ))),
         }
-    }
-
-    fn set_control(&self, control: Arc<dyn Control>) {
-        let _ = self.control.set(control);
     }
 }
 
@@ -521,10 +526,7 @@ async fn check_heads(topics: &Topics, store: &dyn Store) {
 }
 
 /// Applies the revocations other nodes announce.
-async fn receive_revocations(
-    mut subscriber: async_nats::Subscriber,
-    control: Arc<OnceLock<Arc<dyn Control>>>,
-) {
+async fn receive_revocations(mut subscriber: async_nats::Subscriber, control: Arc<dyn Control>) {
     while let Some(message) = subscriber.next().await {
         let decoded = serde_json::from_slice::<RevocationMessage>(&message.payload)
             .ok()
@@ -535,12 +537,9 @@ async fn receive_revocations(
                     revoked_at_secs: m.revoked_at_secs,
                 })
             });
-        match (decoded, control.get()) {
-            (Some(revocation), Some(control)) => control.revoked(revocation),
-            (Some(_), None) => {
-                // Still starting: the store read at start-up has it.
-            }
-            (None, _) => tracing::warn!("ignoring a malformed revocation message"),
+        match decoded {
+            Some(revocation) => control.revoked(revocation),
+            None => tracing::warn!("ignoring a malformed revocation message"),
         }
     }
 }

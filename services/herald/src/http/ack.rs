@@ -6,11 +6,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::Bearer;
 use super::error::ApiError;
 use super::publish::{check_content_type, read_body};
-use super::{AppState, Bearer};
 use crate::ack::AckError;
 use crate::auth::AuthError;
+use crate::node::Node;
 use crate::store::acks::MAX_RECEIPTS;
 use crate::topic::Topic;
 
@@ -35,18 +36,18 @@ struct AckBody {
 pub async fn ack(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = super::subscriber_credential(&req, &state)
         .await?
         .ok_or(AuthError::Missing)?;
-    let body = read_body(&req, payload, state.sessions.settings.max_frame_bytes).await?;
+    let body = read_body(&req, payload, state.env.settings.max_frame_bytes).await?;
     check_content_type(&req)?;
     let body: AckBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidJson(format!("the body is {{\"cursor\":\"topic:seq,...\"}}: {e}"))
     })?;
     let acked = state
-        .sessions
+        .env
         .acks
         .ack_and_wait(&principal, &body.cursor)
         .await?;
@@ -103,7 +104,7 @@ fn parse_receipt_query(query: &str) -> Result<ReceiptQuery, ApiError> {
 pub async fn receipts(
     Bearer(principal): Bearer,
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let query = parse_receipt_query(req.query_string())?;
     if !principal.admin && !principal.may_publish(&query.topic) {
@@ -161,7 +162,7 @@ pub struct DeleteQuery {
 pub async fn delete(
     Bearer(principal): Bearer,
     query: web::Query<DeleteQuery>,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     if !principal.admin {
         return Err(
@@ -173,7 +174,7 @@ pub async fn delete(
             "sub must be a non-empty string".into(),
         ));
     }
-    state.sessions.acks.forget(&query.sub);
+    state.env.acks.forget(&query.sub);
     let deleted = state
         .store
         .delete_acks(&query.sub)

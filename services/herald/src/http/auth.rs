@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::publish::{check_content_type, read_body};
-use super::{AppState, Bearer};
-use crate::auth::{AuthError, RevocationKind};
+use super::{Admin, Bearer};
+use crate::auth::RevocationKind;
+use crate::node::Node;
 
 /// Longest revoke request body, in bytes: `{"jti":"..."}` is small.
 const MAX_REVOKE_BODY_BYTES: usize = 16 * 1024;
@@ -15,7 +16,7 @@ const MAX_REVOKE_BODY_BYTES: usize = 16 * 1024;
 /// `POST /v1/tickets`: a ticket for the caller's token.
 pub async fn ticket(
     Bearer(principal): Bearer,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let minted = state
         .tickets
@@ -44,22 +45,15 @@ pub async fn ticket(
 
 /// `POST /v1/admin/revoke` with `{"sub":"..."}` or `{"jti":"..."}`.
 pub async fn revoke(
-    Bearer(principal): Bearer,
+    _: Admin,
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
-    if !principal.admin {
-        return Err(AuthError::Forbidden("revoking needs an admin token".into()).into());
-    }
     let body = read_body(&req, payload, MAX_REVOKE_BODY_BYTES).await?;
     check_content_type(&req)?;
     let (kind, value) = parse_revoke(&body)?;
-    let at = state
-        .sessions
-        .revoke(kind, value.clone(), state.revocation_ttl_secs)
-        .await
-        .map_err(|e| ApiError::Store(std::sync::Arc::new(e)))?;
+    let at = state.revoke(kind, value.clone()).await?;
     Ok(HttpResponse::Ok().json(json!({"revoked": {kind.as_str(): value}, "at": at})))
 }
 

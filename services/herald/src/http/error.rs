@@ -10,6 +10,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::publish::PublishError;
+use crate::session::gate::Refused;
 use crate::store::StoreError;
 
 /// An error the HTTP API answers with.
@@ -99,6 +101,36 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     code: &'a str,
+}
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> ApiError {
+        match error {
+            PublishError::InvalidJson(m) => ApiError::InvalidJson(m),
+            PublishError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(m),
+            PublishError::InvalidEvent(m) => ApiError::InvalidEvent(m),
+            PublishError::InvalidTopic(m) => ApiError::InvalidTopic(m),
+            PublishError::Forbidden(e) => ApiError::Auth(e),
+            PublishError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> ApiError {
+        match refused {
+            Refused::Draining => ApiError::Draining {
+                retry_after_secs: 1,
+            },
+            Refused::Full(_) => ApiError::Unavailable(refused.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        ApiError::Store(Arc::new(error))
+    }
 }
 
 impl ResponseError for ApiError {

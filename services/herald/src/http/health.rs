@@ -10,11 +10,11 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use super::AppState;
+use crate::node::Node;
 
 /// Always `200` while the process answers; the body tells whether the bus
 /// can carry events between nodes.
-pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn healthz(state: web::Data<Node>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "bus": {"kind": state.bus.kind(), "ok": state.bus.healthy()},
@@ -23,7 +23,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `200` when the store answers a ping within 2 s and the node is not
 /// draining; `503` otherwise.
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<Node>) -> HttpResponse {
     // A draining node answers at once, without waiting on the store.
     if state.gate.is_draining() {
         return HttpResponse::ServiceUnavailable().json(json!({

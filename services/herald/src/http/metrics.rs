@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 
-use super::AppState;
 use super::error::ApiError;
+use crate::node::Node;
 use crate::telemetry::metrics;
 
 /// Longest wait for the store's ping during a scrape.
 const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let ping = tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await;
     let store_ping = matches!(ping, Ok(Ok(()))).then(|| started.elapsed());

@@ -12,9 +12,9 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use super::AppState;
 use super::error::ApiError;
 use crate::auth::OriginPolicy;
+use crate::node::Node;
 
 /// How long a browser may cache a preflight answer, in seconds.
 pub const PREFLIGHT_MAX_AGE_SECS: usize = 600;
@@ -39,9 +39,9 @@ pub async fn enforce(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let state = req
-            .app_data::<web::Data<AppState>>()
+            .app_data::<web::Data<Node>>()
             .expect("the application always registers its state");
-        if !allows(&state.origins, origin, req.head()) {
+        if !allows(&state.settings.origins, origin, req.head()) {
             let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
             return Err(ApiError::OriginNotAllowed(format!(
                 "pages on {shown:?} may not use this endpoint; list the origin in HERALD_ALLOWED_ORIGINS"

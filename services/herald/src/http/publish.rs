@@ -6,21 +6,27 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tracing::Instrument as _;
 
+use super::Bearer;
 use super::error::ApiError;
-use super::{AppState, Bearer};
+use crate::node::Node;
 
 pub async fn publish(
     Bearer(principal): Bearer,
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
     let span = crate::telemetry::trace::publish_span(req.headers());
     let published = async {
-        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
         check_content_type(&req)?;
-        crate::publish::publish(&principal, &body, state.limits, &state.committer).await
+        let published: Result<_, ApiError> =
+            Ok(
+                crate::publish::publish(&principal, &body, state.settings.limits, &state.committer)
+                    .await?,
+            );
+        published
     }
     .instrument(span.clone())
     .await;
@@ -90,5 +96,47 @@ pub(super) fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
         Err(ApiError::UnsupportedMediaType(format!(
             "send the body as application/json, not {essence:?}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::http::error::ApiError;
+    use crate::publish::{Limits, parse};
+
+    const LIMITS: Limits = Limits {
+        max_data_bytes: 64 * 1024,
+        max_batch_events: 1000,
+    };
+
+    fn code(body: &str) -> &'static str {
+        parse(body.as_bytes(), LIMITS)
+            .err()
+            .map(|e| ApiError::from(e).code())
+            .unwrap_or("ok")
+    }
+
+    #[test]
+    fn bodies_are_checked_size_first_then_shape() {
+        assert_eq!(code(r#"{"topic":"a","data":null}"#), "ok");
+        assert_eq!(code(r#"{"topic":"a","data":1"#), "invalid_json");
+        assert_eq!(code("[]"), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a"}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a b","data":1}"#), "invalid_topic");
+        assert_eq!(code(r#"{"topic":7,"data":1}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a","data":1,"id":""}"#), "invalid_event");
+        assert_eq!(code(r#"{"topic":"a","data":1,"id":7}"#), "invalid_event");
+        assert_eq!(
+            code(r#"{"topic":"a","data":1,"type":"a\u0000"}"#),
+            "invalid_event"
+        );
+        assert_eq!(code("42"), "invalid_event");
+        let big = format!(
+            r#"[{{"topic":"a b"}},{{"topic":"a","data":"{}"}}]"#,
+            "x".repeat(70_000)
+        );
+        assert_eq!(code(&big), "payload_too_large");
+        let many = format!("[{}]", vec![r#"{"topic":"a","data":1}"#; 1001].join(","));
+        assert_eq!(code(&many), "payload_too_large");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::topic::Topic;
 
@@ -28,6 +28,45 @@ pub trait Follow: Send + Sync + 'static {
     /// A local connection read `topic`'s head, `seq`, from the store: the
     /// node knows of the topic up to there.
     fn seen(&self, _topic: &Topic, _seq: u64) {}
+}
+
+/// What interest asks of the bus, in the order it happened.
+pub enum Change {
+    /// Start receiving the topic; say `true` on the sender once in effect.
+    Start(Topic, watch::Sender<bool>),
+    /// Stop receiving the topic.
+    Stop(Topic),
+    /// A local connection read the topic's head, this seq, from the store.
+    Seen(Topic, u64),
+}
+
+/// The bus's end of [`Interest::channel`].
+pub type Changes = mpsc::UnboundedReceiver<Change>;
+
+/// [`Follow`] as messages to the bus, so that interest exists before the
+/// bus that acts on it. Unbounded: a change is sent only for a topic's
+/// first or last connection on a thread, and for a subscribing
+/// connection's head read.
+struct ToBus(mpsc::UnboundedSender<Change>);
+
+impl Follow for ToBus {
+    fn start(&self, topic: &Topic) -> watch::Receiver<bool> {
+        let (ready, confirmed) = watch::channel(false);
+        // A bus that is gone cannot confirm: nothing would ever arrive.
+        if self.0.send(Change::Start(topic.clone(), ready)).is_err() {
+            let (_, confirmed) = watch::channel(true);
+            return confirmed;
+        }
+        confirmed
+    }
+
+    fn stop(&self, topic: &Topic) {
+        let _ = self.0.send(Change::Stop(topic.clone()));
+    }
+
+    fn seen(&self, topic: &Topic, seq: u64) {
+        let _ = self.0.send(Change::Seen(topic.clone(), seq));
+    }
 }
 
 struct Entry {
@@ -50,6 +89,12 @@ impl Interest {
             follow: Box::new(follow),
             topics: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Interest whose changes a bus receives from the returned end.
+    pub fn channel() -> (Interest, Changes) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Interest::new(ToBus(tx)), rx)
     }
 
     /// One thread registered connections for `all`; of those, `joined` had

@@ -21,16 +21,15 @@ pub mod interest;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use parking_lot::RwLock;
 
-use crate::bus::Sink;
 use crate::event::Encoded;
 use crate::topic::Topic;
-pub use interest::{Follow, Interest, Ready};
+pub use interest::{Change, Changes, Follow, Interest, Ready};
 
 /// Events waiting for one hub before the bus gives up on it and resyncs it.
 const HUB_MAILBOX: usize = 65_536;
@@ -132,36 +131,31 @@ pub fn unregister(id: u64, topics: &[Topic]) {
     });
 }
 
-/// Topics with at least one connection on this thread.
-pub fn local_topic_count() -> usize {
-    REGISTRY.with(|r| r.borrow().topics.len())
-}
-
 fn ensure_hub(hubs: &Hubs) {
     HUB.with(|h| {
         let mut h = h.borrow_mut();
         if h.is_none() {
-            let shared = Arc::new(HubShared::default());
+            let flags = Arc::new(HubFlags::default());
             let addr = Hub {
-                shared: shared.clone(),
+                flags: flags.clone(),
             }
             .start();
-            hubs.add(addr.clone(), shared);
-            REGISTRY.with(|r| r.borrow_mut().interest = hubs.interest.get().cloned());
+            hubs.add(addr.clone(), flags);
+            REGISTRY.with(|r| r.borrow_mut().interest = hubs.interest.clone());
             *h = Some(addr);
         }
     });
 }
 
 #[derive(Default)]
-struct HubShared {
+struct HubFlags {
     /// Set when the bus could not hand this hub an event.
     lost: AtomicBool,
 }
 
 /// One worker thread's hub.
 struct Hub {
-    shared: Arc<HubShared>,
+    flags: Arc<HubFlags>,
 }
 
 impl Actor for Hub {
@@ -178,7 +172,7 @@ impl Actor for Hub {
 
 impl Hub {
     fn repair_if_lost(&self) {
-        if !self.shared.lost.swap(false, Ordering::AcqRel) {
+        if !self.flags.lost.swap(false, Ordering::AcqRel) {
             return;
         }
         tracing::warn!("hub mailbox overflowed; resyncing its connections from the store");
@@ -245,53 +239,50 @@ impl Handler<ResyncTopics> for Hub {
     }
 }
 
-/// Every worker's hub: the node's [`Sink`] for the bus.
+/// Every worker's hub: where the bus hands this node's committed events.
 #[derive(Default)]
 pub struct Hubs {
-    hubs: RwLock<Vec<(Addr<Hub>, Arc<HubShared>)>>,
-    /// Set once, before the first connection, when a cluster bus follows
-    /// local interest.
-    interest: OnceLock<Arc<Interest>>,
+    hubs: RwLock<Vec<(Addr<Hub>, Arc<HubFlags>)>>,
+    /// The node's interest, when a cluster bus follows it.
+    interest: Option<Arc<Interest>>,
 }
 
 impl Hubs {
-    /// An empty set; hubs join as worker threads get their first connection.
+    /// An empty set for a single node; hubs join as worker threads get
+    /// their first connection.
     pub fn new() -> Arc<Hubs> {
         Arc::new(Hubs::default())
     }
 
-    fn add(&self, addr: Addr<Hub>, shared: Arc<HubShared>) {
-        self.hubs.write().push((addr, shared));
+    /// An empty set whose registries report which topics have local
+    /// subscribers to `interest` (a cluster bus receives only those).
+    pub fn with_interest(interest: Interest) -> Arc<Hubs> {
+        Arc::new(Hubs {
+            hubs: RwLock::default(),
+            interest: Some(Arc::new(interest)),
+        })
     }
 
-    /// Makes the registries report which topics have local subscribers to
-    /// `follow`. Call it before the first connection registers; later
-    /// calls are ignored.
-    pub fn follow(&self, follow: impl Follow) {
-        let _ = self.interest.set(Arc::new(Interest::new(follow)));
+    fn add(&self, addr: Addr<Hub>, flags: Arc<HubFlags>) {
+        self.hubs.write().push((addr, flags));
     }
 
     /// Connections read these heads from the store as they subscribed.
     pub fn saw_heads(&self, heads: &[(Topic, u64)]) {
-        if let Some(interest) = self.interest.get() {
+        if let Some(interest) = &self.interest {
             for (topic, head) in heads {
                 interest.seen(topic, *head);
             }
         }
     }
 
-    /// How many topics have local subscribers, when interest is followed.
-    pub fn followed_topics(&self) -> Option<usize> {
-        self.interest.get().map(|i| i.len())
-    }
-
     /// Asks the connections of `topics`, on every hub, to re-read them from
     /// the store.
     pub fn resync_topics(&self, topics: Vec<Topic>) {
         let topics: Arc<[Topic]> = topics.into();
-        for (addr, shared) in self.hubs.read().iter() {
+        for (addr, flags) in self.hubs.read().iter() {
             if addr.try_send(ResyncTopics(topics.clone())).is_err() {
-                shared.lost.store(true, Ordering::Release);
+                flags.lost.store(true, Ordering::Release);
             }
         }
     }
@@ -299,19 +290,20 @@ impl Hubs {
     /// Asks every connection on every hub to resync from the store (after a
     /// bus outage).
     pub fn resync_all(&self) {
-        for (_, shared) in self.hubs.read().iter() {
-            shared.lost.store(true, Ordering::Release);
+        for (_, flags) in self.hubs.read().iter() {
+            flags.lost.store(true, Ordering::Release);
         }
     }
 }
 
-impl Sink for Hubs {
-    fn deliver(&self, event: Arc<Encoded>) {
+impl Hubs {
+    /// Hands one committed event, encoded once, to every worker's hub.
+    pub fn deliver(&self, event: Arc<Encoded>) {
         let _span = crate::telemetry::handing_over(&event).entered();
-        for (addr, shared) in self.hubs.read().iter() {
+        for (addr, flags) in self.hubs.read().iter() {
             if addr.try_send(Deliver(event.clone())).is_err() {
                 crate::telemetry::metrics::hub_overflow();
-                shared.lost.store(true, Ordering::Release);
+                flags.lost.store(true, Ordering::Release);
             }
         }
     }

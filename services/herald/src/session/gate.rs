@@ -4,7 +4,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::http::error::ApiError;
+/// Why the gate did not admit a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The node is draining: connect to another node.
+    #[error("this node is draining; retry on another node")]
+    Draining,
+    /// The node holds its maximum of connections.
+    #[error("this node holds its maximum of {0} connections; retry on another node")]
+    Full(usize),
+}
 
 /// Counts connections (WebSocket, SSE, pending long polls) against a limit.
 #[derive(Debug)]
@@ -17,9 +26,9 @@ pub struct Gate {
 
 /// One admitted connection; leaving frees its place.
 #[derive(Debug)]
-pub struct Ticket(Arc<Gate>);
+pub struct Admission(Arc<Gate>);
 
-impl Drop for Ticket {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
@@ -36,22 +45,17 @@ impl Gate {
         })
     }
 
-    /// Admits one connection, or says why not (`503`).
-    pub fn enter(self: &Arc<Gate>) -> Result<Ticket, ApiError> {
+    /// Admits one connection, or says why not.
+    pub fn enter(self: &Arc<Gate>) -> Result<Admission, Refused> {
         if self.is_draining() {
-            return Err(ApiError::Draining {
-                retry_after_secs: 1,
-            });
+            return Err(Refused::Draining);
         }
         let before = self.open.fetch_add(1, Ordering::AcqRel);
         if before >= self.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::Unavailable(format!(
-                "this node holds its maximum of {} connections; retry on another node",
-                self.max
-            )));
+            return Err(Refused::Full(self.max));
         }
-        Ok(Ticket(self.clone()))
+        Ok(Admission(self.clone()))
     }
 
     /// Connections open now.

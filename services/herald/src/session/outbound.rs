@@ -20,7 +20,8 @@ pub enum Full {
     Closed,
 }
 
-struct Shared {
+/// How full the queue is, seen by both ends.
+struct Fill {
     bytes: AtomicUsize,
     /// Signalled each time the transport takes a frame.
     progress: Notify,
@@ -31,7 +32,7 @@ struct Shared {
 /// The actor's end.
 pub struct Outbound<T> {
     tx: mpsc::Sender<(T, usize)>,
-    shared: Arc<Shared>,
+    fill: Arc<Fill>,
     max_items: usize,
     max_bytes: usize,
     last: Option<oneshot::Sender<T>>,
@@ -42,7 +43,7 @@ pub struct Outbound<T> {
 /// The transport's end.
 pub struct OutboundRx<T> {
     rx: mpsc::Receiver<(T, usize)>,
-    shared: Arc<Shared>,
+    fill: Arc<Fill>,
     last: Option<oneshot::Receiver<T>>,
     done: bool,
 }
@@ -51,7 +52,7 @@ pub struct OutboundRx<T> {
 pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundRx<T>) {
     let (tx, rx) = mpsc::channel(max_items.max(1));
     let (last_tx, last_rx) = oneshot::channel();
-    let shared = Arc::new(Shared {
+    let fill = Arc::new(Fill {
         bytes: AtomicUsize::new(0),
         progress: Notify::new(),
         high_water: AtomicUsize::new(0),
@@ -59,7 +60,7 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
     (
         Outbound {
             tx,
-            shared: shared.clone(),
+            fill: fill.clone(),
             max_items: max_items.max(1),
             max_bytes,
             last: Some(last_tx),
@@ -67,7 +68,7 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
         },
         OutboundRx {
             rx,
-            shared,
+            fill,
             last: Some(last_rx),
             done: false,
         },
@@ -77,7 +78,7 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
 impl<T> Outbound<T> {
     /// Queues `item` of `size` bytes, or says the queue is full.
     pub fn push(&self, item: T, size: usize) -> Result<(), Full> {
-        let queued = self.shared.bytes.load(Ordering::Acquire);
+        let queued = self.fill.bytes.load(Ordering::Acquire);
         // One item may always be queued alone, whatever its size.
         if queued > 0 && queued + size > self.max_bytes {
             return Err(Full::Full);
@@ -86,8 +87,8 @@ impl<T> Outbound<T> {
             mpsc::error::TrySendError::Full(_) => Full::Full,
             mpsc::error::TrySendError::Closed(_) => Full::Closed,
         })?;
-        self.shared.bytes.fetch_add(size, Ordering::AcqRel);
-        self.shared
+        self.fill.bytes.fetch_add(size, Ordering::AcqRel);
+        self.fill
             .high_water
             .fetch_max(self.len(), Ordering::Relaxed);
         self.total_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -111,12 +112,12 @@ impl<T> Outbound<T> {
 
     /// Bytes waiting.
     pub fn bytes(&self) -> usize {
-        self.shared.bytes.load(Ordering::Acquire)
+        self.fill.bytes.load(Ordering::Acquire)
     }
 
     /// Most frames ever waiting at once.
     pub fn high_water(&self) -> usize {
-        self.shared.high_water.load(Ordering::Relaxed)
+        self.fill.high_water.load(Ordering::Relaxed)
     }
 
     /// Whether the transport's end is gone (the client disconnected).
@@ -130,15 +131,14 @@ impl<T> Outbound<T> {
     where
         T: 'static,
     {
-        let shared = self.shared.clone();
+        let fill = self.fill.clone();
         let tx = self.tx.clone();
         let max_items = self.max_items;
         async move {
             loop {
-                let notified = shared.progress.notified();
+                let notified = fill.progress.notified();
                 let len = max_items - tx.capacity();
-                if tx.is_closed() || (len <= items && shared.bytes.load(Ordering::Acquire) <= bytes)
-                {
+                if tx.is_closed() || (len <= items && fill.bytes.load(Ordering::Acquire) <= bytes) {
                     return;
                 }
                 notified.await;
@@ -178,8 +178,8 @@ impl<T> OutboundRx<T> {
             None => self.rx.recv().await,
         };
         let (item, size) = item?;
-        self.shared.bytes.fetch_sub(size, Ordering::AcqRel);
-        self.shared.progress.notify_waiters();
+        self.fill.bytes.fetch_sub(size, Ordering::AcqRel);
+        self.fill.progress.notify_waiters();
         Some(item)
     }
 

@@ -11,20 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::json;
 use tokio::sync::Notify;
 
-use super::Close;
-use crate::auth::TokenId;
+use super::gate::{Gate, Refused};
+use super::{Close, Env};
+use crate::auth::{Principal, TokenId};
 use crate::event::Encoded;
-use crate::http::error::ApiError;
-use crate::http::{AppState, SubscribeQuery};
 use crate::hub::{self, Deliver, Member, Resync, SlowConsumer};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::topic::{Cursor, Topic};
 
 /// What a pending long poll was handed while it waited.
@@ -94,42 +90,21 @@ impl Handler<Close> for Waiter {
 }
 
 /// One poll's answer.
-struct Answer {
-    events: Vec<Bytes>,
-    resets: Vec<(Topic, u64)>,
-    cursor: Cursor,
-    more: bool,
+pub struct Answer {
+    /// Each event's JSON, in order.
+    pub events: Vec<Bytes>,
+    /// Topics restarted at a later seq (`from`).
+    pub resets: Vec<(Topic, u64)>,
+    /// Where the next poll starts.
+    pub cursor: Cursor,
+    /// Whether more events are waiting than the `limit` let in.
+    pub more: bool,
 }
 
 impl Answer {
-    fn is_empty(&self) -> bool {
+    /// Whether there is nothing to tell the client.
+    pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.resets.is_empty()
-    }
-
-    fn into_response(self) -> HttpResponse {
-        crate::telemetry::metrics::delivered("poll", self.events.len() as u64);
-        crate::telemetry::metrics::resets_sent("poll", self.resets.len() as u64);
-        let mut body = Vec::with_capacity(64 + self.events.iter().map(Bytes::len).sum::<usize>());
-        body.extend_from_slice(b"{\"events\":[");
-        for (i, event) in self.events.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(event);
-        }
-        let resets: Vec<serde_json::Value> = self
-            .resets
-            .iter()
-            .map(|(topic, from)| json!({"topic": topic, "from": from}))
-            .collect();
-        let tail = json!({"resets": resets, "cursor": self.cursor.to_string(), "more": self.more});
-        body.extend_from_slice(b"],");
-        let tail = tail.to_string();
-        body.extend_from_slice(&tail.as_bytes()[1..]);
-        HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(body)
     }
 }
 
@@ -168,7 +143,7 @@ async fn read(
     store: &dyn Store,
     positions: &[(Topic, u64)],
     limit: usize,
-) -> Result<Answer, ApiError> {
+) -> Result<Answer, StoreError> {
     let mut topics: Vec<Progress> = positions
         .iter()
         .map(|(topic, after)| Progress {
@@ -197,8 +172,7 @@ async fn read(
             let topic = &mut topics[i];
             let read = store
                 .read_since(&topic.topic, topic.position, quota)
-                .await
-                .map_err(|e| ApiError::Store(Arc::new(e)))?;
+                .await?;
             topic.head = read.head;
             if topic.position > read.head {
                 // From another deployment, or a wiped store.
@@ -276,38 +250,56 @@ fn from_hub(positions: &[(Topic, u64)], woken: &Mutex<Woken>) -> Option<Answer> 
     Some(answer)
 }
 
-/// `GET /v1/poll?topic=...&since=...&wait=...&limit=...`
-pub async fn handler(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    if state.gate.is_draining() {
-        return Err(ApiError::Draining {
-            retry_after_secs: 1,
-        });
-    }
-    let query = SubscribeQuery::parse(&req, &state, true).await?;
-    let store = &*state.sessions.store;
+/// A checked poll request.
+pub struct Request<'a> {
+    pub principal: &'a Principal,
+    pub topics: &'a [Topic],
+    pub since: &'a Cursor,
+    /// Longest wait for an event, in seconds (`0`: answer at once).
+    pub wait_secs: u64,
+    /// Most events in the answer.
+    pub limit: usize,
+}
+
+/// Why a poll could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// Answers a poll: the events after `since` at once, or, when there are
+/// none and the request may wait, the first to arrive within `wait_secs`.
+pub async fn answer(
+    env: &Env,
+    gate: &Arc<Gate>,
+    request: Request<'_>,
+) -> Result<Answer, PollError> {
+    let Request {
+        principal,
+        topics,
+        since,
+        wait_secs,
+        limit,
+    } = request;
+    let store = &*env.store;
     // Topics without a position are live-only: they stand at their head.
-    let live_only: Vec<Topic> = query
-        .topics
+    let live_only: Vec<Topic> = topics
         .iter()
-        .filter(|t| query.since.get(t).is_none())
+        .filter(|t| since.get(t).is_none())
         .cloned()
         .collect();
     let heads = if live_only.is_empty() {
         Vec::new()
     } else {
-        store
-            .heads(&live_only)
-            .await
-            .map_err(|e| ApiError::Store(Arc::new(e)))?
+        store.heads(&live_only).await?
     };
-    let positions: Vec<(Topic, u64)> = query
-        .topics
+    let positions: Vec<(Topic, u64)> = topics
         .iter()
         .map(|t| {
-            let at = query.since.get(t).unwrap_or_else(|| {
+            let at = since.get(t).unwrap_or_else(|| {
                 live_only
                     .iter()
                     .position(|l| l == t)
@@ -318,19 +310,19 @@ pub async fn handler(
         })
         .collect();
 
-    let answer = read(store, &positions, query.limit).await?;
-    if query.wait_secs == 0 || !answer.is_empty() {
-        return Ok(answer.into_response());
+    let answer = read(store, &positions, limit).await?;
+    if wait_secs == 0 || !answer.is_empty() {
+        return Ok(answer);
     }
 
     // Long poll: register first, then read again, then wait.
-    let _ticket = state.gate.enter()?;
+    let _admission = gate.enter()?;
     let wake = Arc::new(Notify::new());
     let woken = Arc::new(Mutex::new(Woken::default()));
     let waiter = Waiter {
         wake: wake.clone(),
         woken: woken.clone(),
-        limit: query.limit,
+        limit,
     }
     .start();
     let member = Member {
@@ -339,27 +331,21 @@ pub async fn handler(
         slow: waiter.clone().recipient(),
     };
     let id = hub::connection_id();
-    let ready = hub::register(&state.sessions.hubs, id, &query.topics, &member);
-    state.sessions.connections.add_long_poll(
+    let ready = hub::register(&env.hubs, id, topics, &member);
+    env.connections.add_long_poll(
         id,
         waiter.clone().recipient(),
-        Some(TokenId::from(&query.principal)),
+        Some(TokenId::from(principal)),
     );
     let _pending = crate::telemetry::metrics::PendingPoll::start();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait_secs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
     let result = async {
         ready
-            .wait(
-                state
-                    .sessions
-                    .settings
-                    .heartbeat
-                    .min(Duration::from_secs(query.wait_secs)),
-            )
+            .wait(env.settings.heartbeat.min(Duration::from_secs(wait_secs)))
             .await;
-        let mut answer = read(store, &positions, query.limit).await?;
+        let mut answer = read(store, &positions, limit).await?;
         loop {
-            if !answer.is_empty() || state.gate.is_draining() {
+            if !answer.is_empty() || gate.is_draining() {
                 return Ok(answer);
             }
             tokio::select! {
@@ -368,15 +354,15 @@ pub async fn handler(
             }
             answer = match from_hub(&positions, &woken) {
                 Some(answer) => answer,
-                None => read(store, &positions, query.limit).await?,
+                None => read(store, &positions, limit).await?,
             };
         }
     }
     .await;
-    hub::unregister(id, &query.topics);
-    state.sessions.connections.remove(id);
+    hub::unregister(id, topics);
+    env.connections.remove(id);
     waiter.do_send(StopWaiter);
-    result.map(Answer::into_response)
+    result
 }
 
 #[derive(Message)]

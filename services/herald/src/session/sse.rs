@@ -6,23 +6,24 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::json;
 
+use super::gate::Admission;
 use super::outbound::{self, OutboundRx};
-use super::{Close, CloseReason, Session, Transport};
+use super::{Close, CloseReason, Env, Session, Transport};
+use crate::auth::Principal;
 use crate::event::Encoded;
-use crate::http::error::ApiError;
-use crate::http::{AppState, SubscribeQuery};
 use crate::topic::{Cursor, Topic};
 
 /// A frame: up to three pieces, so the shared event JSON is never copied.
 pub struct SseFrame(pub [Bytes; 3]);
 
 /// The SSE transport.
-pub struct Sse;
+pub struct Sse {
+    /// Told once the first subscriptions are in place: the response starts then.
+    ready: Option<tokio::sync::oneshot::Sender<bool>>,
+}
 
 fn frame(text: String) -> (SseFrame, usize) {
     let len = text.len();
@@ -77,56 +78,42 @@ impl Transport for Sse {
     fn on_heartbeat(_: &mut Session<Sse>, _: &mut Context<Session<Sse>>) {}
 
     fn on_started(_: &mut Session<Sse>, _: Vec<(Topic, u64)>) {}
+
+    fn on_subscribed(&mut self, ok: bool) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(ok);
+        }
+    }
 }
 
 /// `retry:` in milliseconds, spread so that a node's clients do not all
 /// come back in the same instant.
-fn retry_ms() -> u64 {
+pub fn retry_ms() -> u64 {
     1_000 + rand::random::<u64>() % 4_000
 }
 
-/// `GET /v1/sse?topic=...&topic=...`
-pub async fn handler(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let gate = match state.gate.enter() {
-        Ok(gate) => gate,
-        Err(ApiError::Draining { .. }) => return Ok(come_back_later("draining")),
-        Err(ApiError::Unavailable(_)) => return Ok(come_back_later("full")),
-        Err(other) => return Err(other),
-    };
-    let query = match SubscribeQuery::parse(&req, &state, false).await {
-        Ok(query) => query,
-        // A ticket that could not be looked up: the store is away.
-        Err(ApiError::Unavailable(_) | ApiError::Store(_)) => {
-            return Ok(come_back_later("unavailable"));
-        }
-        Err(refused) => return Err(refused),
-    };
-    let since = match req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-    {
-        Some(last) => Cursor::parse(last)
-            .map_err(|e| ApiError::InvalidCursor(format!("Last-Event-ID is not a cursor: {e}")))?,
-        None => query.since.clone(),
-    };
-    let settings = &state.sessions.settings;
+/// Starts the session of an event stream for `principal` on `topics` from
+/// `since`. The stream is returned once the subscriptions are in place
+/// (every event committed after the client sees the response is
+/// delivered); `None` when they could not be set up (the store is away).
+pub async fn open(
+    principal: Principal,
+    topics: Vec<Topic>,
+    since: Cursor,
+    env: Arc<Env>,
+    admission: Admission,
+) -> Option<impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static> {
+    let settings = &env.settings;
     let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
     let _ = out.push(frame(format!("retry: {}\n\n", retry_ms())).0, 0);
-    let mut session = Session::new(
-        Sse,
-        out,
-        Some(query.principal),
-        state.sessions.clone(),
-        gate,
-    );
     let (ready, subscribed) = tokio::sync::oneshot::channel();
-    session.ready = Some(ready);
-    let topics = query.topics;
+    let session = Session::new(
+        Sse { ready: Some(ready) },
+        out,
+        Some(principal),
+        env,
+        admission,
+    );
     let addr = Session::create(move |ctx| {
         // The hub handles exist once the actor has started; subscribe then.
         ctx.run_later(
@@ -135,37 +122,10 @@ pub async fn handler(
         );
         session
     });
-    // Answer once the subscriptions are in place: every event committed
-    // after the client sees the response is delivered.
     if subscribed.await != Ok(true) {
-        return Ok(come_back_later("unavailable"));
+        return None;
     }
-    Ok(stream_response().streaming(body(rx, addr)))
-}
-
-/// The headers of every event stream.
-fn stream_response() -> actix_web::HttpResponseBuilder {
-    let mut response = HttpResponse::Ok();
-    response
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .insert_header((header::CONTENT_ENCODING, "identity"));
-    response
-}
-
-/// The answer when this node cannot take the stream now (`reason`:
-/// `draining`, `full`, `unavailable`): a `200` stream that only says
-/// `retry:` and `event: drain`, then ends. A native `EventSource` gives up
-/// for good on any status but `200`; this makes it reconnect by itself,
-/// with the `Last-Event-ID` it holds, and the load balancer sends it to
-/// another node.
-fn come_back_later(reason: &'static str) -> HttpResponse {
-    stream_response().body(format!(
-        "retry: {}\n\nevent: drain\ndata: {}\n\n",
-        retry_ms(),
-        json!({ "reason": reason })
-    ))
+    Some(body(rx, addr))
 }
 
 /// Tells the session when the response body is dropped: the client is gone.
@@ -181,7 +141,7 @@ impl Drop for Hangup {
 fn body(
     rx: OutboundRx<SseFrame>,
     session: Addr<Session<Sse>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static {
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static {
     futures_util::stream::unfold(
         (rx, VecDeque::<Bytes>::new(), Hangup(session)),
         |(mut rx, mut pending, hangup)| async move {

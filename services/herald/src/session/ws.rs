@@ -5,20 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::gate::Admission;
 use super::outbound::{self, OutboundRx};
-use super::{CloseReason, Session, Transport};
-use crate::auth::TokenId;
+use super::{CloseReason, Env, Session, Transport};
 use crate::auth::token::now_secs;
+use crate::auth::{Principal, TokenId};
 use crate::event::Encoded;
-use crate::http::AppState;
-use crate::http::error::ApiError;
 use crate::topic::{Cursor, Topic};
 
 /// How long the writer tries to deliver a close frame to a client that is
@@ -33,9 +31,14 @@ pub enum WsFrame {
     Close(u16, String),
 }
 
-/// The WebSocket transport, with its budget of subscription frames.
+/// The WebSocket transport: its budget of subscription frames, and what it
+/// knows of the client's liveness and token.
 pub struct Ws {
     ops: OpBudget,
+    /// When the client was last heard from.
+    last_seen: Instant,
+    /// Whether the `expiring` notice went out for the current token.
+    expiring_sent: bool,
 }
 
 /// A token bucket for `subscribe` and `unsubscribe` frames: each would read
@@ -117,21 +120,21 @@ impl Transport for Ws {
     }
 
     fn on_heartbeat(session: &mut Session<Ws>, ctx: &mut Context<Session<Ws>>) {
-        let heartbeat = session.shared.settings.heartbeat;
-        if session.last_seen.elapsed() > heartbeat * 2 + Duration::from_secs(5) {
+        let heartbeat = session.env.settings.heartbeat;
+        if session.transport.last_seen.elapsed() > heartbeat * 2 + Duration::from_secs(5) {
             session.close(CloseReason::Protocol("no answer to pings".into()), ctx);
             return;
         }
         // Warn once when the token has less than two heartbeats left.
         if let Some(principal) = &session.principal
-            && !session.expiring_sent
+            && !session.transport.expiring_sent
         {
             let left = principal
                 .exp
-                .saturating_add(session.shared.settings.leeway_secs)
+                .saturating_add(session.env.settings.leeway_secs)
                 .saturating_sub(now_secs());
             if left < 2 * heartbeat.as_secs().max(1) {
-                session.expiring_sent = true;
+                session.transport.expiring_sent = true;
                 let (frame, size) = text(json!({"op": "expiring", "in": left}));
                 session.send(frame, size, ctx);
             }
@@ -155,17 +158,17 @@ impl Transport for Ws {
     }
 }
 
-/// `GET /v1/ws`
-pub async fn handler(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let gate = state.gate.enter()?;
-    let principal = crate::http::subscriber_credential(&req, &state).await?;
-    let (response, ws, messages) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::InvalidParameter(format!("not a WebSocket upgrade: {e}")))?;
-    let settings = &state.sessions.settings;
+/// Starts the session of an upgraded WebSocket: `principal` when the
+/// request carried credentials, else it must send an `auth` frame within
+/// the auth timeout.
+pub fn start(
+    ws: actix_ws::Session,
+    messages: actix_ws::MessageStream,
+    principal: Option<Principal>,
+    env: Arc<Env>,
+    admission: Admission,
+) {
+    let settings = &env.settings;
     let messages = messages
         .max_frame_size(settings.max_frame_bytes)
         .aggregate_continuations()
@@ -175,8 +178,10 @@ pub async fn handler(
     let authenticated = principal.is_some();
     let ws_transport = Ws {
         ops: OpBudget::new(settings.max_subscription_ops_per_sec),
+        last_seen: Instant::now(),
+        expiring_sent: false,
     };
-    let session = Session::new(ws_transport, out, principal, state.sessions.clone(), gate);
+    let session = Session::new(ws_transport, out, principal, env, admission);
     Session::create(move |ctx| {
         ctx.add_stream(messages);
         if authenticated {
@@ -184,7 +189,7 @@ pub async fn handler(
             let (frame, size) = text(json!({"op": "authenticated", "exp": exp}));
             let _ = session.out.push(frame, size);
         } else {
-            ctx.run_later(session.shared.settings.auth_timeout, |session, ctx| {
+            ctx.run_later(session.env.settings.auth_timeout, |session, ctx| {
                 if session.principal.is_none() {
                     session.close(
                         CloseReason::Unauthorized("no auth frame in time".into()),
@@ -195,7 +200,6 @@ pub async fn handler(
         }
         session
     });
-    Ok(response)
 }
 
 /// Writes queued frames to the socket as it accepts them. The final frame
@@ -272,7 +276,7 @@ pub struct AuthOp {
 }
 
 /// A client frame, decoded (nothing in it is checked yet).
-pub enum ClientFrame {
+pub enum ClientOp {
     Subscribe(SubscribeOp),
     Unsubscribe(UnsubscribeOp),
     Auth(AuthOp),
@@ -295,26 +299,24 @@ pub enum FrameError {
 }
 
 /// Decodes a text frame from a client.
-pub fn decode_frame(text: &str) -> Result<ClientFrame, FrameError> {
+pub fn decode_frame(text: &str) -> Result<ClientOp, FrameError> {
     let OpOnly { op } = serde_json::from_str::<OpOnly>(text).map_err(|_| FrameError::NoOp)?;
     let body = |op: &'static str| move |error| FrameError::Body { op, error };
     Ok(match op.as_str() {
-        "subscribe" => {
-            ClientFrame::Subscribe(serde_json::from_str(text).map_err(body("subscribe"))?)
-        }
+        "subscribe" => ClientOp::Subscribe(serde_json::from_str(text).map_err(body("subscribe"))?),
         "unsubscribe" => {
-            ClientFrame::Unsubscribe(serde_json::from_str(text).map_err(body("unsubscribe"))?)
+            ClientOp::Unsubscribe(serde_json::from_str(text).map_err(body("unsubscribe"))?)
         }
-        "auth" => ClientFrame::Auth(serde_json::from_str(text).map_err(body("auth"))?),
-        "ack" => ClientFrame::Ack(serde_json::from_str(text).map_err(body("ack"))?),
-        "ping" => ClientFrame::Ping,
-        _ => ClientFrame::Unknown(op),
+        "auth" => ClientOp::Auth(serde_json::from_str(text).map_err(body("auth"))?),
+        "ack" => ClientOp::Ack(serde_json::from_str(text).map_err(body("ack"))?),
+        "ping" => ClientOp::Ping,
+        _ => ClientOp::Unknown(op),
     })
 }
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
     fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
-        self.last_seen = Instant::now();
+        self.transport.last_seen = Instant::now();
         match msg {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             Ok(AggregatedMessage::Binary(_)) if self.principal.is_none() => self.close(
@@ -334,8 +336,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
             }
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => {
-                self.closing = true;
-                ctx.stop();
+                self.gone(ctx);
             }
             Err(ProtocolError::Overflow) => self.close(CloseReason::FrameTooLarge, ctx),
             // The aggregated stream reports a fragmented message over the limit this way.
@@ -345,8 +346,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
             // The socket broke (the client vanished without a close frame):
             // it went away, which is a normal end, not a protocol error.
             Err(ProtocolError::Io(_)) => {
-                self.closing = true;
-                ctx.stop();
+                self.gone(ctx);
             }
             Err(e) => self.close(
                 CloseReason::Protocol(format!("WebSocket protocol error: {e}")),
@@ -357,8 +357,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The client's side of the socket is gone.
-        self.closing = true;
-        ctx.stop();
+        self.gone(ctx);
     }
 }
 
@@ -386,7 +385,7 @@ impl Session<Ws> {
                 Err(FrameError::NoOp) => {
                     return self.close(CloseReason::Unauthorized("authenticate first".into()), ctx);
                 }
-                Ok(ClientFrame::Auth(_)) | Err(FrameError::Body { op: "auth", .. }) => {}
+                Ok(ClientOp::Auth(_)) | Err(FrameError::Body { op: "auth", .. }) => {}
                 _ => {
                     return self.close(
                         CloseReason::Unauthorized(
@@ -399,14 +398,14 @@ impl Session<Ws> {
         }
         let subscription_op = matches!(
             frame,
-            Ok(ClientFrame::Subscribe(_) | ClientFrame::Unsubscribe(_))
+            Ok(ClientOp::Subscribe(_) | ClientOp::Unsubscribe(_))
                 | Err(FrameError::Body {
                     op: "subscribe" | "unsubscribe",
                     ..
                 })
         );
         if subscription_op && !self.transport.ops.take() {
-            let limit = self.shared.settings.max_subscription_ops_per_sec;
+            let limit = self.env.settings.max_subscription_ops_per_sec;
             return self.reply_error(
                 "rate_limited",
                 &[],
@@ -430,12 +429,12 @@ impl Session<Ws> {
                     self.reply_error("invalid_frame", &[], &format!("{op}: {error}"), ctx);
                 }
             }
-            Ok(ClientFrame::Subscribe(op)) => self.on_subscribe(op, ctx),
-            Ok(ClientFrame::Unsubscribe(op)) => self.on_unsubscribe(op, ctx),
-            Ok(ClientFrame::Auth(op)) => self.on_auth(op, ctx),
-            Ok(ClientFrame::Ack(op)) => self.on_ack(op, ctx),
-            Ok(ClientFrame::Ping) => self.reply(json!({"op": "pong"}), ctx),
-            Ok(ClientFrame::Unknown(other)) => {
+            Ok(ClientOp::Subscribe(op)) => self.on_subscribe(op, ctx),
+            Ok(ClientOp::Unsubscribe(op)) => self.on_unsubscribe(op, ctx),
+            Ok(ClientOp::Auth(op)) => self.on_auth(op, ctx),
+            Ok(ClientOp::Ack(op)) => self.on_ack(op, ctx),
+            Ok(ClientOp::Ping) => self.reply(json!({"op": "pong"}), ctx),
+            Ok(ClientOp::Unknown(other)) => {
                 let other: String = other.chars().take(64).collect();
                 self.reply_error("unknown_op", &[], &format!("unknown op {other:?}"), ctx);
             }
@@ -473,7 +472,7 @@ impl Session<Ws> {
             .filter(|t| !self.subs.contains(t))
             .cloned()
             .collect();
-        let max = self.shared.settings.max_topics;
+        let max = self.env.settings.max_topics;
         if self.subs.len() + fresh.len() > max {
             let topics: Vec<String> = fresh.iter().map(Topic::to_string).collect();
             return self.reply_error(
@@ -529,7 +528,7 @@ impl Session<Ws> {
     }
 
     fn on_auth(&mut self, op: AuthOp, ctx: &mut Context<Self>) {
-        let verified = self.shared.verify(&op.token);
+        let verified = self.env.access.verify(&op.token);
         let principal = match verified {
             Ok(p) => p,
             Err(e) => {
@@ -550,11 +549,11 @@ impl Session<Ws> {
             .collect();
         let had_topics = !self.subs.is_empty();
         let exp = principal.exp;
-        self.shared
+        self.env
             .connections
             .set_token(self.id, TokenId::from(&principal));
         self.principal = Some(principal);
-        self.expiring_sent = false;
+        self.transport.expiring_sent = false;
         self.reply(json!({"op": "authenticated", "exp": exp}), ctx);
         if !dropped.is_empty() {
             self.unsubscribe(&dropped);

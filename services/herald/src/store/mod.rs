@@ -1,13 +1,14 @@
 //! The durable event log: the `Store` trait, its SQLite and Postgres
-//! implementations, group commit and retention.
+//! implementations, and retention. (Group commit, which writes to it, is
+//! part of publishing: `crate::publish::committer`.)
 //!
 //! The store is the truth. A publish is answered only after its transaction
 //! commits; every transport resumes from it.
 
 pub mod acks;
-mod committer;
 mod plan;
 mod postgres;
+mod revocations;
 mod sqlite;
 
 use std::sync::Arc;
@@ -16,13 +17,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use acks::{AckRow, AckWrite};
-pub use committer::{Committer, CommitterSettings};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Event, NewEvent};
 use crate::topic::Topic;
+
+/// A stored integer as the unsigned value it stands for.
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// An unsigned value as a stored integer.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// The outcome of appending one event.
 #[derive(Debug, Clone, PartialEq, Eq)]

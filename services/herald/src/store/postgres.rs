@@ -14,8 +14,9 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::plan::{plan, topics};
-use super::{Appended, Read, RevocationChanges, Store, StoreError};
-use crate::auth::{Revocation, RevocationKind};
+use super::revocations::{self, Dialect};
+use super::{Appended, Read, RevocationChanges, Store, StoreError, to_i64, to_u64};
+use crate::auth::RevocationKind;
 use crate::event::{Event, NewEvent};
 use crate::topic::Topic;
 
@@ -35,14 +36,6 @@ impl PostgresStore {
             .connect_lazy(url)?;
         Ok(PostgresStore { pool })
     }
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -260,32 +253,15 @@ impl Store for PostgresStore {
         revoked_at_secs: u64,
         expires_at_secs: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The counter's row lock orders writers: change numbers are
-        // assigned in commit order, so a reader that saw number N has seen
-        // every change below it.
-        let change: i64 = sqlx::query_scalar(
-            "UPDATE revocation_changes SET last_change = last_change + 1 RETURNING last_change",
+        revocations::revoke(
+            &self.pool,
+            Dialect::Postgres,
+            kind,
+            value,
+            revoked_at_secs,
+            expires_at_secs,
         )
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO revocations (kind, value, revoked_at, expires_at, change_no) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (kind, value) DO UPDATE SET \
-             revoked_at = GREATEST(revocations.revoked_at, excluded.revoked_at), \
-             expires_at = GREATEST(revocations.expires_at, excluded.expires_at), \
-             change_no = excluded.change_no",
-        )
-        .bind(kind.as_str())
-        .bind(value)
-        .bind(to_i64(revoked_at_secs))
-        .bind(to_i64(expires_at_secs))
-        .bind(change)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     async fn revocations(
@@ -293,54 +269,15 @@ impl Store for PostgresStore {
         after_change: u64,
         now_secs: u64,
     ) -> Result<RevocationChanges, StoreError> {
-        // The counter first: every change up to it is committed, and so
-        // visible to the read that follows.
-        let last: i64 = sqlx::query_scalar("SELECT last_change FROM revocation_changes")
-            .fetch_one(&self.pool)
-            .await?;
-        // A counter behind what the caller saw: the store was replaced
-        // (restored, wiped); everything is read again.
-        let after_change = if to_u64(last) < after_change {
-            0
-        } else {
-            after_change
-        };
-        let rows = sqlx::query(
-            "SELECT kind, value, revoked_at, change_no FROM revocations \
-             WHERE change_no > $1 AND expires_at > $2",
-        )
-        .bind(to_i64(after_change))
-        .bind(to_i64(now_secs))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut changes = RevocationChanges {
-            revocations: Vec::with_capacity(rows.len()),
-            last_change: to_u64(last),
-        };
-        for row in rows {
-            changes.last_change = changes.last_change.max(to_u64(row.try_get(3)?));
-            let kind: String = row.try_get(0)?;
-            // A kind this version does not know is skipped, not an outage.
-            let Ok(kind) = kind.parse::<RevocationKind>() else {
-                continue;
-            };
-            changes.revocations.push(Revocation {
-                kind,
-                value: row.try_get(1)?,
-                revoked_at_secs: to_u64(row.try_get(2)?),
-            });
-        }
-        Ok(changes)
+        revocations::read(&self.pool, Dialect::Postgres, after_change, now_secs).await
     }
 
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM revocations WHERE expires_at <= $1")
-                .bind(to_i64(now_secs))
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        Ok(sqlx::query(revocations::prune(Dialect::Postgres))
+            .bind(to_i64(now_secs))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn put_ticket(

@@ -21,20 +21,8 @@ use crate::event::Encoded;
 /// The transports, as the `transport` label names them.
 pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
 
-/// Why connections close, as the `reason` label names them (the codes of
-/// `session::CloseReason`).
-pub const REASONS: [&str; 10] = [
-    "normal",
-    "slow_consumer",
-    "token_expired",
-    "revoked",
-    "unauthorized",
-    "forbidden",
-    "draining",
-    "protocol_error",
-    "frame_too_large",
-    "unavailable",
-];
+/// Why connections close, as the `reason` label names them.
+pub const REASONS: [&str; crate::close::CODES.len()] = crate::close::CODES;
 
 /// Refused credentials, as the `code` label names them.
 pub const AUTH_CODES: [&str; 5] = [

@@ -28,11 +28,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::LogFormat;
 use crate::topic::Topic;
 
-/// The log target of per-event lines for the followed topic.
-pub const FOLLOW_TARGET: &str = "herald::follow";
+/// The log target of per-event lines for the logged topic.
+pub const TOPIC_LOG_TARGET: &str = "herald::follow";
 
 /// The topic whose events are logged stage by stage, if any.
-static FOLLOWED: OnceLock<Topic> = OnceLock::new();
+static LOGGED_TOPIC: OnceLock<Topic> = OnceLock::new();
 
 /// What must be flushed before the process exits.
 #[must_use = "flush telemetry at exit with `Telemetry::shutdown`"]
@@ -58,14 +58,14 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber (logs, and spans to OTLP when configured),
-/// the W3C trace-context propagator and the metrics pipeline. `follow` is
+/// the W3C trace-context propagator and the metrics pipeline. `log_topic` is
 /// the topic whose events are logged stage by stage. Safe to call more than
 /// once: later calls install nothing and export nothing.
-pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
+pub fn init(format: LogFormat, log_topic: Option<Topic>) -> Telemetry {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if let Some(topic) = follow {
-        let _ = FOLLOWED.set(topic);
-        if let Ok(directive) = format!("{FOLLOW_TARGET}=debug").parse() {
+    if let Some(topic) = log_topic {
+        let _ = LOGGED_TOPIC.set(topic);
+        if let Ok(directive) = format!("{TOPIC_LOG_TARGET}=debug").parse() {
             filter = filter.add_directive(directive);
         }
     }
@@ -128,20 +128,20 @@ pub fn init(format: LogFormat, follow: Option<Topic>) -> Telemetry {
     Telemetry { tracer }
 }
 
-/// Whether `topic`'s events are logged stage by stage (`HERALD_LOG_TOPIC`).
-/// Checked once per event per node; the answer travels with the encoded event.
-pub fn follows(topic: &Topic) -> bool {
-    FOLLOWED.get().is_some_and(|t| t == topic)
+/// Whether `topic`'s events are logged stage by stage (`HERALD_LOG_TOPIC`):
+/// one load and, only while a topic is logged, one comparison.
+pub fn logs_topic(topic: &Topic) -> bool {
+    LOGGED_TOPIC.get().is_some_and(|t| t == topic)
 }
 
 /// This node hands `event` to its connections: records the time since its
-/// commit, logs it if its topic is followed, and returns the `deliver` span
+/// commit, logs it if its topic is logged, and returns the `deliver` span
 /// (a child of the current span) to enter around the hand-over.
 pub fn handing_over(event: &crate::event::Encoded) -> tracing::Span {
     metrics::handing_over(event);
-    if event.follow {
+    if logs_topic(&event.topic) {
         tracing::debug!(
-            target: FOLLOW_TARGET,
+            target: TOPIC_LOG_TARGET,
             topic = event.topic.as_str(),
             seq = event.seq,
             lag_ms = crate::event::now_ms() - event.time_ms,
@@ -152,13 +152,13 @@ pub fn handing_over(event: &crate::event::Encoded) -> tracing::Span {
 }
 
 /// `event` was queued for connection `id`: counts it, and logs it if its
-/// topic is followed. Called once per event per connection: cheap.
+/// topic is logged. Called once per event per connection: cheap.
 #[inline]
 pub fn delivered(transport: &'static str, id: u64, event: &crate::event::Encoded) {
     metrics::delivered(transport, 1);
-    if event.follow {
+    if logs_topic(&event.topic) {
         tracing::debug!(
-            target: FOLLOW_TARGET,
+            target: TOPIC_LOG_TARGET,
             topic = event.topic.as_str(),
             seq = event.seq,
             connection = id,
@@ -169,16 +169,16 @@ pub fn delivered(transport: &'static str, id: u64, event: &crate::event::Encoded
 }
 
 /// `event` arrived from another node over NATS, with `headers`: counts it,
-/// logs it if its topic is followed, and returns the `bus.receive` span
+/// logs it if its topic is logged, and returns the `bus.receive` span
 /// (joined to the publisher's trace) to hand it over in.
 pub fn received(
     event: &crate::event::Encoded,
     headers: Option<&async_nats::HeaderMap>,
 ) -> tracing::Span {
     metrics::bus_received();
-    if event.follow {
+    if logs_topic(&event.topic) {
         tracing::debug!(
-            target: FOLLOW_TARGET,
+            target: TOPIC_LOG_TARGET,
             topic = event.topic.as_str(),
             seq = event.seq,
             "received from the bus"

@@ -9,17 +9,15 @@
 //! never queue on the same topic's row lock, which would serialise them while
 //! each holds a transaction open.
 
-use std::sync::Arc;
-
 use std::hash::{Hash, Hasher};
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use super::{Appended, Store, StoreError};
 use crate::bus::Bus;
 use crate::event::{Event, NewEvent, now_ms};
+use crate::store::{Appended, Store, StoreError};
 
 /// Group commit settings.
 #[derive(Debug, Clone, Copy)]
@@ -33,10 +31,16 @@ pub struct CommitterSettings {
 }
 
 impl CommitterSettings {
-    /// Settings suited to `store`'s kind.
-    pub fn for_store(store: &dyn Store) -> CommitterSettings {
+    /// Settings for `store`: `writers` concurrent transactions where the
+    /// store can commit in parallel (Postgres), one where it has a single
+    /// write lock (SQLite).
+    pub fn new(store: &dyn Store, writers: usize) -> CommitterSettings {
         CommitterSettings {
-            writers: if store.kind() == "sqlite" { 1 } else { 4 },
+            writers: if store.kind() == "sqlite" {
+                1
+            } else {
+                writers.max(1)
+            },
             queue_requests: 16_384,
             max_group_events: 4_000,
         }
@@ -54,17 +58,24 @@ struct Request {
 }
 
 /// A handle to the group committer. Cheap to clone.
+///
+/// Each writer hands its groups' new events to the bus after the commit and
+/// before answering, in seq order, and a topic always has the same writer:
+/// subscribers see a topic's events in order (see [`crate::publish`]).
 #[derive(Clone)]
 pub struct Committer {
     writers: Arc<[mpsc::Sender<Request>]>,
-    bus: Arc<OnceLock<Arc<dyn Bus>>>,
 }
 
 impl Committer {
-    /// Starts the writers on the current Tokio runtime.
-    pub fn start(store: Arc<dyn Store>, settings: CommitterSettings) -> Committer {
+    /// Starts the writers on the current Tokio runtime: they commit to
+    /// `store`, then publish the new events on `bus`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        settings: CommitterSettings,
+    ) -> Committer {
         let count = settings.writers.max(1);
-        let bus = Arc::new(OnceLock::new());
         let writers: Vec<_> = (0..count)
             .map(|_| {
                 let (tx, rx) = mpsc::channel((settings.queue_requests / count).max(1));
@@ -79,18 +90,7 @@ impl Committer {
             .collect();
         Committer {
             writers: writers.into(),
-            bus,
         }
-    }
-
-    /// The bus that committed events are handed to. Each writer hands over
-    /// its groups' new events after the commit and before answering, in seq
-    /// order, and a topic always has the same writer: subscribers see a
-    /// topic's events in order, instead of each publish racing the others to
-    /// the bus (which would make every subscriber repair a false gap from the
-    /// store).
-    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
-        let _ = self.bus.set(bus);
     }
 
     /// Appends `events` atomically (all or none), sharing the transaction
@@ -122,7 +122,7 @@ impl Committer {
 
 async fn writer(
     store: Arc<dyn Store>,
-    bus: Arc<OnceLock<Arc<dyn Bus>>>,
+    bus: Arc<dyn Bus>,
     mut rx: mpsc::Receiver<Request>,
     max_group_events: usize,
 ) {
@@ -142,11 +142,11 @@ async fn writer(
             }
             group
         };
-        commit(&*store, bus.get(), group).await;
+        commit(&*store, &*bus, group).await;
     }
 }
 
-async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Request>) {
+async fn commit(store: &dyn Store, bus: &dyn Bus, group: Vec<Request>) {
     let mut spans = Vec::with_capacity(group.len());
     let (events, replies): (Vec<_>, Vec<_>) = group
         .into_iter()
@@ -208,11 +208,10 @@ async fn commit(store: &dyn Store, bus: Option<&Arc<dyn Bus>>, group: Vec<Reques
 /// order. The events are committed whatever happens here: a failure only
 /// delays them, and subscribers repair the gap from the store.
 async fn hand_to_bus<'a>(
-    bus: Option<&Arc<dyn Bus>>,
+    bus: &dyn Bus,
     outcomes: impl Iterator<Item = &'a (NewEvent, Appended)>,
     publisher: &tracing::Span,
 ) {
-    let Some(bus) = bus else { return };
     let fresh: Vec<Event> = outcomes
         .filter(|(_, a)| !a.duplicate)
         .map(|(e, a)| Event {
@@ -227,9 +226,12 @@ async fn hand_to_bus<'a>(
     if fresh.is_empty() {
         return;
     }
-    for event in fresh.iter().filter(|e| crate::telemetry::follows(&e.topic)) {
+    for event in fresh
+        .iter()
+        .filter(|e| crate::telemetry::logs_topic(&e.topic))
+    {
         tracing::debug!(
-            target: crate::telemetry::FOLLOW_TARGET,
+            target: crate::telemetry::TOPIC_LOG_TARGET,
             topic = event.topic.as_str(),
             seq = event.seq,
             id = event.id.as_str(),

@@ -1,28 +1,15 @@
-//! Publishing: turn a request body into events, check them in the order the
-//! contract sets (size, shape and topic, permission), commit them durably and
-//! hand the new ones to the bus.
+//! A publish body into events, checked in the contract's order: size, then
+//! shape and topic. Permission comes after (see [`super::authorize`]).
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use tracing::Instrument as _;
 
-use crate::auth::Principal;
-use crate::event::{NewEvent, format_time_ms};
-use crate::http::error::ApiError;
-use crate::store::{Appended, Committer};
+use super::{Limits, PublishError};
+use crate::event::NewEvent;
 use crate::topic::Topic;
 
 /// Longest publisher-chosen `id` or `type`, in bytes.
 pub const MAX_LABEL_BYTES: usize = 255;
-
-/// Publish limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest `data` JSON text of one event.
-    pub max_data_bytes: usize,
-    /// Most events in one batch.
-    pub max_batch_events: usize,
-}
 
 /// One event of a request body, loosely typed so each check can say exactly
 /// what is wrong.
@@ -43,49 +30,27 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// The answer for one event.
-#[derive(Debug, Serialize)]
-pub struct Receipt {
-    pub topic: Topic,
-    pub seq: u64,
-    pub id: String,
-    pub time: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
-}
-
-/// The answer to a publish request.
-#[derive(Debug)]
-pub struct Published {
-    /// One receipt per input event, in input order.
-    pub receipts: Vec<Receipt>,
-    /// Whether the body was an array.
-    pub batch: bool,
-    /// Whether anything new was stored.
-    pub created: bool,
-}
-
 /// Parses and checks a publish body (already within the body size limit).
-pub fn parse(body: &[u8], limits: Limits) -> Result<(Vec<NewEvent>, bool), ApiError> {
+pub fn parse(body: &[u8], limits: Limits) -> Result<(Vec<NewEvent>, bool), PublishError> {
     let raw: &RawValue = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| PublishError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
     let text = raw.get().trim_start();
     let (elements, batch): (Vec<&RawValue>, bool) = if text.starts_with('[') {
         let elements: Vec<&RawValue> = serde_json::from_str(raw.get())
-            .map_err(|e| ApiError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+            .map_err(|e| PublishError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
         (elements, true)
     } else {
         (vec![raw], false)
     };
     if elements.len() > limits.max_batch_events {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(PublishError::PayloadTooLarge(format!(
             "a batch holds at most {} events; this one has {}",
             limits.max_batch_events,
             elements.len()
         )));
     }
     if elements.is_empty() {
-        return Err(ApiError::InvalidEvent(
+        return Err(PublishError::InvalidEvent(
             "an empty batch publishes nothing".into(),
         ));
     }
@@ -100,7 +65,7 @@ pub fn parse(body: &[u8], limits: Limits) -> Result<(Vec<NewEvent>, bool), ApiEr
         }) = event
             && data.get().len() > limits.max_data_bytes
         {
-            return Err(ApiError::PayloadTooLarge(format!(
+            return Err(PublishError::PayloadTooLarge(format!(
                 "{}data is {} bytes of JSON; at most {} are accepted",
                 at(batch, i),
                 data.get().len(),
@@ -128,8 +93,8 @@ fn shape(
     event: Result<Loose, serde_json::Error>,
     batch: bool,
     i: usize,
-) -> Result<NewEvent, ApiError> {
-    let invalid = |msg: &str| ApiError::InvalidEvent(format!("{}{msg}", at(batch, i)));
+) -> Result<NewEvent, PublishError> {
+    let invalid = |msg: &str| PublishError::InvalidEvent(format!("{}{msg}", at(batch, i)));
     let event = event.map_err(|_| {
         invalid(r#"an event is an object: {"topic":"...","data":...,"id":"optional","type":"optional"}"#)
     })?;
@@ -138,8 +103,8 @@ fn shape(
         .ok_or_else(|| invalid("\"topic\" is required"))?;
     let topic: String =
         serde_json::from_str(topic.get()).map_err(|_| invalid("\"topic\" must be a string"))?;
-    let topic =
-        Topic::parse(&topic).map_err(|e| ApiError::InvalidTopic(format!("{}{e}", at(batch, i))))?;
+    let topic = Topic::parse(&topic)
+        .map_err(|e| PublishError::InvalidTopic(format!("{}{e}", at(batch, i))))?;
     let data = event
         .data
         .ok_or_else(|| invalid("\"data\" is required (any JSON value, null included)"))?;
@@ -188,68 +153,6 @@ fn server_id() -> String {
     format!("h-{:032x}", rand::random::<u128>())
 }
 
-/// Checks that `principal` may publish to every topic of `events`.
-pub fn authorize(principal: &Principal, events: &[NewEvent]) -> Result<(), ApiError> {
-    let mut refused: Vec<&str> = events
-        .iter()
-        .filter(|e| !principal.may_publish(&e.topic))
-        .map(|e| e.topic.as_str())
-        .collect();
-    if refused.is_empty() {
-        return Ok(());
-    }
-    refused.sort_unstable();
-    refused.dedup();
-    Err(crate::auth::AuthError::Forbidden(format!(
-        "the token may not publish to {}",
-        refused.join(", ")
-    ))
-    .into())
-}
-
-/// Commits `events`; the committer hands the new ones to the bus, in order.
-pub async fn commit(
-    committer: &Committer,
-    events: Vec<NewEvent>,
-) -> Result<Vec<(NewEvent, Appended)>, ApiError> {
-    committer.append(events).await.map_err(ApiError::Store)
-}
-
-/// The whole publish path after authentication: parse, authorize, commit.
-pub async fn publish(
-    principal: &Principal,
-    body: &[u8],
-    limits: Limits,
-    committer: &Committer,
-) -> Result<Published, ApiError> {
-    let (events, batch) = {
-        let _validate = tracing::info_span!("publish.validate").entered();
-        let (events, batch) = parse(body, limits)?;
-        authorize(principal, &events)?;
-        (events, batch)
-    };
-    tracing::Span::current().record("events", events.len());
-    let outcome = commit(committer, events)
-        .instrument(tracing::info_span!("publish.commit"))
-        .await?;
-    let created = outcome.iter().any(|(_, a)| !a.duplicate);
-    let receipts = outcome
-        .into_iter()
-        .map(|(e, a)| Receipt {
-            topic: e.topic,
-            seq: a.seq,
-            id: a.id,
-            time: format_time_ms(a.time_ms),
-            duplicate: a.duplicate,
-        })
-        .collect();
-    Ok(Published {
-        receipts,
-        batch,
-        created,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,37 +161,6 @@ mod tests {
         max_data_bytes: 64 * 1024,
         max_batch_events: 1000,
     };
-
-    fn code(body: &str) -> &'static str {
-        parse(body.as_bytes(), LIMITS)
-            .err()
-            .map(|e| e.code())
-            .unwrap_or("ok")
-    }
-
-    #[test]
-    fn bodies_are_checked_size_first_then_shape() {
-        assert_eq!(code(r#"{"topic":"a","data":null}"#), "ok");
-        assert_eq!(code(r#"{"topic":"a","data":1"#), "invalid_json");
-        assert_eq!(code("[]"), "invalid_event");
-        assert_eq!(code(r#"{"topic":"a"}"#), "invalid_event");
-        assert_eq!(code(r#"{"topic":"a b","data":1}"#), "invalid_topic");
-        assert_eq!(code(r#"{"topic":7,"data":1}"#), "invalid_event");
-        assert_eq!(code(r#"{"topic":"a","data":1,"id":""}"#), "invalid_event");
-        assert_eq!(code(r#"{"topic":"a","data":1,"id":7}"#), "invalid_event");
-        assert_eq!(
-            code(r#"{"topic":"a","data":1,"type":"a\u0000"}"#),
-            "invalid_event"
-        );
-        assert_eq!(code("42"), "invalid_event");
-        let big = format!(
-            r#"[{{"topic":"a b"}},{{"topic":"a","data":"{}"}}]"#,
-            "x".repeat(70_000)
-        );
-        assert_eq!(code(&big), "payload_too_large");
-        let many = format!("[{}]", vec![r#"{"topic":"a","data":1}"#; 1001].join(","));
-        assert_eq!(code(&many), "payload_too_large");
-    }
 
     #[test]
     fn line_breaks_in_data_become_spaces() {
