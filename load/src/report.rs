@@ -8,8 +8,9 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::kit::fanout_run::{self, FanoutFigures};
 use crate::machine::Machine;
-use crate::scenarios::{conns, fanout, poll_cost, publish, soak, storm};
+use crate::scenarios::{conns, poll_cost, publish, soak, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -72,8 +73,8 @@ impl Latency {
 pub enum Runs {
     Publish(Vec<publish::RunFigures>),
     Conns(Vec<conns::ConnsFigures>),
-    Fanout(Vec<fanout::FanoutFigures>),
-    Topics(Vec<fanout::FanoutFigures>),
+    Fanout(Vec<FanoutFigures>),
+    Topics(Vec<FanoutFigures>),
     Storm(Vec<storm::StormFigures>),
     PollCost(Vec<poll_cost::PollCostFigures>),
     Soak(Vec<soak::SoakFigures>),
@@ -113,7 +114,7 @@ impl Report {
             Runs::Publish(runs) => runs.iter().map(|r| r.failed + r.order_violations).sum(),
             Runs::Conns(runs) => runs.iter().map(|r| r.failed + r.dropped_while_held).sum(),
             Runs::Fanout(runs) | Runs::Topics(runs) => {
-                runs.iter().map(fanout::FanoutFigures::failures).sum()
+                runs.iter().map(FanoutFigures::failures).sum()
             }
             Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
             Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
@@ -137,7 +138,7 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
-            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout_run::render(runs)),
             Runs::Storm(runs) => out.push_str(&storm::render(runs)),
             Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
             Runs::Soak(runs) => out.push_str(&soak::render(runs)),

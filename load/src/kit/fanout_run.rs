@@ -468,7 +468,8 @@ pub(crate) async fn run_once(
 ) -> anyhow::Result<FanoutFigures> {
     let mut opened = open(settings, endpoints, subscribers, topics).await?;
     let published = publish(settings, target, rate, topics).await?;
-    let drained = drain_subscribers(settings, target, &mut opened.tasks, &published, topics).await?;
+    let drained =
+        drain_subscribers(settings, target, &mut opened.tasks, &published, topics).await?;
     measure(settings, target, rate, topics, &opened, &published, drained)
 }
 
@@ -555,8 +556,13 @@ async fn drain_subscribers(
     topics: &[String],
 ) -> anyhow::Result<Drained> {
     let shared = &published.shared;
-    let end_seqs =
-        publish_ends(&published.end_client, &shared.url, &shared.authorization, topics).await?;
+    let end_seqs = publish_ends(
+        &published.end_client,
+        &shared.url,
+        &shared.authorization,
+        topics,
+    )
+    .await?;
     let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
     let (done, unfinished) = drain(tasks, drain_deadline, "subscriber").await?;
     let (tallies, connections): (Vec<SubTally>, Vec<Option<WsStream>>) = done.into_iter().unzip();

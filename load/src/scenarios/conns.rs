@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use super::{Scenario, check_connecting};
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
+use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
 use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::{cpu, proc};
@@ -41,8 +42,6 @@ pub const DEFAULT_OPEN_TIMEOUT_SECS: u64 = 300;
 /// Most connections: Herald's default `HERALD_MAX_CONNECTIONS`.
 const MAX_COUNT: usize = 50_000;
 const MAX_HOLD_SECS: u64 = 3_600;
-/// Descriptors this process needs besides one per connection.
-pub const SPARE_FDS: u64 = 100;
 /// Client read buffer per WebSocket: pings and small frames only.
 const IDLE_WS_READ_BUFFER: usize = 4 * 1024;
 /// Extra validity of a minted token beyond the planned run time.
@@ -487,28 +486,6 @@ fn report<T>(
     conn
 }
 
-/// Fails early when the server's open-file limit cannot hold `count`
-/// connections (read from `/proc/PID/limits`; skipped when unreadable).
-pub fn check_server_fd_limit(pid: u32, count: usize) -> anyhow::Result<()> {
-    let Ok(limits) = std::fs::read_to_string(format!("/proc/{pid}/limits")) else {
-        return Ok(());
-    };
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(soft) = soft
-        && soft < count as u64 + SPARE_FDS
-    {
-        bail!(
-            "the server (pid {pid}) may open {soft} files, not enough for {count} connections; \
-             raise its limit (`ulimit -n`) before starting it"
-        );
-    }
-    Ok(())
-}
-
 impl ConnsFigures {
     /// Whether every asked connection opened and none dropped while held.
     pub fn all_held(&self) -> bool {
@@ -529,11 +506,5 @@ mod tests {
             panic!("conns parses as conns");
         };
         assert!(args.settings().is_err());
-    }
-
-    #[test]
-    fn the_server_fd_check_reads_proc_limits() {
-        // This process surely allows a handful of files.
-        check_server_fd_limit(std::process::id(), 1).expect("a few files are allowed");
     }
 }

@@ -4,7 +4,9 @@
 //! configuration and returns each run's figures.
 //!
 //! Adding one: a file here implementing [`Scenario`], a variant of
-//! [`crate::cli::Command`], and a variant of [`crate::report::Runs`].
+//! [`crate::cli::Command`], and a variant of [`crate::report::Runs`]. What
+//! scenarios share (publishers, subscribers, frames, sampling, common
+//! figures) is in [`crate::kit`]; a scenario never imports from another.
 
 use anyhow::bail;
 use serde::Serialize;
