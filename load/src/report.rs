@@ -2,12 +2,14 @@
 //! date, target, settings), latency summaries from an HDR histogram, the
 //! human table and the JSON record.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::ThreadGroupCpu;
 use crate::kit::fanout_run::{self, FanoutFigures};
 use crate::machine::Machine;
 use crate::scenarios::{conns, poll_cost, publish, soak, storm};
@@ -214,4 +216,28 @@ impl Table {
 /// A number with `decimals` places, or `-` when absent.
 pub fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Counts by kind as `kind: n, kind: n`.
+pub fn fmt_counts(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The server's CPU by thread, the four largest groups, as a note.
+pub fn fmt_server_threads(threads: &[ThreadGroupCpu]) -> String {
+    let top: Vec<String> = threads
+        .iter()
+        .take(4)
+        .map(|t| {
+            format!(
+                "{} x{} {:.0} ms ({:.0} sys)",
+                t.name, t.threads, t.cpu_ms, t.system_ms
+            )
+        })
+        .collect();
+    format!("server CPU by thread: {}", top.join("; "))
 }

@@ -37,7 +37,7 @@ use super::publishing::{
 use super::sampling::{BATCH, Sample, Shards};
 use super::subscribing::{await_opened, drain};
 use crate::client::{self, Endpoint, OpenError, Sources, WsStream};
-use crate::report::{Latency, Table, fmt_opt};
+use crate::report::{Latency, Table, fmt_counts, fmt_opt, fmt_server_threads};
 use crate::scenarios::{check_connecting, check_secs};
 use crate::target::Target;
 
@@ -254,22 +254,12 @@ pub fn render(runs: &[FanoutFigures]) -> String {
             r.publish_latency.p50_ms, r.publish_latency.p99_ms, r.window_secs
         )];
         if !r.publish_errors.is_empty() {
-            let list: Vec<String> = r
-                .publish_errors
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            notes.push(format!("publish errors {}", list.join(", ")));
+            notes.push(format!("publish errors {}", fmt_counts(&r.publish_errors)));
         }
         if !r.closed_early.is_empty() {
-            let list: Vec<String> = r
-                .closed_early
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
             notes.push(format!(
                 "subscribers closed early (4008 = slow consumer): {}",
-                list.join(", ")
+                fmt_counts(&r.closed_early)
             ));
         }
         if let Rate::PerSec(asked) = r.rate
@@ -303,19 +293,7 @@ pub fn render(runs: &[FanoutFigures]) -> String {
             ));
         }
         if !r.cost.server_threads.is_empty() {
-            let top: Vec<String> = r
-                .cost
-                .server_threads
-                .iter()
-                .take(4)
-                .map(|t| {
-                    format!(
-                        "{} x{} {:.0} ms ({:.0} sys)",
-                        t.name, t.threads, t.cpu_ms, t.system_ms
-                    )
-                })
-                .collect();
-            notes.push(format!("server CPU by thread: {}", top.join("; ")));
+            notes.push(fmt_server_threads(&r.cost.server_threads));
         }
         out.push_str(&format!(
             "\n{} subscribers, rate {}: {}",

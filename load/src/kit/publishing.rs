@@ -205,8 +205,8 @@ pub(crate) async fn join_publishers(
 /// The fields of a receipt the check needs.
 #[derive(Deserialize)]
 pub(crate) struct Receipt {
-    topic: String,
-    seq: u64,
+    pub(crate) topic: String,
+    pub(crate) seq: u64,
 }
 
 /// The JSON body of event `n`, sent at `sent_ns`: `data` is padded to

@@ -24,7 +24,7 @@ use super::{Scenario, check_connecting};
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
 use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::{cpu, proc};
 
@@ -285,8 +285,7 @@ pub fn render(runs: &[ConnsFigures]) -> String {
     for r in runs {
         let mut notes = Vec::new();
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("failed to open: {}", list.join(", ")));
+            notes.push(format!("failed to open: {}", fmt_counts(&r.errors)));
         }
         notes.push(format!(
             "server RSS right after opening {} MiB; server fds {} -> {}",

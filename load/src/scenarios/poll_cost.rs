@@ -54,7 +54,7 @@ use crate::kit::publishing::{
 };
 use crate::kit::sampling::{BATCH, Sample, Shards};
 use crate::kit::subscribing::{drain, subscriber_endpoints};
-use crate::report::{Latency, Runs, Table, fmt_opt};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::wire::{self, Counted, Counters};
 
@@ -379,16 +379,10 @@ pub fn render(runs: &[PollCostFigures]) -> String {
             r.bytes_received, r.bytes_sent, r.requests, r.reconnects, r.window_secs
         )];
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("errors (retried): {}", list.join(", ")));
+            notes.push(format!("errors (retried): {}", fmt_counts(&r.errors)));
         }
         if !r.publish_errors.is_empty() {
-            let list: Vec<String> = r
-                .publish_errors
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            notes.push(format!("publish errors: {}", list.join(", ")));
+            notes.push(format!("publish errors: {}", fmt_counts(&r.publish_errors)));
         }
         if r.correctness.unfinished > 0 {
             notes.push(format!("{} consumers unfinished", r.correctness.unfinished));

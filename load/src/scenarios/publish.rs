@@ -23,13 +23,16 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::cpu::{self, ThreadGroupCpu, ThreadSample};
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::kit::publishing::{Receipt, classify, http_client};
+use crate::report::{
+    Latency, Runs, Table, fmt_counts, fmt_opt, fmt_server_threads, latency_histogram,
+};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
 /// Publisher counts, one run each, by default.
@@ -275,8 +278,7 @@ pub fn render(runs: &[RunFigures]) -> String {
     for r in runs {
         let mut notes = Vec::new();
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("errors {}", list.join(", ")));
+            notes.push(format!("errors {}", fmt_counts(&r.errors)));
         }
         if r.order_violations > 0 {
             notes.push(format!("{} seqs out of order", r.order_violations));
@@ -285,18 +287,7 @@ pub fn render(runs: &[RunFigures]) -> String {
             notes.push(format!("stopped by {}", r.stopped_by));
         }
         if !r.server_threads.is_empty() {
-            let top: Vec<String> = r
-                .server_threads
-                .iter()
-                .take(4)
-                .map(|t| {
-                    format!(
-                        "{} x{} {:.0} ms ({:.0} sys)",
-                        t.name, t.threads, t.cpu_ms, t.system_ms
-                    )
-                })
-                .collect();
-            notes.push(format!("server CPU by thread: {}", top.join("; ")));
+            notes.push(fmt_server_threads(&r.server_threads));
         }
         if !notes.is_empty() {
             out.push_str(&format!(
@@ -335,13 +326,6 @@ impl Tally {
     fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
-}
-
-/// The fields of a receipt the check needs.
-#[derive(Deserialize)]
-struct Receipt {
-    topic: String,
-    seq: u64,
 }
 
 /// CPU counters and the time they were read.
@@ -396,31 +380,6 @@ fn event_body(topic: &str, index: usize, n: u64, pad: &str, data_bytes: usize) -
     )
 }
 
-/// A transport failure's kind.
-fn classify(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    }
-}
-
-/// One client, holding one keep-alive HTTP/1.1 connection to the target.
-fn client(settings: &PublishSettings) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(settings.request_timeout_secs))
-        .build()
-        .context("building an HTTP client")
-}
-
 async fn run_once(
     settings: &PublishSettings,
     target: &Target,
@@ -428,7 +387,7 @@ async fn run_once(
     run_tag: &str,
 ) -> anyhow::Result<RunFigures> {
     let clients = (0..publishers)
-        .map(|_| client(settings))
+        .map(|_| http_client(Duration::from_secs(settings.request_timeout_secs)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
         .context("the token is not a valid header value")?;

@@ -56,7 +56,7 @@ use crate::kit::publishing::{
 };
 use crate::kit::sampling::{BATCH, Sample, Shards};
 use crate::kit::subscribing::{await_opened, drain, subscriber_endpoints};
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
 /// Client counts, one run each, by default.
@@ -377,12 +377,6 @@ pub fn render(runs: &[StormFigures]) -> String {
         ]);
     }
     let mut out = table.render();
-    let list = |m: &BTreeMap<String, u64>| {
-        m.iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     for r in runs {
         let mut notes = vec![format!(
             "published {} at {:.0}/s; delivery p50 {:.2} ms, p99 {:.2} ms (replays included); \
@@ -397,22 +391,22 @@ pub fn render(runs: &[StormFigures]) -> String {
         if !r.reconnect_failures.is_empty() {
             notes.push(format!(
                 "failed reconnection attempts (retried): {}",
-                list(&r.reconnect_failures)
+                fmt_counts(&r.reconnect_failures)
             ));
         }
         if !r.publish_errors.is_empty() {
-            notes.push(format!("publish errors: {}", list(&r.publish_errors)));
+            notes.push(format!("publish errors: {}", fmt_counts(&r.publish_errors)));
         }
         if !r.closed_before_storm.is_empty() {
             notes.push(format!(
                 "closed before the storm: {}",
-                list(&r.closed_before_storm)
+                fmt_counts(&r.closed_before_storm)
             ));
         }
         if !r.closed_after_storm.is_empty() {
             notes.push(format!(
                 "closed after the storm (reconnected again): {}",
-                list(&r.closed_after_storm)
+                fmt_counts(&r.closed_after_storm)
             ));
         }
         if r.correctness.unfinished > 0 {
