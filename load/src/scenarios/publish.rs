@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::cpu::{self, ThreadGroupCpu, ThreadSample};
-use crate::kit::publishing::{Receipt, classify, http_client};
+use crate::kit::publishing::{Receipt, authorization, classify, http_client};
 use crate::report::{
     Latency, Runs, Table, fmt_counts, fmt_opt, fmt_server_threads, latency_histogram,
 };
@@ -380,18 +380,42 @@ fn event_body(topic: &str, index: usize, n: u64, pad: &str, data_bytes: usize) -
     )
 }
 
+/// The publishers of a run, under way.
+struct Publishing {
+    shared: Arc<Shared>,
+    tasks: JoinSet<Tally>,
+}
+
+/// What the publishers counted, and the CPU counters at the window's edges.
+struct Published {
+    tallies: Vec<Tally>,
+    before: Sample,
+    after: Sample,
+}
+
 async fn run_once(
     settings: &PublishSettings,
     target: &Target,
     publishers: usize,
     run_tag: &str,
 ) -> anyhow::Result<RunFigures> {
+    let Publishing { shared, tasks } = start(settings, target, publishers, run_tag)?;
+    let published = join(settings, target, tasks, &shared).await?;
+    measure(settings, publishers, &shared, published)
+}
+
+/// Starts `publishers` publishers, each with its own connection, over
+/// `--topics` topics.
+fn start(
+    settings: &PublishSettings,
+    target: &Target,
+    publishers: usize,
+    run_tag: &str,
+) -> anyhow::Result<Publishing> {
     let clients = (0..publishers)
         .map(|_| http_client(Duration::from_secs(settings.request_timeout_secs)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
-        .context("the token is not a valid header value")?;
-    authorization.set_sensitive(true);
+    let authorization = authorization(target)?;
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(settings.warmup_secs);
     let measure_until = measure_from + Duration::from_secs(settings.duration_secs);
@@ -413,7 +437,18 @@ async fn run_once(
         );
         tasks.spawn(publisher(shared.clone(), client, index, topic));
     }
+    Ok(Publishing { shared, tasks })
+}
 
+/// Reads the counters when the window starts, waits for every publisher
+/// to stop, and reads them again.
+async fn join(
+    settings: &PublishSettings,
+    target: &Target,
+    mut tasks: JoinSet<Tally>,
+    shared: &Shared,
+) -> anyhow::Result<Published> {
+    let (measure_from, measure_until) = (shared.measure_from, shared.measure_until);
     // Read the counters at the window's start from a thread of its own: a
     // task could be polled late while the publishers keep the runtime busy.
     let (pid, db_pid) = (target.pid, target.db_pid);
@@ -422,7 +457,7 @@ async fn run_once(
         Sample::take(pid, db_pid)
     });
     let stop_by = measure_until + Duration::from_secs(settings.request_timeout_secs) + STOP_SLACK;
-    let mut tallies = Vec::with_capacity(publishers);
+    let mut tallies = Vec::with_capacity(tasks.len());
     loop {
         match tokio::time::timeout_at(stop_by.into(), tasks.join_next()).await {
             Ok(Some(joined)) => tallies.push(joined.context("a publisher panicked")?),
@@ -433,7 +468,25 @@ async fn run_once(
     }
     let after = Sample::take(pid, db_pid)?;
     let before = before.await.context("the sampling thread panicked")??;
+    Ok(Published {
+        tallies,
+        before,
+        after,
+    })
+}
 
+/// The run's figures, from what the publishers counted.
+fn measure(
+    settings: &PublishSettings,
+    publishers: usize,
+    shared: &Shared,
+    published: Published,
+) -> anyhow::Result<RunFigures> {
+    let Published {
+        tallies,
+        before,
+        after,
+    } = published;
     let mut latency = latency_histogram();
     let mut errors = BTreeMap::new();
     let (mut events, mut order_violations, mut receipts_checked) = (0, 0, 0);
