@@ -186,11 +186,11 @@ impl PubTotals {
 }
 
 /// Waits for every publisher in `pubs` to stop, until `stop_by`; their
-/// tallies.
-pub(crate) async fn join_publishers(
-    mut pubs: JoinSet<PubTally>,
+/// tallies. Dropping the set on the way out aborts the stragglers.
+pub(crate) async fn join_publishers<T: 'static>(
+    mut pubs: JoinSet<T>,
     stop_by: Instant,
-) -> anyhow::Result<Vec<PubTally>> {
+) -> anyhow::Result<Vec<T>> {
     let mut tallies = Vec::with_capacity(pubs.len());
     loop {
         match tokio::time::timeout_at(stop_by.into(), pubs.join_next()).await {

@@ -29,7 +29,9 @@ use tokio::task::JoinSet;
 use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::cpu::{self, ThreadGroupCpu, ThreadSample};
-use crate::kit::publishing::{Receipt, authorization, classify, http_client};
+use crate::kit::publishing::{
+    Receipt, STOP_SLACK, authorization, classify, http_client, join_publishers,
+};
 use crate::report::{
     Latency, Runs, Table, fmt_counts, fmt_opt, fmt_server_threads, latency_histogram,
 };
@@ -59,8 +61,6 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Idle time between runs, so one run's closing connections and queued work
 /// do not land in the next one's window.
 const PAUSE_BETWEEN_RUNS: Duration = Duration::from_millis(500);
-/// How long after its window a run may take to stop, beyond a request timeout.
-const STOP_SLACK: Duration = Duration::from_secs(5);
 /// Extra validity of a minted token beyond the planned run time.
 const TOKEN_MARGIN_SECS: u64 = 3_600;
 
@@ -445,7 +445,7 @@ fn start(
 async fn join(
     settings: &PublishSettings,
     target: &Target,
-    mut tasks: JoinSet<Tally>,
+    tasks: JoinSet<Tally>,
     shared: &Shared,
 ) -> anyhow::Result<Published> {
     let (measure_from, measure_until) = (shared.measure_from, shared.measure_until);
@@ -457,15 +457,7 @@ async fn join(
         Sample::take(pid, db_pid)
     });
     let stop_by = measure_until + Duration::from_secs(settings.request_timeout_secs) + STOP_SLACK;
-    let mut tallies = Vec::with_capacity(tasks.len());
-    loop {
-        match tokio::time::timeout_at(stop_by.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => tallies.push(joined.context("a publisher panicked")?),
-            Ok(None) => break,
-            // Dropping the set aborts the stragglers.
-            Err(_) => bail!("publishers were still running {STOP_SLACK:?} after their deadline"),
-        }
-    }
+    let tallies = join_publishers(tasks, stop_by).await?;
     let after = Sample::take(pid, db_pid)?;
     let before = before.await.context("the sampling thread panicked")??;
     Ok(Published {
