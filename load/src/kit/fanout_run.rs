@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::checks::{check_connecting, check_secs};
 use super::fds::SPARE_FDS;
 use super::figures::{Correctness, ServerCost, per_million};
 use super::frames::{Frame, Seqs, WS_READ_BUFFER, parse_frame};
@@ -38,7 +39,6 @@ use super::sampling::{BATCH, Sample, Shards};
 use super::subscribing::{await_opened, drain};
 use crate::client::{self, Endpoint, OpenError, Sources, WsStream};
 use crate::report::{Latency, Table, fmt_counts, fmt_opt, fmt_server_threads};
-use crate::scenarios::{check_connecting, check_secs};
 use crate::target::Target;
 
 const MAX_SUBSCRIBERS: usize = 50_000;

@@ -1,6 +1,7 @@
 //! The load toolkit: what the scenarios share, one file per idea. A
 //! scenario takes its pieces from here, never from another scenario.
 //!
+//! - [`checks`]: checks of the arguments several scenarios share
 //! - [`defaults`]: defaults of the arguments several scenarios share
 //! - [`fds`]: open-file budgets, this process's and the server's
 //! - [`publishing`]: HTTP clients, event bodies, publishers and their
@@ -14,6 +15,7 @@
 //! - [`fanout_run`]: the fan-out run that `fanout`, `topics` and `soak`
 //!   are made of
 
+pub mod checks;
 pub mod defaults;
 pub mod fanout_run;
 pub mod fds;

@@ -21,9 +21,10 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::{Scenario, check_connecting};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
+use crate::kit::checks::check_connecting;
 use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
 use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};

@@ -38,9 +38,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{Scenario, check_connecting, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{DEFAULT_SOURCE_IPS, Endpoint, Sources, connect_from};
+use crate::kit::checks::{check_connecting, check_secs};
 use crate::kit::defaults::{
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
     DEFAULT_REQUEST_TIMEOUT_SECS,

@@ -17,9 +17,10 @@ use plotters::prelude::*;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{Scenario, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::DEFAULT_SOURCE_IPS;
+use crate::kit::checks::check_secs;
 use crate::kit::defaults::{
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
     DEFAULT_OPEN_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,

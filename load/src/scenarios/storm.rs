@@ -39,10 +39,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{MAX_SECS, Scenario, check_connecting, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources, WsStream};
 use crate::cpu::ThreadGroupCpu;
+use crate::kit::checks::{MAX_SECS, check_connecting, check_secs};
 use crate::kit::defaults::{
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
     DEFAULT_OPEN_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,
