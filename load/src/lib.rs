@@ -13,12 +13,15 @@
 //! - [`report`]: each run's figures, the human table and the JSON record
 //! - [`wire`]: byte-counting connections and a minimal HTTP/1.1 client (`poll-cost`)
 //! - [`plot`]: SVG plots of latency distributions and memory per connection
-//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`, `topics`, `storm`, `poll-cost`)
+//! - [`kit`]: what the scenarios share: publishing, subscribing, frames and
+//!   seqs, latency and CPU sampling, common figures, the fan-out run
+//! - [`scenarios`]: one file per scenario (`publish`, `conns`, `fanout`, `topics`, `storm`, `poll-cost`, `soak`)
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod cpu;
+pub mod kit;
 pub mod machine;
 pub mod plot;
 pub mod proc;

@@ -2,14 +2,17 @@
 //! date, target, settings), latency summaries from an HDR histogram, the
 //! human table and the JSON record.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::ThreadGroupCpu;
+use crate::kit::fanout_run::{self, FanoutFigures};
 use crate::machine::Machine;
-use crate::scenarios::{acks, conns, fanout, poll_cost, publish, soak, storm};
+use crate::scenarios::{acks, conns, poll_cost, publish, soak, storm};
 use crate::target::TargetInfo;
 
 /// Smallest latency a histogram tracks, in microseconds.
@@ -72,8 +75,8 @@ impl Latency {
 pub enum Runs {
     Publish(Vec<publish::RunFigures>),
     Conns(Vec<conns::ConnsFigures>),
-    Fanout(Vec<fanout::FanoutFigures>),
-    Topics(Vec<fanout::FanoutFigures>),
+    Fanout(Vec<FanoutFigures>),
+    Topics(Vec<FanoutFigures>),
     Storm(Vec<storm::StormFigures>),
     PollCost(Vec<poll_cost::PollCostFigures>),
     Soak(Vec<soak::SoakFigures>),
@@ -114,7 +117,7 @@ impl Report {
             Runs::Publish(runs) => runs.iter().map(|r| r.failed + r.order_violations).sum(),
             Runs::Conns(runs) => runs.iter().map(|r| r.failed + r.dropped_while_held).sum(),
             Runs::Fanout(runs) | Runs::Topics(runs) => {
-                runs.iter().map(fanout::FanoutFigures::failures).sum()
+                runs.iter().map(FanoutFigures::failures).sum()
             }
             Runs::Storm(runs) => runs.iter().map(storm::StormFigures::failures).sum(),
             Runs::PollCost(runs) => runs.iter().map(poll_cost::PollCostFigures::failures).sum(),
@@ -139,7 +142,7 @@ impl Report {
         match &self.runs {
             Runs::Publish(runs) => out.push_str(&publish::render(runs)),
             Runs::Conns(runs) => out.push_str(&conns::render(runs)),
-            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout::render(runs)),
+            Runs::Fanout(runs) | Runs::Topics(runs) => out.push_str(&fanout_run::render(runs)),
             Runs::Storm(runs) => out.push_str(&storm::render(runs)),
             Runs::PollCost(runs) => out.push_str(&poll_cost::render(runs)),
             Runs::Soak(runs) => out.push_str(&soak::render(runs)),
@@ -216,4 +219,28 @@ impl Table {
 /// A number with `decimals` places, or `-` when absent.
 pub fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Counts by kind as `kind: n, kind: n`.
+pub fn fmt_counts(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The server's CPU by thread, the four largest groups, as a note.
+pub fn fmt_server_threads(threads: &[ThreadGroupCpu]) -> String {
+    let top: Vec<String> = threads
+        .iter()
+        .take(4)
+        .map(|t| {
+            format!(
+                "{} x{} {:.0} ms ({:.0} sys)",
+                t.name, t.threads, t.cpu_ms, t.system_ms
+            )
+        })
+        .collect();
+    format!("server CPU by thread: {}", top.join("; "))
 }

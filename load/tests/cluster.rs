@@ -56,12 +56,15 @@ async fn fanout_and_storm_across_three_nodes_lose_nothing() {
     assert_eq!(run.nodes, 3);
     assert!(run.publish_errors.is_empty(), "{:?}", run.publish_errors);
     assert_eq!(run.events, 60);
-    assert_eq!(run.deliveries, 360);
-    assert_eq!(run.lost, 0, "lost events");
-    assert_eq!(run.duplicates, 0, "duplicated events");
-    assert_eq!(run.order_violations, 0, "events out of order");
-    assert_eq!(run.unfinished, 0);
-    assert!(run.server_cpu_secs.is_some(), "every node's CPU is counted");
+    assert_eq!(run.correctness.deliveries, 360);
+    assert_eq!(run.correctness.lost, 0, "lost events");
+    assert_eq!(run.correctness.duplicates, 0, "duplicated events");
+    assert_eq!(run.correctness.order_violations, 0, "events out of order");
+    assert_eq!(run.correctness.unfinished, 0);
+    assert!(
+        run.cost.server_cpu_secs.is_some(),
+        "every node's CPU is counted"
+    );
 
     let database_url = pg.create_database().expect("a fresh database");
     let storm = herald_load::Cli::try_parse_from([
@@ -93,10 +96,13 @@ async fn fanout_and_storm_across_three_nodes_lose_nothing() {
     };
     let run = &runs[0];
     assert_eq!(run.resumed, 20, "every client resumed");
-    assert_eq!(run.lost, 0, "lost events");
-    assert_eq!(run.duplicates, 0, "duplicated events");
-    assert_eq!(run.order_violations, 0, "events out of order");
-    assert_eq!(run.deliveries, run.deliveries_expected);
+    assert_eq!(run.correctness.lost, 0, "lost events");
+    assert_eq!(run.correctness.duplicates, 0, "duplicated events");
+    assert_eq!(run.correctness.order_violations, 0, "events out of order");
+    assert_eq!(
+        run.correctness.deliveries,
+        run.correctness.deliveries_expected
+    );
     assert_eq!(report.failures(), 0);
     drop((pg, nats));
 }

@@ -48,21 +48,24 @@ async fn five_subscribers_receive_fifty_events_each_once_and_in_order() {
         );
         assert_eq!(run.published, 50, "{rate}");
         assert_eq!(run.events, 50, "{rate}: the end event is seq 51");
-        assert_eq!(run.lost, 0, "{rate}: lost events");
-        assert_eq!(run.duplicates, 0, "{rate}: duplicated events");
-        assert_eq!(run.order_violations, 0, "{rate}: events out of order");
-        assert_eq!(run.resets, 0, "{rate}");
+        assert_eq!(run.correctness.lost, 0, "{rate}: lost events");
+        assert_eq!(run.correctness.duplicates, 0, "{rate}: duplicated events");
+        assert_eq!(
+            run.correctness.order_violations, 0,
+            "{rate}: events out of order"
+        );
+        assert_eq!(run.correctness.resets, 0, "{rate}");
         assert!(
             run.closed_early.is_empty(),
             "{rate}: {:?}",
             run.closed_early
         );
-        assert_eq!(run.unfinished, 0, "{rate}");
-        assert_eq!(run.deliveries, 250, "{rate}");
-        assert_eq!(run.deliveries_expected, 250, "{rate}");
+        assert_eq!(run.correctness.unfinished, 0, "{rate}");
+        assert_eq!(run.correctness.deliveries, 250, "{rate}");
+        assert_eq!(run.correctness.deliveries_expected, 250, "{rate}");
         assert_eq!(run.latency.count, 250, "{rate}: one latency per delivery");
         assert!(
-            run.server_cpu_secs.is_some(),
+            run.cost.server_cpu_secs.is_some(),
             "a started server's CPU is measured"
         );
     }

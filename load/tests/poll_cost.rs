@@ -65,17 +65,20 @@ async fn every_transport_delivers_the_stream_once_and_in_order() {
             run.events, run.published,
             "{t}: the topic holds every event"
         );
-        assert_eq!(run.deliveries, run.events * 3, "{t}");
-        assert_eq!(run.deliveries_expected, run.events * 3, "{t}");
-        assert_eq!(run.lost, 0, "{t}: lost events");
-        assert_eq!(run.duplicates, 0, "{t}: duplicated events");
-        assert_eq!(run.order_violations, 0, "{t}: events out of order");
-        assert_eq!(run.resets, 0, "{t}");
-        assert_eq!(run.unfinished, 0, "{t}");
+        assert_eq!(run.correctness.deliveries, run.events * 3, "{t}");
+        assert_eq!(run.correctness.deliveries_expected, run.events * 3, "{t}");
+        assert_eq!(run.correctness.lost, 0, "{t}: lost events");
+        assert_eq!(run.correctness.duplicates, 0, "{t}: duplicated events");
+        assert_eq!(
+            run.correctness.order_violations, 0,
+            "{t}: events out of order"
+        );
+        assert_eq!(run.correctness.resets, 0, "{t}");
+        assert_eq!(run.correctness.unfinished, 0, "{t}");
         assert!(run.bytes_received > 0 && run.bytes_sent > 0, "{t}");
         assert!(run.bytes_per_delivery.is_some(), "{t}");
         assert!(run.requests >= 3, "{t}: at least one request per consumer");
-        assert_eq!(run.latency.count, run.deliveries, "{t}");
+        assert_eq!(run.latency.count, run.correctness.deliveries, "{t}");
     }
     assert_eq!(report.failures(), 0);
 

@@ -75,9 +75,9 @@ async fn a_short_soak_samples_the_servers_memory_and_descriptors_over_time() {
         "a sample once the subscribers closed: {:?}",
         run.after_close
     );
-    assert_eq!(run.fanout.lost, 0);
-    assert_eq!(run.fanout.duplicates, 0);
-    assert_eq!(run.fanout.order_violations, 0);
+    assert_eq!(run.fanout.correctness.lost, 0);
+    assert_eq!(run.fanout.correctness.duplicates, 0);
+    assert_eq!(run.fanout.correctness.order_violations, 0);
     assert!(run.fanout.events > 0);
     assert_eq!(report.failures(), 0);
 

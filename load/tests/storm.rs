@@ -54,14 +54,17 @@ async fn forty_clients_reconnect_together_without_loss_or_duplicates() {
     assert_eq!(run.resumed, 40, "every client resumed");
     assert_eq!(run.not_resumed, 0);
     assert!(run.all_resumed_secs.is_some());
-    assert_eq!(run.lost, 0, "lost events");
-    assert_eq!(run.duplicates, 0, "duplicated events");
-    assert_eq!(run.order_violations, 0, "events out of order");
-    assert_eq!(run.resets, 0);
-    assert_eq!(run.unfinished, 0);
-    assert_eq!(run.deliveries, run.deliveries_expected);
+    assert_eq!(run.correctness.lost, 0, "lost events");
+    assert_eq!(run.correctness.duplicates, 0, "duplicated events");
+    assert_eq!(run.correctness.order_violations, 0, "events out of order");
+    assert_eq!(run.correctness.resets, 0);
+    assert_eq!(run.correctness.unfinished, 0);
     assert_eq!(
-        run.deliveries_expected,
+        run.correctness.deliveries,
+        run.correctness.deliveries_expected
+    );
+    assert_eq!(
+        run.correctness.deliveries_expected,
         run.events * 10,
         "each event has ten clients"
     );

@@ -47,16 +47,16 @@ async fn ten_topics_of_two_subscribers_receive_their_events_once_and_in_order() 
     assert_eq!(run.published, 100);
     assert_eq!(run.events, 100, "the topics hold every event");
     assert_eq!(
-        run.deliveries_expected, 200,
+        run.correctness.deliveries_expected, 200,
         "each event has two subscribers"
     );
-    assert_eq!(run.deliveries, 200);
-    assert_eq!(run.lost, 0, "lost events");
-    assert_eq!(run.duplicates, 0, "duplicated events");
-    assert_eq!(run.order_violations, 0, "events out of order");
-    assert_eq!(run.resets, 0);
+    assert_eq!(run.correctness.deliveries, 200);
+    assert_eq!(run.correctness.lost, 0, "lost events");
+    assert_eq!(run.correctness.duplicates, 0, "duplicated events");
+    assert_eq!(run.correctness.order_violations, 0, "events out of order");
+    assert_eq!(run.correctness.resets, 0);
     assert!(run.closed_early.is_empty(), "{:?}", run.closed_early);
-    assert_eq!(run.unfinished, 0);
+    assert_eq!(run.correctness.unfinished, 0);
     assert_eq!(report.failures(), 0);
 
     let record: serde_json::Value =

@@ -25,9 +25,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Scenario, check_connecting, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, Sources, WsStream};
+use crate::kit::checks::{check_connecting, check_secs};
 use crate::report::{Runs, Table, fmt_opt};
 use crate::target::{Secret, TOPIC_PREFIX, Target, TargetArgs};
 
@@ -238,7 +239,7 @@ impl Scenario for AcksArgs {
     }
 
     fn fds_needed(settings: &AcksSettings) -> u64 {
-        settings.subscribers as u64 + super::conns::SPARE_FDS
+        settings.subscribers as u64 + crate::kit::fds::SPARE_FDS
     }
 
     async fn run(settings: &AcksSettings, target: &mut Target) -> anyhow::Result<Runs> {

@@ -16,14 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::{Scenario, check_connecting};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::kit::checks::check_connecting;
+use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::{cpu, proc};
 
@@ -41,8 +44,6 @@ pub const DEFAULT_OPEN_TIMEOUT_SECS: u64 = 300;
 /// Most connections: Herald's default `HERALD_MAX_CONNECTIONS`.
 const MAX_COUNT: usize = 50_000;
 const MAX_HOLD_SECS: u64 = 3_600;
-/// Descriptors this process needs besides one per connection.
-pub const SPARE_FDS: u64 = 100;
 /// Client read buffer per WebSocket: pings and small frames only.
 const IDLE_WS_READ_BUFFER: usize = 4 * 1024;
 /// Extra validity of a minted token beyond the planned run time.
@@ -286,8 +287,7 @@ pub fn render(runs: &[ConnsFigures]) -> String {
     for r in runs {
         let mut notes = Vec::new();
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("failed to open: {}", list.join(", ")));
+            notes.push(format!("failed to open: {}", fmt_counts(&r.errors)));
         }
         notes.push(format!(
             "server RSS right after opening {} MiB; server fds {} -> {}",
@@ -318,23 +318,84 @@ struct Shared {
     dropped: AtomicU64,
 }
 
+/// Memory and CPU of the server (when measured), this process and the
+/// machine, read at the edges of the phases.
+struct Usage {
+    server_rss: Option<u64>,
+    server_fds: Option<usize>,
+    server_cpu: Option<Duration>,
+    client_rss: u64,
+    client_cpu: Duration,
+    machine: Duration,
+}
+
+impl Usage {
+    /// Reads everything, `pid` being the server's.
+    fn take(pid: Option<u32>) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            server_rss: pid.map(proc::rss_bytes).transpose()?,
+            server_fds: pid.and_then(proc::open_fds),
+            server_cpu: pid.map(cpu::process_cpu).transpose()?,
+            client_rss: proc::rss_bytes(std::process::id())?,
+            client_cpu: cpu::own_cpu()?,
+            machine: cpu::machine_busy()?,
+        })
+    }
+}
+
+/// The opening phase: every connection attempted, in the time allowed.
+struct Opening {
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    start: Instant,
+    /// Time to open, µs, over the connections that opened.
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    last_open: Instant,
+}
+
+/// Right after the opening phase.
+struct AtOpen {
+    server_rss: Option<u64>,
+    server_cpu: Option<Duration>,
+    client_cpu: Duration,
+    machine: Duration,
+    /// From the first attempt to now.
+    opening_secs: f64,
+}
+
+/// After the connections were held idle.
+struct Idle {
+    server_rss: Option<u64>,
+    server_fds: Option<usize>,
+    client_rss: u64,
+    dropped: u64,
+}
+
 async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<ConnsFigures> {
     let endpoint = Endpoint::resolve(&target.base_url, &target.token).await?;
     if let Some(pid) = target.pid {
         check_server_fd_limit(pid, settings.count)?;
     }
     let sources = Sources::new(settings.source_ips)?;
+    let before = Usage::take(target.pid)?;
+    let mut opening = open(settings, endpoint, &sources).await;
+    let at_open = AtOpen {
+        server_rss: target.pid.map(proc::rss_bytes).transpose()?,
+        server_cpu: target.pid.map(cpu::process_cpu).transpose()?,
+        client_cpu: cpu::own_cpu()?,
+        machine: cpu::machine_busy()?,
+        opening_secs: opening.start.elapsed().as_secs_f64().max(1e-9),
+    };
+    let idle = hold(settings, target, &mut opening).await?;
+    Ok(measure(settings, &before, &opening, &at_open, &idle))
+}
+
+/// Opens `--count` connections, `--open-concurrency` at a time, for at most
+/// `--open-timeout-secs`; those still waiting then are stopped and counted
+/// as `not_attempted_or_pending`.
+async fn open(settings: &ConnsSettings, endpoint: Endpoint, sources: &Sources) -> Opening {
     let tag = format!("{:08x}", rand::random::<u32>());
-    let pid = target.pid;
-    let own = std::process::id();
-
-    let server_rss_before = pid.map(proc::rss_bytes).transpose()?;
-    let server_fds_before = pid.and_then(proc::open_fds);
-    let server_cpu_before = pid.map(cpu::process_cpu).transpose()?;
-    let client_rss_before = proc::rss_bytes(own)?;
-    let client_cpu_before = cpu::own_cpu()?;
-    let machine_before = cpu::machine_busy()?;
-
     let (results, mut opened_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         endpoint,
@@ -377,65 +438,95 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
         }
         answered += 1;
     }
-    let opened = usize::try_from(latency.len()).expect("at most --count");
-    let open_secs = last_open.duration_since(start).as_secs_f64().max(1e-9);
-    let server_rss_open = pid.map(proc::rss_bytes).transpose()?;
-    let server_cpu_open = pid.map(cpu::process_cpu).transpose()?;
-    let client_cpu_open = cpu::own_cpu()?;
-    let machine_open = cpu::machine_busy()?;
-    let opening_secs = start.elapsed().as_secs_f64().max(1e-9);
-    let other_cores_busy_opening = (machine_open.saturating_sub(machine_before).as_secs_f64()
-        - client_cpu_open
-            .saturating_sub(client_cpu_before)
+    Opening {
+        shared,
+        tasks,
+        start,
+        latency,
+        errors,
+        last_open,
+    }
+}
+
+/// Holds the open connections idle for `--hold-secs`, reads what they cost
+/// then, and closes them.
+async fn hold(
+    settings: &ConnsSettings,
+    target: &Target,
+    opening: &mut Opening,
+) -> anyhow::Result<Idle> {
+    tokio::time::sleep(Duration::from_secs(settings.hold_secs)).await;
+    let idle = Idle {
+        server_rss: target.pid.map(proc::rss_bytes).transpose()?,
+        server_fds: target.pid.and_then(proc::open_fds),
+        client_rss: proc::rss_bytes(std::process::id())?,
+        dropped: opening.shared.dropped.load(Ordering::Relaxed),
+    };
+    opening.tasks.shutdown().await;
+    Ok(idle)
+}
+
+/// The run's figures, from what the phases read.
+fn measure(
+    settings: &ConnsSettings,
+    before: &Usage,
+    opening: &Opening,
+    at_open: &AtOpen,
+    idle: &Idle,
+) -> ConnsFigures {
+    let opened = usize::try_from(opening.latency.len()).expect("at most --count");
+    let open_secs = opening
+        .last_open
+        .duration_since(opening.start)
+        .as_secs_f64()
+        .max(1e-9);
+    let other_cores_busy_opening = (at_open.machine.saturating_sub(before.machine).as_secs_f64()
+        - at_open
+            .client_cpu
+            .saturating_sub(before.client_cpu)
             .as_secs_f64()
-        - server_cpu_before
-            .zip(server_cpu_open)
+        - before
+            .server_cpu
+            .zip(at_open.server_cpu)
             .map_or(0.0, |(b, a)| a.saturating_sub(b).as_secs_f64()))
     .max(0.0)
-        / opening_secs;
-
-    tokio::time::sleep(Duration::from_secs(settings.hold_secs)).await;
-
-    let server_rss_idle = pid.map(proc::rss_bytes).transpose()?;
-    let server_fds_idle = pid.and_then(proc::open_fds);
-    let client_rss_idle = proc::rss_bytes(own)?;
-    let dropped_while_held = shared.dropped.load(Ordering::Relaxed);
-    tasks.shutdown().await;
-
+        / at_open.opening_secs;
     let per_conn_kib = |before: u64, after: u64| {
         (opened > 0).then(|| (after as f64 - before as f64) / 1024.0 / opened as f64)
     };
     let per_1k = |before: Duration, after: Duration| {
         (opened > 0).then(|| after.saturating_sub(before).as_secs_f64() * 1e6 / opened as f64)
     };
-    Ok(ConnsFigures {
+    ConnsFigures {
         transport: settings.transport.name(),
         topics: settings.topics.name(),
         count: settings.count,
         opened,
-        failed: errors.values().sum(),
-        errors,
+        failed: opening.errors.values().sum(),
+        errors: opening.errors.clone(),
         open_secs,
         conns_per_sec: opened as f64 / open_secs,
-        open_latency: Latency::from_histogram(&latency),
-        dropped_while_held,
-        server_kib_per_conn: server_rss_before
-            .zip(server_rss_idle)
+        open_latency: Latency::from_histogram(&opening.latency),
+        dropped_while_held: idle.dropped,
+        server_kib_per_conn: before
+            .server_rss
+            .zip(idle.server_rss)
             .and_then(|(b, a)| per_conn_kib(b, a)),
-        server_rss_before,
-        server_rss_open,
-        server_rss_idle,
-        server_fds_before,
-        server_fds_idle,
-        server_cpu_ms_per_1k_conns: server_cpu_before
-            .zip(server_cpu_open)
+        server_rss_before: before.server_rss,
+        server_rss_open: at_open.server_rss,
+        server_rss_idle: idle.server_rss,
+        server_fds_before: before.server_fds,
+        server_fds_idle: idle.server_fds,
+        server_cpu_ms_per_1k_conns: before
+            .server_cpu
+            .zip(at_open.server_cpu)
             .and_then(|(b, a)| per_1k(b, a)),
-        client_rss_before,
-        client_rss_idle,
-        client_kib_per_conn: per_conn_kib(client_rss_before, client_rss_idle),
-        client_cpu_ms_per_1k_conns: per_1k(client_cpu_before, client_cpu_open),
+        client_rss_before: before.client_rss,
+        client_rss_idle: idle.client_rss,
+        client_kib_per_conn: per_conn_kib(before.client_rss, idle.client_rss),
+        client_cpu_ms_per_1k_conns: per_1k(before.client_cpu, at_open.client_cpu),
         other_cores_busy_opening,
-    })
+    }
 }
 
 /// Opens one connection (when a permit is free), reports it, then reads it
@@ -487,28 +578,6 @@ fn report<T>(
     conn
 }
 
-/// Fails early when the server's open-file limit cannot hold `count`
-/// connections (read from `/proc/PID/limits`; skipped when unreadable).
-pub fn check_server_fd_limit(pid: u32, count: usize) -> anyhow::Result<()> {
-    let Ok(limits) = std::fs::read_to_string(format!("/proc/{pid}/limits")) else {
-        return Ok(());
-    };
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(soft) = soft
-        && soft < count as u64 + SPARE_FDS
-    {
-        bail!(
-            "the server (pid {pid}) may open {soft} files, not enough for {count} connections; \
-             raise its limit (`ulimit -n`) before starting it"
-        );
-    }
-    Ok(())
-}
-
 impl ConnsFigures {
     /// Whether every asked connection opened and none dropped while held.
     pub fn all_held(&self) -> bool {
@@ -529,11 +598,5 @@ mod tests {
             panic!("conns parses as conns");
         };
         assert!(args.settings().is_err());
-    }
-
-    #[test]
-    fn the_server_fd_check_reads_proc_limits() {
-        // This process surely allows a handful of files.
-        check_server_fd_limit(std::process::id(), 1).expect("a few files are allowed");
     }
 }

@@ -38,15 +38,24 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::conns::{SPARE_FDS, check_server_fd_limit};
-use super::fanout::{
-    self, BATCH, Frame, PubShared, Rate, STOP_SLACK, Sample, Seqs, Shards, now_ns, parse_frame,
-};
-use super::{Scenario, check_connecting, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{DEFAULT_SOURCE_IPS, Endpoint, Sources, connect_from};
-use crate::cpu::ThreadGroupCpu;
-use crate::report::{Latency, Runs, Table, fmt_opt};
+use crate::kit::checks::{check_connecting, check_secs};
+use crate::kit::defaults::{
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
+    DEFAULT_REQUEST_TIMEOUT_SECS,
+};
+use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
+use crate::kit::figures::{Correctness, ServerCost};
+use crate::kit::frames::{Frame, Seqs, parse_frame};
+use crate::kit::publishing::{
+    Plan, PubShared, PubTally, Rate, STOP_SLACK, authorization, http_client, publish_ends,
+    publisher,
+};
+use crate::kit::sampling::{BATCH, Sample, Shards};
+use crate::kit::subscribing::{drain, subscriber_endpoints};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::wire::{self, Counted, Counters};
 
@@ -130,23 +139,23 @@ pub struct PollCostArgs {
     #[arg(long, env = "HERALD_LOAD_LONG_POLL_WAIT_SECS", default_value_t = DEFAULT_LONG_POLL_WAIT_SECS)]
     pub long_poll_wait_secs: u64,
     /// Bytes of each event's `data`.
-    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = fanout::DEFAULT_DATA_BYTES)]
+    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = DEFAULT_DATA_BYTES)]
     pub data_bytes: usize,
     /// Seconds after the end event was published that consumers may take
     /// to receive everything (added to the poll interval for short polls).
-    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = fanout::DEFAULT_DRAIN_SECS)]
+    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
     /// Source addresses: consumers are spread over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
     pub source_ips: u8,
     /// Consumers being connected at once.
-    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = fanout::DEFAULT_OPEN_CONCURRENCY)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = DEFAULT_OPEN_CONCURRENCY)]
     pub open_concurrency: usize,
     /// Seconds one connection may take to open.
-    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_CONNECT_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
     /// Seconds one publish may take before it counts as a `timeout` error.
-    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
 }
 
@@ -243,7 +252,7 @@ impl Scenario for PollCostArgs {
     }
 
     async fn run(settings: &PollCostSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoints = fanout::subscriber_endpoints(target).await?;
+        let endpoints = subscriber_endpoints(target).await?;
         for &pid in &target.pids {
             check_server_fd_limit(pid, settings.clients + 1)?;
         }
@@ -280,10 +289,12 @@ pub struct PollCostFigures {
     pub published: u64,
     /// Failed publishes by kind.
     pub publish_errors: BTreeMap<String, u64>,
-    /// Event deliveries to all consumers (the end event not counted).
-    pub deliveries: u64,
-    /// `clients * events`.
-    pub deliveries_expected: u64,
+    /// Event deliveries to all consumers (the end event not counted), and
+    /// `clients * events`; seqs never received, received twice or after a
+    /// higher one, resets, and consumers that never had the end event
+    /// (all must be 0).
+    #[serde(flatten)]
+    pub correctness: Correctness,
     /// From the first publish until the last consumer had the end event.
     pub window_secs: f64,
     /// Bytes received by all consumers (server to client).
@@ -304,24 +315,10 @@ pub struct PollCostFigures {
     pub errors: BTreeMap<String, u64>,
     /// Publish-to-delivery latency, ms, over every delivery.
     pub latency: Latency,
-    /// Seqs never received, summed (must be 0).
-    pub lost: u64,
-    /// Seqs received twice (must be 0).
-    pub duplicates: u64,
-    /// Seqs received after a higher one (must be 0).
-    pub order_violations: u64,
-    /// Resets received (must be 0).
-    pub resets: u64,
-    /// Consumers that never had the end event (must be 0).
-    pub unfinished: u64,
-    /// Server CPU in the window, seconds (all nodes).
-    pub server_cpu_secs: Option<f64>,
-    /// Per million deliveries.
-    pub server_cpu_secs_per_million_deliveries: Option<f64>,
-    /// Cores the server kept busy.
-    pub server_cores_busy: Option<f64>,
-    /// The server's CPU in the window by thread name.
-    pub server_threads: Vec<ThreadGroupCpu>,
+    /// Server CPU in the window (all nodes), per million deliveries, the
+    /// cores it kept busy and by thread name.
+    #[serde(flatten)]
+    pub cost: ServerCost,
     /// Cores this process kept busy.
     pub client_cores_busy: f64,
     /// Cores everything else kept busy.
@@ -331,11 +328,7 @@ pub struct PollCostFigures {
 impl PollCostFigures {
     /// Correctness failures.
     pub fn failures(&self) -> u64 {
-        self.lost
-            + self.duplicates
-            + self.order_violations
-            + self.unfinished
-            + self.publish_errors.values().sum::<u64>()
+        self.correctness.failures() + self.publish_errors.values().sum::<u64>()
     }
 }
 
@@ -363,17 +356,20 @@ pub fn render(runs: &[PollCostFigures]) -> String {
             r.transport.name().to_owned(),
             r.clients.to_string(),
             r.events.to_string(),
-            format!("{}/{}", r.deliveries, r.deliveries_expected),
+            format!(
+                "{}/{}",
+                r.correctness.deliveries, r.correctness.deliveries_expected
+            ),
             fmt_opt(r.bytes_per_delivery, 0),
             format!("{:.2}", r.requests_per_min_per_client),
             format!("{:.2}", r.latency.p50_ms),
             format!("{:.2}", r.latency.p99_ms),
             format!("{:.2}", r.latency.max_ms),
-            fmt_opt(r.server_cpu_secs_per_million_deliveries, 2),
-            fmt_opt(r.server_cores_busy, 3),
-            r.lost.to_string(),
-            r.duplicates.to_string(),
-            r.order_violations.to_string(),
+            fmt_opt(r.cost.server_cpu_secs_per_million_deliveries, 2),
+            fmt_opt(r.cost.server_cores_busy, 3),
+            r.correctness.lost.to_string(),
+            r.correctness.duplicates.to_string(),
+            r.correctness.order_violations.to_string(),
             format!("{:.2}", r.other_cores_busy),
         ]);
     }
@@ -384,19 +380,13 @@ pub fn render(runs: &[PollCostFigures]) -> String {
             r.bytes_received, r.bytes_sent, r.requests, r.reconnects, r.window_secs
         )];
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("errors (retried): {}", list.join(", ")));
+            notes.push(format!("errors (retried): {}", fmt_counts(&r.errors)));
         }
         if !r.publish_errors.is_empty() {
-            let list: Vec<String> = r
-                .publish_errors
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            notes.push(format!("publish errors: {}", list.join(", ")));
+            notes.push(format!("publish errors: {}", fmt_counts(&r.publish_errors)));
         }
-        if r.unfinished > 0 {
-            notes.push(format!("{} consumers unfinished", r.unfinished));
+        if r.correctness.unfinished > 0 {
+            notes.push(format!("{} consumers unfinished", r.correctness.unfinished));
         }
         out.push_str(&format!("\n{}: {}", r.transport.name(), notes.join("\n  ")));
     }
@@ -452,10 +442,7 @@ impl Tally {
         self.deliveries += 1;
         self.seqs.see(seq);
         if let Some(sent) = sent_ns {
-            batch.push(now_ns().saturating_sub(sent) / 1_000);
-            if batch.len() == BATCH {
-                shared.shards.record(index, batch);
-            }
+            shared.shards.keep(index, batch, sent);
         }
         false
     }
@@ -844,6 +831,33 @@ async fn poll_consumer(shared: &Shared, index: usize, tally: &mut Tally, batch: 
     }
 }
 
+/// The consumers of a run, every one of them open (polls: ready).
+struct Opened {
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    tasks: JoinSet<Tally>,
+}
+
+/// What the publisher did, from the start of the window.
+struct Published {
+    shared: Arc<PubShared>,
+    before: Sample,
+    tally: PubTally,
+    request_timeout: Duration,
+}
+
+/// What the consumers counted, up to the end of the window.
+struct Drained {
+    end_seqs: BTreeMap<String, u64>,
+    tallies: Vec<Tally>,
+    unfinished: u64,
+    after: Sample,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+/// One transport's run: `--clients` consumers of `topic`, the events, the
+/// end event; what it measured.
 async fn run_once(
     settings: &PollCostSettings,
     target: &Target,
@@ -851,6 +865,21 @@ async fn run_once(
     transport: Consumer,
     topic: &str,
 ) -> anyhow::Result<PollCostFigures> {
+    let mut opened = open(settings, target, endpoints, transport, topic).await?;
+    let published = publish(settings, target, topic).await?;
+    let drained = drain_consumers(settings, target, transport, &mut opened, &published).await?;
+    measure(settings, target, transport, &opened, published, drained)
+}
+
+/// Opens the consumers: WebSocket and SSE subscribed before the first
+/// publish, polls ready to start from `topic:0`.
+async fn open(
+    settings: &PollCostSettings,
+    target: &Target,
+    endpoints: &[Endpoint],
+    transport: Consumer,
+    topic: &str,
+) -> anyhow::Result<Opened> {
     let clients = settings.clients;
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(Counters::default());
@@ -892,43 +921,63 @@ async fn run_once(
             transport.name()
         );
     }
+    Ok(Opened {
+        shared,
+        counters,
+        tasks,
+    })
+}
 
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
-        .context("the token is not a valid header value")?;
-    authorization.set_sensitive(true);
+/// One publisher at `--rate` for `--duration-secs`, measured from its
+/// first publish.
+async fn publish(
+    settings: &PollCostSettings,
+    target: &Target,
+    topic: &str,
+) -> anyhow::Result<Published> {
+    let authorization = authorization(target)?;
     let request_timeout = Duration::from_secs(settings.request_timeout_secs);
     let before = Sample::take(&target.pids)?;
-    let start = Instant::now();
-    let pub_shared = Arc::new(PubShared {
-        url: format!("{}/v1/publish", target.base_url),
-        authorization,
+    let plan = Plan {
         topics: vec![topic.to_owned()],
         rate: Rate::PerSec(settings.rate),
         events: (settings.rate * settings.duration_secs as f64)
             .ceil()
             .max(1.0) as u64,
-        next: std::sync::atomic::AtomicU64::new(0),
-        start,
-        deadline: start + Duration::from_secs(settings.duration_secs),
-        out_of_time: std::sync::atomic::AtomicBool::new(false),
-        pad: "x".repeat(settings.data_bytes),
+        duration: Duration::from_secs(settings.duration_secs),
         data_bytes: settings.data_bytes,
-    });
-    let publisher = tokio::spawn(fanout::publisher(
-        pub_shared.clone(),
-        fanout::http_client(request_timeout)?,
-    ));
-    let stop_by = pub_shared.deadline + request_timeout + STOP_SLACK;
-    let pub_tally = tokio::time::timeout_at(stop_by.into(), publisher)
+    };
+    let shared = Arc::new(PubShared::new(target, authorization, plan, Instant::now()));
+    let publisher = tokio::spawn(publisher(shared.clone(), http_client(request_timeout)?));
+    let stop_by = shared.deadline + request_timeout + STOP_SLACK;
+    let tally = tokio::time::timeout_at(stop_by.into(), publisher)
         .await
         .context("the publisher was still running after its deadline")?
         .context("the publisher panicked")?;
-    let end_client = fanout::http_client(request_timeout)?;
-    let end_seqs = fanout::publish_ends(
+    Ok(Published {
+        shared,
+        before,
+        tally,
+        request_timeout,
+    })
+}
+
+/// Publishes the end event, then waits for every consumer to have it (at
+/// most `--drain-secs`, plus one interval for short polls); the window
+/// ends there.
+async fn drain_consumers(
+    settings: &PollCostSettings,
+    target: &Target,
+    transport: Consumer,
+    opened: &mut Opened,
+    published: &Published,
+) -> anyhow::Result<Drained> {
+    let end_client = http_client(published.request_timeout)?;
+    let end_seqs = publish_ends(
         &end_client,
-        &pub_shared.url,
-        &pub_shared.authorization,
-        std::slice::from_ref(&pub_shared.topics[0]),
+        &published.shared.url,
+        &published.shared.authorization,
+        std::slice::from_ref(&published.shared.topics[0]),
     )
     .await?;
     let drain_deadline = Instant::now()
@@ -938,60 +987,61 @@ async fn run_once(
         } else {
             Duration::ZERO
         };
-    let mut tallies = Vec::with_capacity(clients);
-    let mut unfinished = 0;
-    loop {
-        match tokio::time::timeout_at(drain_deadline.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => tallies.push(joined.context("a consumer panicked")?),
-            Ok(None) => break,
-            Err(_) => {
-                unfinished = tasks.len() as u64;
-                break;
-            }
-        }
-    }
+    let (tallies, unfinished) = drain(&mut opened.tasks, drain_deadline, "consumer").await?;
     let after = Sample::take(&target.pids)?;
-    let (bytes_received, bytes_sent) = counters.get();
-    tasks.shutdown().await;
+    let (bytes_received, bytes_sent) = opened.counters.get();
+    opened.tasks.shutdown().await;
+    Ok(Drained {
+        end_seqs,
+        tallies,
+        unfinished,
+        after,
+        bytes_received,
+        bytes_sent,
+    })
+}
 
-    let events = end_seqs.get(topic).map_or(0, |s| s - 1);
-    let (mut deliveries, mut lost, mut duplicates, mut order_violations, mut resets) =
-        (0, 0, 0, 0, 0);
+/// The run's figures, from what the phases gathered.
+fn measure(
+    settings: &PollCostSettings,
+    target: &Target,
+    transport: Consumer,
+    opened: &Opened,
+    published: Published,
+    drained: Drained,
+) -> anyhow::Result<PollCostFigures> {
+    let clients = settings.clients;
+    let topic = &opened.shared.topic;
+    let events = drained.end_seqs.get(topic).map_or(0, |s| s - 1);
+    let mut correctness = Correctness {
+        unfinished: drained.unfinished,
+        ..Correctness::default()
+    };
     let (mut requests, mut connections) = (0, 0);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for t in &tallies {
-        deliveries += t.deliveries;
-        lost += events.saturating_sub(t.seqs.distinct());
-        duplicates += t.seqs.duplicates;
-        order_violations += t.seqs.order_violations;
-        resets += t.resets;
+    for t in &drained.tallies {
+        correctness.count(events, t.deliveries, &t.seqs, t.resets);
         requests += t.requests;
         connections += t.connections;
         for (k, v) in &t.errors {
             *errors.entry(k.clone()).or_default() += v;
         }
     }
-    let window_secs = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
-    let server_cpu_secs = match (&before.server, &after.server) {
-        (Some((b, _)), Some((a, _))) => Some(a.saturating_sub(*b).as_secs_f64()),
-        _ => None,
-    };
-    let server_threads = match (&before.server, &after.server) {
-        (Some((_, b)), Some((_, a))) => b.since(a)?,
-        _ => Vec::new(),
-    };
-    let client_cpu = after.client.saturating_sub(before.client).as_secs_f64();
-    let machine = after.machine.saturating_sub(before.machine).as_secs_f64();
+    // Every consumer, finished or not, was to receive every event.
+    correctness.deliveries_expected = events * clients as u64;
+    let deliveries = correctness.deliveries;
+    let spent = published.before.until(&drained.after)?;
+    let window_secs = spent.secs;
+    let (bytes_received, bytes_sent) = (drained.bytes_received, drained.bytes_sent);
     Ok(PollCostFigures {
         transport,
         nodes: target.node_urls.len(),
         clients,
         rate: settings.rate,
         events,
-        published: pub_tally.published,
-        publish_errors: pub_tally.errors,
-        deliveries,
-        deliveries_expected: events * clients as u64,
+        published: published.tally.published,
+        publish_errors: published.tally.errors,
+        correctness,
         window_secs,
         bytes_received,
         bytes_sent,
@@ -1001,21 +1051,10 @@ async fn run_once(
         requests_per_min_per_client: requests as f64 / clients as f64 / (window_secs / 60.0),
         reconnects: connections.saturating_sub(clients as u64),
         errors,
-        latency: Latency::from_histogram(&shared.shards.merged()),
-        lost,
-        duplicates,
-        order_violations,
-        resets,
-        unfinished,
-        server_cpu_secs_per_million_deliveries: server_cpu_secs
-            .filter(|_| deliveries > 0)
-            .map(|s| s * 1e6 / deliveries as f64),
-        server_cores_busy: server_cpu_secs.map(|s| s / window_secs),
-        server_cpu_secs,
-        server_threads,
-        client_cores_busy: client_cpu / window_secs,
-        other_cores_busy: (machine - client_cpu - server_cpu_secs.unwrap_or(0.0)).max(0.0)
-            / window_secs,
+        latency: Latency::from_histogram(&opened.shared.shards.merged()),
+        cost: ServerCost::of(&spent, deliveries),
+        client_cores_busy: spent.client_cpu_secs / window_secs,
+        other_cores_busy: spent.other_cpu_secs() / window_secs,
     })
 }
 

@@ -23,13 +23,18 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::cpu::{self, ThreadGroupCpu, ThreadSample};
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::kit::publishing::{
+    Receipt, STOP_SLACK, authorization, classify, http_client, join_publishers,
+};
+use crate::report::{
+    Latency, Runs, Table, fmt_counts, fmt_opt, fmt_server_threads, latency_histogram,
+};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
 /// Publisher counts, one run each, by default.
@@ -56,8 +61,6 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Idle time between runs, so one run's closing connections and queued work
 /// do not land in the next one's window.
 const PAUSE_BETWEEN_RUNS: Duration = Duration::from_millis(500);
-/// How long after its window a run may take to stop, beyond a request timeout.
-const STOP_SLACK: Duration = Duration::from_secs(5);
 /// Extra validity of a minted token beyond the planned run time.
 const TOKEN_MARGIN_SECS: u64 = 3_600;
 
@@ -275,8 +278,7 @@ pub fn render(runs: &[RunFigures]) -> String {
     for r in runs {
         let mut notes = Vec::new();
         if !r.errors.is_empty() {
-            let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            notes.push(format!("errors {}", list.join(", ")));
+            notes.push(format!("errors {}", fmt_counts(&r.errors)));
         }
         if r.order_violations > 0 {
             notes.push(format!("{} seqs out of order", r.order_violations));
@@ -285,18 +287,7 @@ pub fn render(runs: &[RunFigures]) -> String {
             notes.push(format!("stopped by {}", r.stopped_by));
         }
         if !r.server_threads.is_empty() {
-            let top: Vec<String> = r
-                .server_threads
-                .iter()
-                .take(4)
-                .map(|t| {
-                    format!(
-                        "{} x{} {:.0} ms ({:.0} sys)",
-                        t.name, t.threads, t.cpu_ms, t.system_ms
-                    )
-                })
-                .collect();
-            notes.push(format!("server CPU by thread: {}", top.join("; ")));
+            notes.push(fmt_server_threads(&r.server_threads));
         }
         if !notes.is_empty() {
             out.push_str(&format!(
@@ -335,13 +326,6 @@ impl Tally {
     fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
-}
-
-/// The fields of a receipt the check needs.
-#[derive(Deserialize)]
-struct Receipt {
-    topic: String,
-    seq: u64,
 }
 
 /// CPU counters and the time they were read.
@@ -396,29 +380,17 @@ fn event_body(topic: &str, index: usize, n: u64, pad: &str, data_bytes: usize) -
     )
 }
 
-/// A transport failure's kind.
-fn classify(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    }
+/// The publishers of a run, under way.
+struct Publishing {
+    shared: Arc<Shared>,
+    tasks: JoinSet<Tally>,
 }
 
-/// One client, holding one keep-alive HTTP/1.1 connection to the target.
-fn client(settings: &PublishSettings) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(settings.request_timeout_secs))
-        .build()
-        .context("building an HTTP client")
+/// What the publishers counted, and the CPU counters at the window's edges.
+struct Published {
+    tallies: Vec<Tally>,
+    before: Sample,
+    after: Sample,
 }
 
 async fn run_once(
@@ -427,12 +399,23 @@ async fn run_once(
     publishers: usize,
     run_tag: &str,
 ) -> anyhow::Result<RunFigures> {
+    let Publishing { shared, tasks } = start(settings, target, publishers, run_tag)?;
+    let published = join(settings, target, tasks, &shared).await?;
+    measure(settings, publishers, &shared, published)
+}
+
+/// Starts `publishers` publishers, each with its own connection, over
+/// `--topics` topics.
+fn start(
+    settings: &PublishSettings,
+    target: &Target,
+    publishers: usize,
+    run_tag: &str,
+) -> anyhow::Result<Publishing> {
     let clients = (0..publishers)
-        .map(|_| client(settings))
+        .map(|_| http_client(Duration::from_secs(settings.request_timeout_secs)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
-        .context("the token is not a valid header value")?;
-    authorization.set_sensitive(true);
+    let authorization = authorization(target)?;
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(settings.warmup_secs);
     let measure_until = measure_from + Duration::from_secs(settings.duration_secs);
@@ -454,7 +437,18 @@ async fn run_once(
         );
         tasks.spawn(publisher(shared.clone(), client, index, topic));
     }
+    Ok(Publishing { shared, tasks })
+}
 
+/// Reads the counters when the window starts, waits for every publisher
+/// to stop, and reads them again.
+async fn join(
+    settings: &PublishSettings,
+    target: &Target,
+    tasks: JoinSet<Tally>,
+    shared: &Shared,
+) -> anyhow::Result<Published> {
+    let (measure_from, measure_until) = (shared.measure_from, shared.measure_until);
     // Read the counters at the window's start from a thread of its own: a
     // task could be polled late while the publishers keep the runtime busy.
     let (pid, db_pid) = (target.pid, target.db_pid);
@@ -463,18 +457,28 @@ async fn run_once(
         Sample::take(pid, db_pid)
     });
     let stop_by = measure_until + Duration::from_secs(settings.request_timeout_secs) + STOP_SLACK;
-    let mut tallies = Vec::with_capacity(publishers);
-    loop {
-        match tokio::time::timeout_at(stop_by.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => tallies.push(joined.context("a publisher panicked")?),
-            Ok(None) => break,
-            // Dropping the set aborts the stragglers.
-            Err(_) => bail!("publishers were still running {STOP_SLACK:?} after their deadline"),
-        }
-    }
+    let tallies = join_publishers(tasks, stop_by).await?;
     let after = Sample::take(pid, db_pid)?;
     let before = before.await.context("the sampling thread panicked")??;
+    Ok(Published {
+        tallies,
+        before,
+        after,
+    })
+}
 
+/// The run's figures, from what the publishers counted.
+fn measure(
+    settings: &PublishSettings,
+    publishers: usize,
+    shared: &Shared,
+    published: Published,
+) -> anyhow::Result<RunFigures> {
+    let Published {
+        tallies,
+        before,
+        after,
+    } = published;
     let mut latency = latency_histogram();
     let mut errors = BTreeMap::new();
     let (mut events, mut order_violations, mut receipts_checked) = (0, 0, 0);

@@ -17,10 +17,17 @@ use plotters::prelude::*;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::fanout::{self, FanoutFigures, FanoutSettings, Rate};
-use super::{Scenario, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::DEFAULT_SOURCE_IPS;
+use crate::kit::checks::check_secs;
+use crate::kit::defaults::{
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
+    DEFAULT_OPEN_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,
+};
+use crate::kit::fanout_run::{self, FanoutFigures, FanoutSettings};
+use crate::kit::publishing::Rate;
+use crate::kit::subscribing::subscriber_endpoints;
 use crate::report::{Runs, Table};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
@@ -52,7 +59,7 @@ pub struct SoakArgs {
     #[arg(long, env = "HERALD_LOAD_PUBLISHERS", default_value_t = 2)]
     pub publishers: usize,
     /// Bytes of each event's `data`.
-    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = fanout::DEFAULT_DATA_BYTES)]
+    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = DEFAULT_DATA_BYTES)]
     pub data_bytes: usize,
     /// Seconds of publishing.
     #[arg(long, env = "HERALD_LOAD_DURATION_SECS", default_value_t = DEFAULT_DURATION_SECS)]
@@ -66,10 +73,10 @@ pub struct SoakArgs {
     pub sample_secs: u64,
     /// Seconds after the last publish that subscribers may take to receive
     /// everything.
-    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = fanout::DEFAULT_DRAIN_SECS)]
+    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
     /// Subscribers being opened at once.
-    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = fanout::DEFAULT_OPEN_CONCURRENCY)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = DEFAULT_OPEN_CONCURRENCY)]
     pub open_concurrency: usize,
     /// Source addresses: subscribers are spread over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
@@ -108,9 +115,7 @@ impl Scenario for SoakArgs {
         let rate = Rate::PerSec(self.rate);
         // Enough events that the duration, not the count, ends publishing.
         let events = (self.rate * self.duration_secs as f64).ceil() as u64 + 1;
-        let fanout = fanout::FanoutArgs {
-            target: self.target.clone(),
-            output: self.output.clone(),
+        let fanout = FanoutSettings {
             subscribers: vec![self.subscribers],
             rate: vec![rate],
             events,
@@ -120,11 +125,11 @@ impl Scenario for SoakArgs {
             drain_secs: self.drain_secs,
             open_concurrency: self.open_concurrency,
             source_ips: self.source_ips,
-            connect_timeout_secs: fanout::DEFAULT_CONNECT_TIMEOUT_SECS,
-            open_timeout_secs: fanout::DEFAULT_OPEN_TIMEOUT_SECS,
-            request_timeout_secs: fanout::DEFAULT_REQUEST_TIMEOUT_SECS,
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            open_timeout_secs: DEFAULT_OPEN_TIMEOUT_SECS,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
         }
-        .settings()?;
+        .checked()?;
         Ok(SoakSettings {
             warmup_secs: self.warmup_secs,
             sample_secs: self.sample_secs,
@@ -133,15 +138,15 @@ impl Scenario for SoakArgs {
     }
 
     fn token_secs(settings: &SoakSettings) -> u64 {
-        fanout::FanoutArgs::token_secs(&settings.fanout)
+        settings.fanout.token_secs()
     }
 
     fn fds_needed(settings: &SoakSettings) -> u64 {
-        fanout::FanoutArgs::fds_needed(&settings.fanout)
+        settings.fanout.fds_needed()
     }
 
     async fn run(settings: &SoakSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoints = fanout::subscriber_endpoints(target).await?;
+        let endpoints = subscriber_endpoints(target).await?;
         let tag = format!("{:08x}", rand::random::<u32>());
         let topics = vec![format!("{TOPIC_PREFIX}.soak.{tag}")];
         let pids = target.pids.clone();
@@ -166,7 +171,7 @@ impl Scenario for SoakArgs {
         };
         let subscribers = settings.fanout.subscribers[0];
         let rate = settings.fanout.rate[0];
-        let outcome = fanout::run_once(
+        let outcome = fanout_run::run_once(
             &settings.fanout,
             target,
             &endpoints,
@@ -390,7 +395,7 @@ pub fn render(runs: &[SoakFigures]) -> String {
         ));
     }
     let fanouts: Vec<FanoutFigures> = runs.iter().map(|r| r.fanout.clone()).collect();
-    out.push_str(&fanout::render(&fanouts));
+    out.push_str(&fanout_run::render(&fanouts));
     out
 }
 

@@ -28,29 +28,36 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use reqwest::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conns::{SPARE_FDS, check_server_fd_limit};
-use super::fanout::{
-    self, BATCH, Frame, PubShared, PubTally, Rate, STOP_SLACK, Sample, Seqs, Shards,
-    WS_READ_BUFFER, now_ns, parse_frame,
-};
-use super::{MAX_SECS, Scenario, check_connecting, check_secs};
+use super::Scenario;
 use crate::cli::OutputArgs;
 use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources, WsStream};
 use crate::cpu::ThreadGroupCpu;
-use crate::report::{Latency, Runs, Table, fmt_opt, latency_histogram};
+use crate::kit::checks::{MAX_SECS, check_connecting, check_secs};
+use crate::kit::defaults::{
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_OPEN_CONCURRENCY,
+    DEFAULT_OPEN_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,
+};
+use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
+use crate::kit::figures::Correctness;
+use crate::kit::frames::{Frame, Seqs, WS_READ_BUFFER, parse_frame};
+use crate::kit::publishing::{
+    Plan, PubShared, PubTally, PubTotals, Rate, STOP_SLACK, authorization, http_client,
+    join_publishers, publish_ends, publisher,
+};
+use crate::kit::sampling::{BATCH, Sample, Shards};
+use crate::kit::subscribing::{await_opened, drain, subscriber_endpoints};
+use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
 /// Client counts, one run each, by default.
@@ -107,27 +114,27 @@ pub struct StormArgs {
     #[arg(long, env = "HERALD_LOAD_RESUME_TIMEOUT_SECS", default_value_t = DEFAULT_RESUME_TIMEOUT_SECS)]
     pub resume_timeout_secs: u64,
     /// Bytes of each event's `data`.
-    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = fanout::DEFAULT_DATA_BYTES)]
+    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = DEFAULT_DATA_BYTES)]
     pub data_bytes: usize,
     /// Seconds after the last publish that clients may take to receive
     /// everything.
-    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = fanout::DEFAULT_DRAIN_SECS)]
+    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
     /// Clients being opened at once before the storm (the reconnections
     /// are not limited).
-    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = fanout::DEFAULT_OPEN_CONCURRENCY)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = DEFAULT_OPEN_CONCURRENCY)]
     pub open_concurrency: usize,
     /// Source addresses: clients are spread over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
     pub source_ips: u8,
     /// Seconds one connection attempt may take (connect, upgrade, subscribe).
-    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_CONNECT_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
     /// Seconds opening all clients before the storm may take.
-    #[arg(long, env = "HERALD_LOAD_OPEN_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_OPEN_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_TIMEOUT_SECS", default_value_t = DEFAULT_OPEN_TIMEOUT_SECS)]
     pub open_timeout_secs: u64,
     /// Seconds one publish may take before it counts as a `timeout` error.
-    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
 }
 
@@ -239,7 +246,7 @@ impl Scenario for StormArgs {
     }
 
     async fn run(settings: &StormSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoints = fanout::subscriber_endpoints(target).await?;
+        let endpoints = subscriber_endpoints(target).await?;
         for &pid in &target.pids {
             let most = settings.clients.iter().copied().max().unwrap_or(0);
             check_server_fd_limit(pid, most + settings.publishers)?;
@@ -299,23 +306,15 @@ pub struct StormFigures {
     pub closed_before_storm: BTreeMap<String, u64>,
     /// Connections closed after the storm (they reconnected again).
     pub closed_after_storm: BTreeMap<String, u64>,
-    /// Event frames received, over both connections of every client.
-    pub deliveries: u64,
-    /// What a lossless run delivers: each client, every event of its topic.
-    pub deliveries_expected: u64,
+    /// Event frames received over both connections of every client, what a
+    /// lossless run delivers (each client, every event of its topic), and
+    /// what was lost, duplicated or reordered across the reconnection
+    /// (all must be 0, resets too: everything is retained).
+    #[serde(flatten)]
+    pub correctness: Correctness,
     /// Publisher's send time to the client's read, ms, over every delivery
     /// (replayed ones included).
     pub latency: Latency,
-    /// Seqs a client never received, summed (must be 0).
-    pub lost: u64,
-    /// Seqs received twice, summed (must be 0).
-    pub duplicates: u64,
-    /// Seqs received after a higher one, summed (must be 0).
-    pub order_violations: u64,
-    /// `reset` frames (must be 0: everything is retained).
-    pub resets: u64,
-    /// Clients that never had their end event (must be 0).
-    pub unfinished: u64,
     /// Server CPU from the storm until every client had resumed, seconds.
     pub storm_server_cpu_secs: Option<f64>,
     /// Cores the server kept busy over that time.
@@ -334,12 +333,7 @@ impl StormFigures {
     /// Correctness failures: lost, duplicated or reordered events, failed
     /// publishes, clients that did not resume or finish.
     pub fn failures(&self) -> u64 {
-        self.lost
-            + self.duplicates
-            + self.order_violations
-            + self.publish_errors.values().sum::<u64>()
-            + self.not_resumed
-            + self.unfinished
+        self.correctness.failures() + self.publish_errors.values().sum::<u64>() + self.not_resumed
     }
 }
 
@@ -376,20 +370,14 @@ pub fn render(runs: &[StormFigures]) -> String {
             format!("{:.1}", r.resume_latency.p99_ms),
             fmt_opt(r.all_resumed_secs, 2),
             r.reconnect_failures.values().sum::<u64>().to_string(),
-            r.lost.to_string(),
-            r.duplicates.to_string(),
-            r.order_violations.to_string(),
+            r.correctness.lost.to_string(),
+            r.correctness.duplicates.to_string(),
+            r.correctness.order_violations.to_string(),
             fmt_opt(r.storm_server_cores_busy, 2),
             format!("{:.2}", r.storm_other_cores_busy),
         ]);
     }
     let mut out = table.render();
-    let list = |m: &BTreeMap<String, u64>| {
-        m.iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     for r in runs {
         let mut notes = vec![format!(
             "published {} at {:.0}/s; delivery p50 {:.2} ms, p99 {:.2} ms (replays included); \
@@ -398,35 +386,35 @@ pub fn render(runs: &[StormFigures]) -> String {
             r.publish_events_per_sec,
             r.latency.p50_ms,
             r.latency.p99_ms,
-            r.deliveries,
-            r.deliveries_expected
+            r.correctness.deliveries,
+            r.correctness.deliveries_expected
         )];
         if !r.reconnect_failures.is_empty() {
             notes.push(format!(
                 "failed reconnection attempts (retried): {}",
-                list(&r.reconnect_failures)
+                fmt_counts(&r.reconnect_failures)
             ));
         }
         if !r.publish_errors.is_empty() {
-            notes.push(format!("publish errors: {}", list(&r.publish_errors)));
+            notes.push(format!("publish errors: {}", fmt_counts(&r.publish_errors)));
         }
         if !r.closed_before_storm.is_empty() {
             notes.push(format!(
                 "closed before the storm: {}",
-                list(&r.closed_before_storm)
+                fmt_counts(&r.closed_before_storm)
             ));
         }
         if !r.closed_after_storm.is_empty() {
             notes.push(format!(
                 "closed after the storm (reconnected again): {}",
-                list(&r.closed_after_storm)
+                fmt_counts(&r.closed_after_storm)
             ));
         }
-        if r.unfinished > 0 {
-            notes.push(format!("{} clients unfinished", r.unfinished));
+        if r.correctness.unfinished > 0 {
+            notes.push(format!("{} clients unfinished", r.correctness.unfinished));
         }
-        if r.resets > 0 {
-            notes.push(format!("{} resets", r.resets));
+        if r.correctness.resets > 0 {
+            notes.push(format!("{} resets", r.correctness.resets));
         }
         if !r.storm_server_threads.is_empty() {
             let top: Vec<String> = r
@@ -632,10 +620,7 @@ async fn read(
                     tally.deliveries += 1;
                     tally.seqs.see(seq);
                     if let Some(sent) = sent_ns {
-                        batch.push(now_ns().saturating_sub(sent) / 1_000);
-                        if batch.len() == BATCH {
-                            shared.shards.record(index, batch);
-                        }
+                        shared.shards.keep(index, batch, sent);
                     }
                     if let Some((head, resubscribed, storm_at)) = catch_up
                         && tally.seqs.contiguous >= head
@@ -668,6 +653,53 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// The clients of a run, every one of them open and subscribed live.
+struct Opened {
+    /// How many.
+    count: usize,
+    shared: Arc<Shared>,
+    tasks: JoinSet<Tally>,
+    /// Each client's (resubscribed, resumed) times after the storm.
+    resumed: mpsc::UnboundedReceiver<(Duration, Duration)>,
+    /// Starts the storm.
+    storm: watch::Sender<Option<Instant>>,
+}
+
+/// Publishing under way, from the start of the window.
+struct Publishing {
+    shared: Arc<PubShared>,
+    pubs: JoinSet<PubTally>,
+    before: Sample,
+    request_timeout: Duration,
+}
+
+/// The storm: from the moment every client dropped its connection until
+/// every one had resumed (or `--resume-timeout-secs` was over).
+struct Storm {
+    began: Sample,
+    ended: Sample,
+    /// Storm to resubscribed, µs, over clients.
+    reconnect: Histogram<u64>,
+    /// Storm to resumed, µs, over clients.
+    resume: Histogram<u64>,
+    resumed: u64,
+}
+
+/// What the publishers and the clients counted over the window.
+struct Drained {
+    /// The first publish.
+    start: Instant,
+    before: Sample,
+    pub_tallies: Vec<PubTally>,
+    end_seqs: BTreeMap<String, u64>,
+    tallies: Vec<Tally>,
+    unfinished: u64,
+    after: Sample,
+}
+
+/// One run: `clients` clients spread over `topics` and `endpoints`, the
+/// storm after `--before-secs` of publishing, one end event per topic;
+/// what it measured.
 async fn run_once(
     settings: &StormSettings,
     target: &Target,
@@ -675,10 +707,23 @@ async fn run_once(
     clients: usize,
     topics: &[String],
 ) -> anyhow::Result<StormFigures> {
-    // 1. Clients, all subscribed before the first publish.
+    let mut opened = open(settings, endpoints, clients, topics).await?;
+    let publishing = publish(settings, target, topics)?;
+    let storm = storm(settings, target, &publishing, &mut opened).await?;
+    let drained = drain_clients(settings, target, &mut opened.tasks, publishing, topics).await?;
+    measure(settings, target, topics, &opened, storm, drained)
+}
+
+/// Opens the clients, all subscribed before the first publish.
+async fn open(
+    settings: &StormSettings,
+    endpoints: &[Endpoint],
+    clients: usize,
+    topics: &[String],
+) -> anyhow::Result<Opened> {
     let sources = Sources::new(settings.source_ips)?;
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
-    let (resumed_tx, mut resumed_rx) = mpsc::unbounded_channel();
+    let (resumed_tx, resumed_rx) = mpsc::unbounded_channel();
     let (storm_tx, storm_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         endpoints: endpoints.to_vec(),
@@ -700,134 +745,145 @@ async fn run_once(
         ));
     }
     drop(storm_rx);
-    let open_deadline = Instant::now() + Duration::from_secs(settings.open_timeout_secs);
-    let mut open_errors: BTreeMap<String, u64> = BTreeMap::new();
-    for _ in 0..clients {
-        match tokio::time::timeout_at(open_deadline.into(), opened_rx.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => *open_errors.entry(e.0).or_default() += 1,
-            Ok(None) => break,
-            Err(_) => bail!(
-                "{clients} clients did not all open within {} s (--open-timeout-secs)",
-                settings.open_timeout_secs
-            ),
-        }
-    }
-    if !open_errors.is_empty() {
-        bail!("{clients} clients: some failed to open: {open_errors:?}");
-    }
+    await_opened(
+        &mut opened_rx,
+        clients,
+        settings.open_timeout_secs,
+        "clients",
+    )
+    .await?;
+    Ok(Opened {
+        count: clients,
+        shared,
+        tasks,
+        resumed: resumed_rx,
+        storm: storm_tx,
+    })
+}
 
-    // 2. Publishing, throughout.
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", target.token.expose()))
-        .context("the token is not a valid header value")?;
-    authorization.set_sensitive(true);
+/// Starts the publishers, which publish throughout: before the storm,
+/// during it and after it.
+fn publish(
+    settings: &StormSettings,
+    target: &Target,
+    topics: &[String],
+) -> anyhow::Result<Publishing> {
+    let authorization = authorization(target)?;
     let request_timeout = Duration::from_secs(settings.request_timeout_secs);
     let publish_secs = settings.before_secs + settings.after_secs;
     let before = Sample::take(&target.pids)?;
-    let start = Instant::now();
-    let pub_shared = Arc::new(PubShared {
-        url: format!("{}/v1/publish", target.base_url),
-        authorization,
+    let plan = Plan {
         topics: topics.to_vec(),
         rate: Rate::PerSec(settings.rate),
         events: (settings.rate * publish_secs as f64).ceil().max(1.0) as u64,
-        next: AtomicU64::new(0),
-        start,
-        deadline: start + Duration::from_secs(publish_secs),
-        out_of_time: AtomicBool::new(false),
-        pad: "x".repeat(settings.data_bytes),
+        duration: Duration::from_secs(publish_secs),
         data_bytes: settings.data_bytes,
-    });
+    };
+    let shared = Arc::new(PubShared::new(target, authorization, plan, Instant::now()));
     let mut pubs = JoinSet::new();
     for _ in 0..settings.publishers {
-        pubs.spawn(fanout::publisher(
-            pub_shared.clone(),
-            fanout::http_client(request_timeout)?,
-        ));
+        pubs.spawn(publisher(shared.clone(), http_client(request_timeout)?));
     }
+    Ok(Publishing {
+        shared,
+        pubs,
+        before,
+        request_timeout,
+    })
+}
 
-    // 3. The storm.
+/// After `--before-secs` of publishing, has every client drop its
+/// connection at once, and waits until every one has resumed.
+async fn storm(
+    settings: &StormSettings,
+    target: &Target,
+    publishing: &Publishing,
+    opened: &mut Opened,
+) -> anyhow::Result<Storm> {
+    let start = publishing.shared.start;
     tokio::time::sleep_until((start + Duration::from_secs(settings.before_secs)).into()).await;
-    let storm_sample = Sample::take(&target.pids)?;
-    let storm_at = storm_sample.at;
-    let _ = storm_tx.send(Some(storm_at));
+    let began = Sample::take(&target.pids)?;
+    let storm_at = began.at;
+    let _ = opened.storm.send(Some(storm_at));
     let resume_deadline = storm_at + Duration::from_secs(settings.resume_timeout_secs);
-    let mut reconnect_h = latency_histogram();
-    let mut resume_h = latency_histogram();
+    let mut reconnect = latency_histogram();
+    let mut resume = latency_histogram();
     let mut resumed = 0u64;
-    while resumed < clients as u64 {
-        match tokio::time::timeout_at(resume_deadline.into(), resumed_rx.recv()).await {
-            Ok(Some((reconnect, resume))) => {
-                reconnect_h.saturating_record(micros(reconnect));
-                resume_h.saturating_record(micros(resume));
+    while resumed < opened.count as u64 {
+        match tokio::time::timeout_at(resume_deadline.into(), opened.resumed.recv()).await {
+            Ok(Some((reconnected_after, resumed_after))) => {
+                reconnect.saturating_record(micros(reconnected_after));
+                resume.saturating_record(micros(resumed_after));
                 resumed += 1;
             }
             Ok(None) | Err(_) => break,
         }
     }
-    let resumed_sample = Sample::take(&target.pids)?;
+    let ended = Sample::take(&target.pids)?;
+    Ok(Storm {
+        began,
+        ended,
+        reconnect,
+        resume,
+        resumed,
+    })
+}
 
-    // 4. Publishing ends; one end event per topic; clients drain.
-    let stop_by = pub_shared.deadline + request_timeout + STOP_SLACK;
-    let mut pub_tallies: Vec<PubTally> = Vec::new();
-    loop {
-        match tokio::time::timeout_at(stop_by.into(), pubs.join_next()).await {
-            Ok(Some(joined)) => pub_tallies.push(joined.context("a publisher panicked")?),
-            Ok(None) => break,
-            Err(_) => bail!("publishers were still running {STOP_SLACK:?} after their deadline"),
-        }
-    }
-    let end_client = fanout::http_client(request_timeout)?;
-    let end_seqs = fanout::publish_ends(
-        &end_client,
-        &pub_shared.url,
-        &pub_shared.authorization,
-        topics,
-    )
-    .await?;
+/// Waits for publishing to end, publishes one end event per topic, then
+/// waits for every client to have its own (at most `--drain-secs`).
+async fn drain_clients(
+    settings: &StormSettings,
+    target: &Target,
+    tasks: &mut JoinSet<Tally>,
+    publishing: Publishing,
+    topics: &[String],
+) -> anyhow::Result<Drained> {
+    let Publishing {
+        shared,
+        pubs,
+        before,
+        request_timeout,
+    } = publishing;
+    let stop_by = shared.deadline + request_timeout + STOP_SLACK;
+    let pub_tallies = join_publishers(pubs, stop_by).await?;
+    let end_client = http_client(request_timeout)?;
+    let end_seqs = publish_ends(&end_client, &shared.url, &shared.authorization, topics).await?;
     let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
-    let mut tallies = Vec::with_capacity(clients);
-    let mut unfinished = 0;
-    loop {
-        match tokio::time::timeout_at(drain_deadline.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => tallies.push(joined.context("a client panicked")?),
-            Ok(None) => break,
-            Err(_) => {
-                unfinished = tasks.len() as u64;
-                break;
-            }
-        }
-    }
+    let (tallies, unfinished) = drain(tasks, drain_deadline, "client").await?;
     let after = Sample::take(&target.pids)?;
     tasks.shutdown().await;
+    Ok(Drained {
+        start: shared.start,
+        before,
+        pub_tallies,
+        end_seqs,
+        tallies,
+        unfinished,
+        after,
+    })
+}
 
-    // 5. Figures.
-    let held = |t: usize| end_seqs.get(&topics[t]).map_or(0, |seq| seq - 1);
+/// The run's figures, from what the phases gathered.
+fn measure(
+    settings: &StormSettings,
+    target: &Target,
+    topics: &[String],
+    opened: &Opened,
+    storm: Storm,
+    drained: Drained,
+) -> anyhow::Result<StormFigures> {
+    let held = |t: usize| drained.end_seqs.get(&topics[t]).map_or(0, |seq| seq - 1);
     let events: u64 = (0..topics.len()).map(held).sum();
-    let mut publish_errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut published = 0;
-    let mut last_answer = start;
-    for t in &pub_tallies {
-        published += t.published;
-        for (kind, n) in &t.errors {
-            *publish_errors.entry(kind.clone()).or_default() += n;
-        }
-        if let Some(at) = t.last_answer {
-            last_answer = last_answer.max(at);
-        }
-    }
-    let (mut deliveries, mut expected, mut lost, mut duplicates, mut order_violations, mut resets) =
-        (0, 0, 0, 0, 0, 0);
+    let totals = PubTotals::of(&drained.pub_tallies, drained.start);
+    let mut correctness = Correctness {
+        unfinished: drained.unfinished,
+        ..Correctness::default()
+    };
     let mut reconnect_failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut closed_before_storm: BTreeMap<String, u64> = BTreeMap::new();
     let mut closed_after_storm: BTreeMap<String, u64> = BTreeMap::new();
-    for t in &tallies {
-        deliveries += t.deliveries;
-        expected += held(t.topic);
-        lost += held(t.topic).saturating_sub(t.seqs.distinct());
-        duplicates += t.seqs.duplicates;
-        order_violations += t.seqs.order_violations;
-        resets += t.resets;
+    for t in &drained.tallies {
+        correctness.count(held(t.topic), t.deliveries, &t.seqs, t.resets);
         for (kind, n) in &t.reconnect_failures {
             *reconnect_failures.entry(kind.clone()).or_default() += n;
         }
@@ -838,68 +894,38 @@ async fn run_once(
             *closed_after_storm.entry(why.clone()).or_default() += 1;
         }
     }
-    let cpu_between = |a: &Sample, b: &Sample| match (&a.server, &b.server) {
-        (Some((x, _)), Some((y, _))) => Some(y.saturating_sub(*x).as_secs_f64()),
-        _ => None,
-    };
-    let storm_secs = resumed_sample
-        .at
-        .duration_since(storm_sample.at)
+    let during = storm.began.until(&storm.ended)?;
+    let publish_window = totals
+        .last_answer
+        .duration_since(drained.start)
         .as_secs_f64()
         .max(1e-9);
-    let storm_server_cpu_secs = cpu_between(&storm_sample, &resumed_sample);
-    let storm_client = resumed_sample
-        .client
-        .saturating_sub(storm_sample.client)
-        .as_secs_f64();
-    let storm_machine = resumed_sample
-        .machine
-        .saturating_sub(storm_sample.machine)
-        .as_secs_f64();
-    let storm_server_threads = match (&storm_sample.server, &resumed_sample.server) {
-        (Some((_, a)), Some((_, b))) => a.since(b)?,
-        _ => Vec::new(),
-    };
-    let publish_window = last_answer.duration_since(start).as_secs_f64().max(1e-9);
-    let not_resumed = clients as u64 - resumed;
+    let clients = opened.count;
+    let not_resumed = clients as u64 - storm.resumed;
     Ok(StormFigures {
         nodes: target.node_urls.len(),
         clients,
         topics: topics.len(),
         rate: settings.rate,
         events,
-        published,
-        publish_errors,
-        publish_events_per_sec: published as f64 / publish_window,
-        resumed,
+        published: totals.published,
+        publish_errors: totals.errors,
+        publish_events_per_sec: totals.published as f64 / publish_window,
+        resumed: storm.resumed,
         not_resumed,
-        reconnect_latency: Latency::from_histogram(&reconnect_h),
-        resume_latency: Latency::from_histogram(&resume_h),
-        all_resumed_secs: (not_resumed == 0).then(|| resume_h.max() as f64 / 1e6),
+        reconnect_latency: Latency::from_histogram(&storm.reconnect),
+        resume_latency: Latency::from_histogram(&storm.resume),
+        all_resumed_secs: (not_resumed == 0).then(|| storm.resume.max() as f64 / 1e6),
         reconnect_failures,
         closed_before_storm,
         closed_after_storm,
-        deliveries,
-        deliveries_expected: expected,
-        latency: Latency::from_histogram(&merged(&shared.shards)),
-        lost,
-        duplicates,
-        order_violations,
-        resets,
-        unfinished,
-        storm_server_cores_busy: storm_server_cpu_secs.map(|s| s / storm_secs),
-        storm_other_cores_busy: (storm_machine
-            - storm_client
-            - storm_server_cpu_secs.unwrap_or(0.0))
-        .max(0.0)
-            / storm_secs,
-        storm_server_cpu_secs,
-        server_cpu_secs: cpu_between(&before, &after),
-        storm_server_threads,
-        storm_client_cores_busy: storm_client / storm_secs,
+        correctness,
+        latency: Latency::from_histogram(&opened.shared.shards.merged()),
+        storm_server_cores_busy: during.server_cpu_secs.map(|s| s / during.secs),
+        storm_other_cores_busy: during.other_cpu_secs() / during.secs,
+        storm_server_cpu_secs: during.server_cpu_secs,
+        server_cpu_secs: drained.before.server_cpu_until(&drained.after),
+        storm_server_threads: during.server_threads,
+        storm_client_cores_busy: during.client_cpu_secs / during.secs,
     })
-}
-
-fn merged(shards: &Shards) -> Histogram<u64> {
-    shards.merged()
 }

@@ -7,7 +7,7 @@
 //! publish-to-delivery latency; the report gives deliveries per second,
 //! latency and server CPU per million deliveries, as `fanout` does.
 //!
-//! It runs on the `fanout` engine: the only differences are the topic
+//! It is the fan-out run ([`crate::kit::fanout_run`]) that `fanout` is: the only differences are the topic
 //! count and that one end event is published per topic (in batches of
 //! 1,000, one transaction each). With several nodes, publishes go to the
 //! first and subscribers are spread over the others.
@@ -17,10 +17,16 @@ use clap::Args;
 use serde::Serialize;
 
 use super::Scenario;
-use super::conns::{SPARE_FDS, check_server_fd_limit};
-use super::fanout::{self, FanoutSettings, Rate};
 use crate::cli::OutputArgs;
 use crate::client::{DEFAULT_SOURCE_IPS, Sources};
+use crate::kit::defaults::{
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_DATA_BYTES, DEFAULT_DRAIN_SECS, DEFAULT_DURATION_SECS,
+    DEFAULT_OPEN_CONCURRENCY, DEFAULT_OPEN_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,
+};
+use crate::kit::fanout_run::{FanoutSettings, run_once};
+use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
+use crate::kit::publishing::Rate;
+use crate::kit::subscribing::subscriber_endpoints;
 use crate::report::Runs;
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 
@@ -63,29 +69,29 @@ pub struct TopicsArgs {
     #[arg(long, env = "HERALD_LOAD_PUBLISHERS", default_value_t = DEFAULT_PUBLISHERS)]
     pub publishers: usize,
     /// Bytes of each event's `data`.
-    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = fanout::DEFAULT_DATA_BYTES)]
+    #[arg(long, env = "HERALD_LOAD_DATA_BYTES", default_value_t = DEFAULT_DATA_BYTES)]
     pub data_bytes: usize,
     /// Most seconds of publishing per run.
-    #[arg(long, env = "HERALD_LOAD_DURATION_SECS", default_value_t = fanout::DEFAULT_DURATION_SECS)]
+    #[arg(long, env = "HERALD_LOAD_DURATION_SECS", default_value_t = DEFAULT_DURATION_SECS)]
     pub duration_secs: u64,
     /// Seconds after the last publish that subscribers may take to receive
     /// everything.
-    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = fanout::DEFAULT_DRAIN_SECS)]
+    #[arg(long, env = "HERALD_LOAD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
     /// Subscribers being opened at once.
-    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = fanout::DEFAULT_OPEN_CONCURRENCY)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_CONCURRENCY", default_value_t = DEFAULT_OPEN_CONCURRENCY)]
     pub open_concurrency: usize,
     /// Source addresses: subscribers are spread over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, env = "HERALD_LOAD_SOURCE_IPS", default_value_t = DEFAULT_SOURCE_IPS)]
     pub source_ips: u8,
     /// Seconds one subscriber may take to open.
-    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_CONNECT_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
     /// Seconds opening all subscribers may take.
-    #[arg(long, env = "HERALD_LOAD_OPEN_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_OPEN_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_OPEN_TIMEOUT_SECS", default_value_t = DEFAULT_OPEN_TIMEOUT_SECS)]
     pub open_timeout_secs: u64,
     /// Seconds one publish may take before it counts as a `timeout` error.
-    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = fanout::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
 }
 
@@ -132,9 +138,7 @@ impl Scenario for TopicsArgs {
             };
             subscribers.push(s);
         }
-        let run = fanout::FanoutArgs {
-            target: self.target.clone(),
-            output: self.output.clone(),
+        let run = FanoutSettings {
             subscribers,
             rate: self.rate.clone(),
             events: self.events,
@@ -148,7 +152,7 @@ impl Scenario for TopicsArgs {
             open_timeout_secs: self.open_timeout_secs,
             request_timeout_secs: self.request_timeout_secs,
         }
-        .settings()?;
+        .checked()?;
         Sources::new(self.source_ips)?;
         Ok(TopicsSettings {
             topics: self.topics.clone(),
@@ -158,17 +162,17 @@ impl Scenario for TopicsArgs {
     }
 
     fn token_secs(settings: &TopicsSettings) -> u64 {
-        <fanout::FanoutArgs as Scenario>::token_secs(&settings.run)
+        settings.run.token_secs()
     }
 
     fn fds_needed(settings: &TopicsSettings) -> u64 {
-        <fanout::FanoutArgs as Scenario>::fds_needed(&settings.run).max(SPARE_FDS)
+        settings.run.fds_needed().max(SPARE_FDS)
     }
 
     async fn run(settings: &TopicsSettings, target: &mut Target) -> anyhow::Result<Runs> {
-        let endpoints = fanout::subscriber_endpoints(target).await?;
+        let endpoints = subscriber_endpoints(target).await?;
         for &pid in &target.pids {
-            let most = settings.run.subscribers.iter().copied().max().unwrap_or(0);
+            let most = settings.run.most_subscribers();
             check_server_fd_limit(pid, most + settings.run.publishers)?;
         }
         let tag = format!("{:08x}", rand::random::<u32>());
@@ -183,8 +187,7 @@ impl Scenario for TopicsArgs {
                     .map(|i| format!("{TOPIC_PREFIX}.topics.{tag}.r{run}.u{i}"))
                     .collect();
                 runs.push(
-                    fanout::run_once(&settings.run, target, &endpoints, subscribers, rate, &names)
-                        .await?,
+                    run_once(&settings.run, target, &endpoints, subscribers, rate, &names).await?,
                 );
                 if !target.is_running() {
                     bail!("the server exited during the run with {topics} topics");
