@@ -5,7 +5,8 @@
 //! node can redeem it and a reader of the database cannot; redeeming deletes
 //! the row, so a ticket opens one connection in the whole cluster. This
 //! module makes tickets and keys and bounds how many a node has outstanding;
-//! `session::Shared` stores and redeems them.
+//! the HTTP routes store them (`POST /v1/tickets`) and redeem them
+//! (`http::extract::subscriber_credential`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
