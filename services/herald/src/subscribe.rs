@@ -702,6 +702,11 @@ fn ws_frame(f: &mut Follower, client: &Client, text: &str) -> Result<Option<Stri
         Some("reset") => f.reset(text)?,
         Some("error") => {
             let error: ErrorFrame = parse(text)?;
+            if f.ack && error.code == "rate_limited" {
+                // A refused acknowledgment: the next one covers it.
+                eprintln!("acknowledgment refused ({}); continuing", error.message);
+                return Ok(None);
+            }
             let topics = if error.topics.is_empty() {
                 String::new()
             } else {

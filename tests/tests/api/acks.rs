@@ -706,3 +706,28 @@ async fn herald_subscribe_with_ack_acknowledges_what_it_prints_and_resumes_after
         wait_acked(&app, &topic, &sub, 8).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_on_two_nodes_never_move_a_position_back() {
+    let nats = NatsServer::start().expect("a private NATS starts");
+    let nodes = cluster(&nats, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let topic = unique_topic("acks.race");
+    let token = a.token("hana", &["acks.>"], &[], 3600);
+    publish_n(a, &topic, 20).await;
+
+    // A climbs from 1 to 20 while B comes down from 20 to 1.
+    let climb = async {
+        for seq in 1..=20u64 {
+            assert_eq!(post_ack(a, &token, &format!("{topic}:{seq}")).await.0, 200);
+        }
+    };
+    let descend = async {
+        for seq in (1..=20u64).rev() {
+            assert_eq!(post_ack(b, &token, &format!("{topic}:{seq}")).await.0, 200);
+        }
+    };
+    tokio::join!(climb, descend);
+    assert_eq!(acked_seq(a, &topic, "hana").await, Some(20));
+    assert_eq!(acked_seq(b, &topic, "hana").await, Some(20));
+}
