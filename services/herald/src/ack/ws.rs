@@ -58,10 +58,9 @@ impl Session<Ws> {
         }
         let sub = principal.sub.clone();
         // What this connection has sent is known to exist: no store read.
-        let sent = self.subs.cursor();
         let known: Option<Vec<u64>> = entries
             .iter()
-            .map(|(topic, seq)| sent.get(topic).filter(|p| seq <= p))
+            .map(|(topic, seq)| self.subs.position(topic).filter(|p| seq <= p))
             .collect();
         if let Some(heads) = known {
             if let Err(e) = self.env.acks.offer(&sub, &entries, &heads) {

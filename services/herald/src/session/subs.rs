@@ -264,6 +264,14 @@ impl Subs {
         requests
     }
 
+    /// A started topic's position: what the connection has sent of it.
+    pub fn position(&self, topic: &Topic) -> Option<u64> {
+        self.topics
+            .get(topic)
+            .filter(|state| state.started)
+            .map(|state| state.position)
+    }
+
     /// Each started topic's position.
     pub fn cursor(&self) -> Cursor {
         let mut cursor = Cursor::new();
