@@ -731,3 +731,36 @@ async fn concurrent_acks_on_two_nodes_never_move_a_position_back() {
     assert_eq!(acked_seq(a, &topic, "hana").await, Some(20));
     assert_eq!(acked_seq(b, &topic, "hana").await, Some(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgments_taken_while_the_store_is_away_are_written_once_it_is_back() {
+    let mut pg = tokio::task::block_in_place(herald_tests::pg::PgServer::start)
+        .expect("a private Postgres starts");
+    let url = pg.create_database().expect("database");
+    let app = spawn_with(Options::new(Backend::Url(url))).await;
+    let topic = unique_topic("acks.outage");
+    let token = app.token("ivan", &["acks.>"], &[], 3600);
+    publish_n(&app, &topic, 3).await;
+    let mut ws = app
+        .ws_subscribed(&token, &[&topic], Some(&format!("{topic}:0")))
+        .await;
+    assert_eq!(next_seqs(&mut ws, 3).await, vec![1, 2, 3]);
+    assert_eq!(post_ack(&app, &token, &format!("{topic}:1")).await.0, 200);
+
+    tokio::task::block_in_place(|| pg.kill());
+    // Checked against what the connection delivered: taken without the store.
+    ws.send_json(json!({"op": "ack", "cursor": format!("{topic}:3")}))
+        .await;
+    ws.send_json(json!({"op": "ping"})).await;
+    assert_eq!(next_control(&mut ws).await["op"], "pong");
+    // POST needs the store (the heads, then the write): 503, retry later.
+    let (status, body) = post_ack(&app, &token, &format!("{topic}:2")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+
+    tokio::task::block_in_place(|| pg.restart()).expect("Postgres restarts");
+    wait_acked(&app, &topic, "ivan", 3).await;
+}
