@@ -2,8 +2,9 @@
 //! each with its own `sub` (a token minted per subscriber), events
 //! published at `--rate` for `--duration-secs`; one run with subscribers
 //! that only read, one with subscribers that send an `ack` frame for every
-//! event they receive, and one with subscribers that acknowledge the latest
-//! event at most every `--batch-ms` (as `/client.js` does, 100 ms). The report gives, per run, deliveries, server CPU
+//! event they receive, one with subscribers that acknowledge the latest
+//! event at most every `--batch-ms` (as `/client.js` does, 100 ms), and
+//! one more without, so that the baseline brackets the others. The report gives, per run, deliveries, server CPU
 //! per million deliveries, and the acknowledgments the server received and
 //! wrote to its store (from `/metrics`): store writes per second should be
 //! bounded by subscribers × topics / `HERALD_ACK_FLUSH_MS`, not by the
@@ -182,15 +183,21 @@ pub fn render(runs: &[AcksFigures]) -> String {
         ]);
     }
     let mut out = table.render();
-    let off = runs
+    // The runs without acknowledgments come first and last: their mean is
+    // the baseline, so a warm-up or a drift over the invocation weighs on
+    // both sides.
+    let baseline: Vec<f64> = runs
         .iter()
-        .find(|r| r.acking == Acking::Off)
-        .and_then(|r| r.cpu_secs_per_million)
+        .filter(|r| r.acking == Acking::Off)
+        .filter_map(|r| r.cpu_secs_per_million)
+        .collect();
+    let off = (!baseline.is_empty())
+        .then(|| baseline.iter().sum::<f64>() / baseline.len() as f64)
         .filter(|off| *off > 0.0);
     for r in runs.iter().filter(|r| r.acking != Acking::Off) {
         if let (Some(off), Some(on)) = (off, r.cpu_secs_per_million) {
             out.push_str(&format!(
-                "CPU per delivery, acknowledging {}: {:+.1}% against without\n",
+                "CPU per delivery, acknowledging {}: {:+.1}% against without (mean of the runs without)\n",
                 r.acking.name(),
                 (on / off - 1.0) * 100.0
             ));
@@ -252,6 +259,7 @@ impl Scenario for AcksArgs {
             Acking::Off,
             Acking::EveryEvent,
             Acking::Batched(settings.batch_ms),
+            Acking::Off,
         ];
         for (i, acking) in modes.into_iter().enumerate() {
             if !runs.is_empty() {
