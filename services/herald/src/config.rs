@@ -12,6 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db";
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 25;
+/// Default acknowledgment flush interval, in milliseconds.
+pub const DEFAULT_ACK_FLUSH_MS: u64 = 250;
+/// Default bound of a node's pending acknowledgments (subscriber and topic pairs).
+pub const DEFAULT_ACK_MAX_PENDING: usize = 100_000;
 pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
 pub const DEFAULT_RETENTION_EVENTS: u64 = 10_000;
 pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
@@ -177,7 +181,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
-    pub acks: crate::ack::AckArgs,
+    pub acks: AckArgs,
     /// Development mode: without a configured key, make a random one and print a ready admin token.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -313,7 +317,6 @@ fn check(ok: bool, name: &'static str, reason: &str) -> Result<(), SettingError>
 impl ServeArgs {
     /// Rejects settings that cannot work, before anything binds.
     pub fn validate(&self) -> Result<(), SettingError> {
-        self.acks.validate()?;
         check(
             self.log_topic
                 .as_deref()
@@ -347,6 +350,38 @@ impl ServeArgs {
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+}
+
+/// Acknowledgment settings.
+#[derive(Debug, Clone, Args)]
+pub struct AckArgs {
+    /// How often this node writes the acknowledgments it gathered to the
+    /// store, in milliseconds (at most one write per subscriber and topic
+    /// per interval).
+    #[arg(
+        long,
+        env = "HERALD_ACK_FLUSH_MS",
+        default_value_t = DEFAULT_ACK_FLUSH_MS,
+        value_parser = RangedU64ValueParser::<u64>::new().range(10..=60_000)
+    )]
+    pub ack_flush_ms: u64,
+    /// Most subscriber and topic pairs waiting to be written on this node;
+    /// past it, acknowledgments for new pairs are refused (`rate_limited`)
+    /// until the next write.
+    #[arg(
+        long,
+        env = "HERALD_ACK_MAX_PENDING",
+        default_value_t = DEFAULT_ACK_MAX_PENDING,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub ack_max_pending: usize,
+}
+
+impl AckArgs {
+    /// The flush interval.
+    pub fn flush(&self) -> Duration {
+        Duration::from_millis(self.ack_flush_ms)
     }
 }
 

@@ -14,11 +14,11 @@
 //! - [`telemetry`]: logs, traces and metrics
 //! - [`config`]: settings from flags and `HERALD_*` variables
 //! - [`auth`]: tokens, topic patterns, origins, tickets, revocations, access checks
-//! - [`ack`]: acknowledgments: cumulative per subscriber and topic, coalesced per node
 //! - [`store`]: the durable event log (SQLite, Postgres), retention
 //! - [`hub`]: which local connections want which topic, one registry per worker
 //! - [`bus`]: carries committed events to every node's hubs (in-process, NATS)
 //! - [`publish`]: the publish pipeline: parse, authorize, group commit, then the bus
+//! - [`ack`]: acknowledgments: cumulative per subscriber and topic, coalesced per node and written to the store
 //! - [`session`]: connections (WebSocket, SSE, polling): the session actor,
 //!   the catch-up machine, outbound queues, the node's gate
 //! - [`node`]: one node's parts, built in dependency order

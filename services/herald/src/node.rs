@@ -91,7 +91,11 @@ impl Node {
             leeway_secs: settings.keys.jwt_leeway_secs,
         });
         let connections = Arc::new(Connections::default());
-        let acks = crate::ack::Acks::new(store.clone(), &settings.acks);
+        let acks = crate::ack::Acks::new(
+            store.clone(),
+            settings.acks.flush(),
+            settings.acks.ack_max_pending,
+        );
         let ack_flusher = acks.spawn_flusher();
 
         let (hubs, interest) = match settings.nats_url {

@@ -10,10 +10,6 @@
 //! writes this node's pending acknowledgments of that subscriber, so it sees
 //! them.
 
-pub mod client;
-pub mod metrics;
-pub mod ws;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,50 +20,6 @@ use tokio::sync::watch;
 use crate::auth::Principal;
 use crate::store::{AckWrite, Store, StoreError};
 use crate::topic::{Cursor, Topic};
-
-/// Default flush interval, in milliseconds.
-pub const DEFAULT_ACK_FLUSH_MS: u64 = 250;
-/// Default bound of the pending set (subscriber and topic pairs per node).
-pub const DEFAULT_ACK_MAX_PENDING: usize = 100_000;
-
-/// Acknowledgment settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AckArgs {
-    /// How often this node writes the acknowledgments it gathered to the
-    /// store, in milliseconds (at most one write per subscriber and topic
-    /// per interval).
-    #[arg(long, env = "HERALD_ACK_FLUSH_MS", default_value_t = DEFAULT_ACK_FLUSH_MS)]
-    pub ack_flush_ms: u64,
-    /// Most subscriber and topic pairs waiting to be written on this node;
-    /// past it, acknowledgments for new pairs are refused (`rate_limited`)
-    /// until the next write.
-    #[arg(long, env = "HERALD_ACK_MAX_PENDING", default_value_t = DEFAULT_ACK_MAX_PENDING)]
-    pub ack_max_pending: usize,
-}
-
-impl AckArgs {
-    /// Rejects settings that cannot work.
-    pub fn validate(&self) -> Result<(), crate::config::SettingError> {
-        if !(10..=60_000).contains(&self.ack_flush_ms) {
-            return Err(crate::config::SettingError {
-                name: "HERALD_ACK_FLUSH_MS",
-                reason: "must be from 10 to 60000".into(),
-            });
-        }
-        if self.ack_max_pending == 0 {
-            return Err(crate::config::SettingError {
-                name: "HERALD_ACK_MAX_PENDING",
-                reason: "must be at least 1".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The flush interval.
-    pub fn flush(&self) -> Duration {
-        Duration::from_millis(self.ack_flush_ms)
-    }
-}
 
 /// Why an acknowledgment was refused. Nothing of a refused acknowledgment
 /// is kept: a cursor is taken whole or not at all.
@@ -243,11 +195,11 @@ pub struct Acks {
 
 impl Acks {
     /// A pending set writing to `store`.
-    pub fn new(store: Arc<dyn Store>, args: &AckArgs) -> Arc<Acks> {
+    pub fn new(store: Arc<dyn Store>, flush: Duration, max_pending: usize) -> Arc<Acks> {
         Arc::new(Acks {
             store,
-            flush: args.flush(),
-            max_pending: args.ack_max_pending,
+            flush,
+            max_pending,
             set: Mutex::new(Set::default()),
             writing: tokio::sync::Mutex::new(()),
             flushed: watch::channel(Flushed::default()).0,
@@ -282,7 +234,7 @@ impl Acks {
         let new = entries.iter().filter(|(t, _)| set.is_new(sub, t)).count();
         if set.len + new > self.max_pending {
             drop(set);
-            metrics::refused(entries.len() as u64);
+            crate::telemetry::acks::refused(entries.len() as u64);
             return Err(AckError::Full);
         }
         let mut coalesced = 0;
@@ -293,7 +245,7 @@ impl Acks {
         let generation = set.generation;
         let pending = set.len;
         drop(set);
-        metrics::received(entries.len() as u64, coalesced, pending);
+        crate::telemetry::acks::received(entries.len() as u64, coalesced, pending);
         Ok(generation)
     }
 
@@ -325,13 +277,13 @@ impl Acks {
             let generation = set.generation;
             set.generation += 1;
             let lag = std::mem::take(&mut set.lag);
-            metrics::pending(0);
+            crate::telemetry::acks::pending(0);
             (taken, generation, lag)
         };
         let ok = if taken.is_empty() {
             true
         } else {
-            metrics::lag(lag);
+            crate::telemetry::acks::lag(lag);
             self.write(Set::rows(taken)).await
         };
         self.flushed.send_replace(Flushed {
@@ -374,7 +326,7 @@ impl Acks {
     async fn write(&self, rows: Vec<AckWrite>) -> bool {
         match self.store.put_acks(&rows).await {
             Ok(()) => {
-                metrics::written(rows.len() as u64);
+                crate::telemetry::acks::written(rows.len() as u64);
                 true
             }
             Err(e) => {
@@ -384,7 +336,7 @@ impl Acks {
                     let sub: Arc<str> = Arc::from(row.sub.as_str());
                     set.raise(&sub, &row.topic, row.seq, row.at_ms);
                 }
-                metrics::pending(set.len);
+                crate::telemetry::acks::pending(set.len);
                 false
             }
         }

@@ -53,8 +53,9 @@ impl SubscribeParams {
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "resume" => {
-                    resume_from_acks = crate::ack::ws::resume_from_acks(Some(value.as_ref()))
-                        .map_err(|_| ApiError::InvalidParameter("resume is \"ack\"".into()))?
+                    resume_from_acks =
+                        crate::session::ack::resume_from_acks(Some(value.as_ref()))
+                            .map_err(|_| ApiError::InvalidParameter("resume is \"ack\"".into()))?
                 }
                 "topic" => {
                     // Several topics per parameter, comma-separated, are accepted too.

@@ -15,6 +15,7 @@
 //! The HTTP routes that open these live in `crate::http`; nothing here
 //! knows about them.
 
+pub mod ack;
 pub mod actor;
 pub mod connections;
 pub mod env;

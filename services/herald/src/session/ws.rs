@@ -280,7 +280,7 @@ pub enum ClientOp {
     Subscribe(SubscribeOp),
     Unsubscribe(UnsubscribeOp),
     Auth(AuthOp),
-    Ack(crate::ack::ws::AckOp),
+    Ack(super::ack::AckOp),
     Ping,
     /// An `op` Herald does not know.
     Unknown(String),
@@ -446,7 +446,7 @@ impl Session<Ws> {
             Ok(since) => since.unwrap_or_default(),
             Err(e) => return self.reply_error("invalid_cursor", &[], &e.to_string(), ctx),
         };
-        let from_acks = match crate::ack::ws::resume_from_acks(op.resume.as_deref()) {
+        let from_acks = match super::ack::resume_from_acks(op.resume.as_deref()) {
             Ok(from_acks) => from_acks,
             Err(message) => return self.reply_error("invalid_frame", &[], message, ctx),
         };

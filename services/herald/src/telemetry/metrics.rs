@@ -175,7 +175,7 @@ pub fn install() {
         let provider = provider.build();
         let meter = provider.meter("herald");
         observe(&meter);
-        crate::ack::metrics::observe(&meter);
+        super::acks::observe(&meter);
         let histogram = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)

@@ -15,6 +15,7 @@
 //!   the hubs, delivered to a connection) is logged at `debug` under the
 //!   target `herald::follow`, which is switched on by the setting itself.
 
+pub mod acks;
 pub mod metrics;
 pub mod trace;
 

@@ -29,6 +29,8 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+mod acker;
+
 use crate::config::{ClientArgs, SubscribeArgs, Transport};
 use crate::topic::{Cursor, Topic};
 
@@ -158,8 +160,8 @@ impl Client {
     /// Starts acknowledging over HTTP: a task posts the latest cursor
     /// handed to [`Client::ack`], one request at a time (later cursors
     /// replace one not yet sent: acknowledgments are cumulative).
-    fn start_acker(&mut self) -> crate::ack::client::Acker {
-        let (tx, acker) = crate::ack::client::Acker::start(
+    fn start_acker(&mut self) -> acker::Acker {
+        let (tx, acker) = acker::Acker::start(
             self.http.clone(),
             self.url("/v1/ack"),
             self.args.clone(),

@@ -9,9 +9,9 @@ use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AckError;
-use crate::session::Session;
-use crate::session::ws::{Ws, WsFrame};
+use super::Session;
+use super::ws::{Ws, WsFrame};
+use crate::ack::AckError;
 use crate::topic::{Cursor, Topic};
 
 /// `{"op":"ack","cursor":"orders.42:17,user.7:3"}`
@@ -49,7 +49,7 @@ impl Session<Ws> {
         let Some(principal) = self.principal.as_ref() else {
             return;
         };
-        let entries = match super::parse(&op.cursor, principal) {
+        let entries = match crate::ack::parse(&op.cursor, principal) {
             Ok(entries) => entries,
             Err(e) => return error_frame(self, &e, ctx),
         };
@@ -74,7 +74,7 @@ impl Session<Ws> {
         ctx.spawn(heads.into_actor(self).map(move |heads, session, ctx| {
             let taken = heads
                 .map_err(AckError::from)
-                .and_then(|heads| super::check_heads(&entries, &heads).map(|()| heads))
+                .and_then(|heads| crate::ack::check_heads(&entries, &heads).map(|()| heads))
                 .and_then(|heads| session.env.acks.offer(&sub, &entries, &heads));
             if let Err(e) = taken {
                 error_frame(session, &e, ctx);
