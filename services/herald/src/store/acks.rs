@@ -4,11 +4,11 @@
 //! the same in each: a write raises a row's seq, never lowers it, and its
 //! time moves only when the seq does.
 
-use sqlx::Row;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::StoreError;
+use super::{StoreError, to_i64, to_u64};
 use crate::topic::Topic;
 
 /// One acknowledgment to store: `sub` has processed `topic` up to `seq`.
@@ -28,14 +28,6 @@ pub struct AckRow {
     pub seq: u64,
     /// When the seq last rose, milliseconds since the epoch.
     pub acked_at_ms: i64,
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The highest seq of each pair, sorted by subscriber and topic:
@@ -230,36 +222,54 @@ const DELETE_SUB: &str = "DELETE FROM acks WHERE sub = $1";
 const PRUNE_IDLE: &str = "DELETE FROM acks WHERE sub IN \
      (SELECT sub FROM acks GROUP BY sub HAVING MAX(acked_at) < $1)";
 
-pub async fn delete_sqlite(pool: &SqlitePool, sub: &str) -> Result<u64, StoreError> {
+/// How many rows a statement changed, for either store.
+pub trait Changed {
+    fn changed(&self) -> u64;
+}
+
+impl Changed for sqlx::sqlite::SqliteQueryResult {
+    fn changed(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Changed for sqlx::postgres::PgQueryResult {
+    fn changed(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// Deletes `sub`'s rows; returns how many went.
+pub async fn delete_sub<DB: Database>(pool: &Pool<DB>, sub: &str) -> Result<u64, StoreError>
+where
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
+    DB::QueryResult: Changed,
+{
     Ok(sqlx::query(DELETE_SUB)
         .bind(sub)
         .execute(pool)
         .await?
-        .rows_affected())
+        .changed())
 }
 
-pub async fn delete_postgres(pool: &PgPool, sub: &str) -> Result<u64, StoreError> {
-    Ok(sqlx::query(DELETE_SUB)
-        .bind(sub)
-        .execute(pool)
-        .await?
-        .rows_affected())
-}
-
-pub async fn prune_sqlite(pool: &SqlitePool, older_than_ms: i64) -> Result<u64, StoreError> {
+/// Deletes the rows of subscribers idle since before `older_than_ms`.
+pub async fn prune_idle<DB: Database>(
+    pool: &Pool<DB>,
+    older_than_ms: i64,
+) -> Result<u64, StoreError>
+where
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'q> Encode<'q, DB>,
+    DB::QueryResult: Changed,
+{
     Ok(sqlx::query(PRUNE_IDLE)
         .bind(older_than_ms)
         .execute(pool)
         .await?
-        .rows_affected())
-}
-
-pub async fn prune_postgres(pool: &PgPool, older_than_ms: i64) -> Result<u64, StoreError> {
-    Ok(sqlx::query(PRUNE_IDLE)
-        .bind(older_than_ms)
-        .execute(pool)
-        .await?
-        .rows_affected())
+        .changed())
 }
 
 /// Deletes the acknowledgments of subscribers idle for longer than

@@ -334,11 +334,11 @@ impl Store for PostgresStore {
     }
 
     async fn delete_acks(&self, sub: &str) -> Result<u64, StoreError> {
-        super::acks::delete_postgres(&self.pool, sub).await
+        super::acks::delete_sub(&self.pool, sub).await
     }
 
     async fn prune_acks(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        super::acks::prune_postgres(&self.pool, older_than_ms).await
+        super::acks::prune_idle(&self.pool, older_than_ms).await
     }
 }
 

@@ -283,11 +283,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_acks(&self, sub: &str) -> Result<u64, StoreError> {
-        super::acks::delete_sqlite(&self.pool, sub).await
+        super::acks::delete_sub(&self.pool, sub).await
     }
 
     async fn prune_acks(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        super::acks::prune_sqlite(&self.pool, older_than_ms).await
+        super::acks::prune_idle(&self.pool, older_than_ms).await
     }
 }
 
