@@ -8,7 +8,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::{StoreError, to_i64, to_u64};
+use super::{Changed, StoreError, to_i64, to_u64};
 use crate::topic::Topic;
 
 /// One acknowledgment to store: `sub` has processed `topic` up to `seq`.
@@ -221,23 +221,6 @@ const DELETE_SUB: &str = "DELETE FROM acks WHERE sub = $1";
 /// acknowledgment is older than `$1` (milliseconds).
 const PRUNE_IDLE: &str = "DELETE FROM acks WHERE sub IN \
      (SELECT sub FROM acks GROUP BY sub HAVING MAX(acked_at) < $1)";
-
-/// How many rows a statement changed, for either store.
-pub trait Changed {
-    fn changed(&self) -> u64;
-}
-
-impl Changed for sqlx::sqlite::SqliteQueryResult {
-    fn changed(&self) -> u64 {
-        self.rows_affected()
-    }
-}
-
-impl Changed for sqlx::postgres::PgQueryResult {
-    fn changed(&self) -> u64 {
-        self.rows_affected()
-    }
-}
 
 /// Deletes `sub`'s rows; returns how many went.
 pub async fn delete_sub<DB: Database>(pool: &Pool<DB>, sub: &str) -> Result<u64, StoreError>

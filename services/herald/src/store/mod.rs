@@ -10,6 +10,7 @@ mod plan;
 mod postgres;
 mod revocations;
 mod sqlite;
+mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,23 @@ pub use sqlite::SqliteStore;
 use crate::auth::{Revocation, RevocationKind};
 use crate::event::{Event, NewEvent};
 use crate::topic::Topic;
+
+/// How many rows a statement changed, for either store.
+pub trait Changed {
+    fn changed(&self) -> u64;
+}
+
+impl Changed for sqlx::sqlite::SqliteQueryResult {
+    fn changed(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Changed for sqlx::postgres::PgQueryResult {
+    fn changed(&self) -> u64 {
+        self.rows_affected()
+    }
+}
 
 /// A stored integer as the unsigned value it stands for.
 fn to_u64(v: i64) -> u64 {

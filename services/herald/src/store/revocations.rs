@@ -6,7 +6,7 @@ use crate::auth::{Revocation, RevocationKind};
 
 use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
-use super::{RevocationChanges, StoreError, to_i64, to_u64};
+use super::{Changed, RevocationChanges, StoreError, to_i64, to_u64};
 
 /// How a store writes SQL.
 #[derive(Debug, Clone, Copy)]
@@ -152,4 +152,24 @@ where
         .fetch_all(pool)
         .await?;
     Ok(changes(last, rows))
+}
+
+/// Deletes the revocations of `pool`'s store expired at `now_secs`;
+/// returns how many went.
+pub async fn prune_expired<DB: Database>(
+    pool: &Pool<DB>,
+    d: Dialect,
+    now_secs: u64,
+) -> Result<u64, StoreError>
+where
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'q> Encode<'q, DB>,
+    DB::QueryResult: Changed,
+{
+    Ok(sqlx::query(prune(d))
+        .bind(to_i64(now_secs))
+        .execute(pool)
+        .await?
+        .changed())
 }

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 
 use super::plan::{plan, topics};
 use super::revocations::{self, Dialect};
+use super::tickets;
 use super::{Appended, Read, RevocationChanges, Store, StoreError, to_i64, to_u64};
 use crate::auth::RevocationKind;
 use crate::event::{Event, NewEvent};
@@ -222,11 +223,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_revocations(&self, now_secs: u64) -> Result<u64, StoreError> {
-        Ok(sqlx::query(revocations::prune(Dialect::Sqlite))
-            .bind(to_i64(now_secs))
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        revocations::prune_expired(&self.pool, Dialect::Sqlite, now_secs).await
     }
 
     async fn put_ticket(
@@ -235,33 +232,15 @@ impl Store for SqliteStore {
         grant: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tickets (key, principal, expires_at) VALUES (?, ?, ?)")
-            .bind(key)
-            .bind(grant)
-            .bind(expires_at_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        tickets::put(&self.pool, Dialect::Sqlite, key, grant, expires_at_ms).await
     }
 
     async fn take_ticket(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("DELETE FROM tickets WHERE key = ? RETURNING principal, expires_at")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let expires_at: i64 = row.try_get(1)?;
-        Ok((expires_at > now_ms).then(|| row.try_get(0)).transpose()?)
+        tickets::take(&self.pool, Dialect::Sqlite, key, now_ms).await
     }
 
     async fn prune_tickets(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM tickets WHERE expires_at <= ?")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        tickets::prune(&self.pool, Dialect::Sqlite, now_ms).await
     }
 
     async fn put_acks(&self, acks: &[super::AckWrite]) -> Result<(), StoreError> {
