@@ -4,12 +4,21 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{
+    IntoServiceFactory, ServiceExt, ServiceFactory, ServiceFactoryExt, boxed, fn_factory,
+    fn_service, map_config,
+};
+use actix_web::dev::AppConfig;
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
 use anyhow::Context;
+use futures_util::FutureExt;
 
 use crate::auth::{Claims, HeraldClaims, Minter};
 use crate::config::{Secret, ServeArgs};
 use crate::http;
+use crate::http::front::{Front, FrontSettings};
 use crate::node::Node;
 
 /// A built, bound, not yet running server.
@@ -37,31 +46,66 @@ impl Application {
         let addr = listener.local_addr()?;
         let dev_token = web::Data::new(http::console::DevToken(dev_token(&settings)?));
         let console_token = dev_token.clone();
-        let mut server = HttpServer::new(move || {
+        let make_app = move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(console_token.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query_error))
                 .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
-        })
-        .client_request_timeout(Duration::from_secs(settings.request_head_timeout_secs))
-        .on_connect(http::socket::on_connect(
-            (settings.write_timeout_secs > 0)
-                .then(|| Duration::from_secs(settings.write_timeout_secs)),
-        ))
-        // The drain owns SIGTERM and SIGINT (see `crate::drain`).
-        .disable_signals()
-        .keep_alive(match settings.keep_alive_secs {
+        };
+        let head_timeout = Duration::from_secs(settings.request_head_timeout_secs);
+        let keep_alive = match settings.keep_alive_secs {
             0 => actix_web::http::KeepAlive::Disabled,
             secs => actix_web::http::KeepAlive::Timeout(Duration::from_secs(secs)),
-        })
-        .shutdown_timeout(crate::drain::STOP_TIMEOUT.as_secs())
-        .listen(listener)?;
+        };
+        let front = FrontSettings {
+            head_timeout: (!head_timeout.is_zero()).then_some(head_timeout),
+            write_timeout: (settings.write_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.write_timeout_secs)),
+        };
+        let mut server = actix_server::Server::build()
+            // The drain owns SIGTERM and SIGINT (see `crate::drain`).
+            .disable_signals()
+            .shutdown_timeout(crate::drain::STOP_TIMEOUT.as_secs());
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let server = server.run();
+        let server = server
+            .listen("herald", listener, move || {
+                // Nothing reads the configured host or address (`connection_info`).
+                let config = AppConfig::default;
+                // Requests that come and go: actix-http's HTTP/1 server.
+                let general = HttpService::build()
+                    .keep_alive(keep_alive)
+                    .client_request_timeout(head_timeout)
+                    .local_addr(addr)
+                    .h1(map_config(
+                        make_app()
+                            .into_factory()
+                            .map_err(|err: actix_web::Error| err.error_response()),
+                        move |_| config(),
+                    ));
+                // Long-lived streams: the same application, driven by the front door.
+                let lean = make_app().into_factory();
+                let front = front.clone();
+                fn_factory(move || {
+                    let general = general.new_service(());
+                    let lean = lean.new_service(config());
+                    let front = front.clone();
+                    async move {
+                        let general = boxed::service(general.await?);
+                        let lean = boxed::service(
+                            lean.await?.map(|response| response.map_into_boxed_body()),
+                        );
+                        let door = Front::new(general, lean, front);
+                        Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                            door.clone().connection(io).map(Ok::<_, ()>)
+                        }))
+                    }
+                })
+            })?
+            .run();
 
         if settings.dev {
             print_dev_banner(dev_token.0.as_deref(), addr);

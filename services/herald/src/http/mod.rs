@@ -11,13 +11,13 @@ mod auth;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod front;
 mod health;
 mod metrics;
 mod openapi;
 pub mod origin;
 mod poll;
 mod publish;
-pub mod socket;
 mod sse;
 mod ws;
 

@@ -1,0 +1,376 @@
+//! The lean path: one long-lived stream per connection, driven without
+//! per-connection buffers.
+//!
+//! The application answers the request as on the general server. The
+//! response's body (a WebSocket's frames, an event stream's events) is
+//! written to the socket as it comes, several ready pieces in one
+//! `writev`; nothing is copied into a write buffer. The socket is read
+//! when the kernel says it is readable, into a per-thread scratch buffer:
+//! an idle connection holds no read buffer at all. A WebSocket's bytes go
+//! to its frame decoder; bytes after an event stream's request are
+//! discarded, and its end (or a reset) ends the stream.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::pin;
+
+use actix_http::header::{HeaderName, HeaderValue};
+use actix_http::{ConnectionType, Method, Request, StatusCode, Version};
+use actix_service::Service;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::rt::net::TcpStream;
+use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
+
+use super::head::{Head, Stream};
+use super::payload::{self, Feed, Want};
+
+/// Most pieces written in one `writev`.
+const MAX_BATCH: usize = 64;
+/// Size of each thread's read scratch buffer.
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// A request ready for the application, and where a WebSocket's bytes go.
+pub struct Prepared {
+    request: Request,
+    payload: Option<Feed>,
+}
+
+/// The application's request for `head`; `None` when a field does not fit
+/// the HTTP types (the general server then answers it).
+pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
+    let uri = head.target.parse().ok()?;
+    let mut headers = actix_http::header::HeaderMap::with_capacity(head.headers.len());
+    for (name, value) in &head.headers {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        );
+    }
+    let (mut request, payload) = match head.stream {
+        Stream::WebSocket => {
+            let (feed, body) = payload::pair();
+            let body: actix_http::BoxedPayloadStream = Box::pin(body);
+            (
+                Request::with_payload(actix_http::Payload::from(body)),
+                Some(feed),
+            )
+        }
+        Stream::Events => (Request::new(), None),
+    };
+    let request_head = request.head_mut();
+    request_head.method = Method::GET;
+    request_head.uri = uri;
+    request_head.version = Version::HTTP_11;
+    request_head.headers = headers;
+    request_head.peer_addr = peer;
+    if head.upgrade {
+        request_head.set_connection_type(ConnectionType::Upgrade);
+    }
+    Some(Prepared { request, payload })
+}
+
+/// Answers `prepared` with the application and drives the connection until
+/// the response ends or the client goes. `rest`: bytes the client sent
+/// after the head.
+pub async fn serve(io: TcpStream, prepared: Prepared, rest: Bytes, app: &super::Application) {
+    let Prepared {
+        request,
+        mut payload,
+    } = prepared;
+    if let Some(feed) = &payload
+        && !rest.is_empty()
+    {
+        feed.push(rest);
+    }
+    let response = match app.call(request).await {
+        Ok(response) => response.into_parts().1,
+        Err(e) => e.error_response(),
+    };
+    let (response, body) = response.into_parts();
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let framing = match body.size() {
+        _ if upgraded => Framing::Raw,
+        BodySize::None => Framing::None,
+        BodySize::Sized(n) => Framing::Sized(n),
+        BodySize::Stream => Framing::Chunked,
+    };
+    if !upgraded {
+        // Only a WebSocket reads after its head.
+        payload = None;
+    }
+    let head = response_head(&response, framing);
+    if write_all(&io, vec![head]).await.is_err() {
+        return;
+    }
+    let _ = pump(&io, body, framing, payload).await;
+    // Closing the socket sends the FIN; nothing is left unwritten.
+    drop(io);
+}
+
+/// How the body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body.
+    None,
+    Sized(u64),
+    Chunked,
+    /// An upgraded connection: the body is the new protocol's bytes.
+    Raw,
+}
+
+/// The status line and header fields.
+fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> Bytes {
+    use std::fmt::Write;
+    let status = response.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in response.headers() {
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection" | "date"
+        ) {
+            continue;
+        }
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        head.push_str("\r\n");
+    }
+    let _ = write!(
+        head,
+        "date: {}\r\n",
+        actix_web::http::header::HttpDate::from(std::time::SystemTime::now())
+    );
+    match framing {
+        Framing::Raw => head.push_str("connection: upgrade\r\n"),
+        Framing::None => head.push_str("connection: close\r\n"),
+        Framing::Sized(n) => {
+            let _ = write!(head, "content-length: {n}\r\nconnection: close\r\n");
+        }
+        Framing::Chunked => head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n"),
+    }
+    head.push_str("\r\n");
+    Bytes::from(head)
+}
+
+/// Writes the body as it comes while watching the socket, until the body
+/// ends or the client goes.
+async fn pump(
+    io: &TcpStream,
+    body: BoxBody,
+    framing: Framing,
+    mut payload: Option<Feed>,
+) -> io::Result<()> {
+    let mut body = pin!(body);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            biased;
+            next = poll_fn(|cx| body.as_mut().poll_next(cx)) => {
+                let Some(Ok(first)) = next else {
+                    // The end of the body (or an error in it).
+                    if framing == Framing::Chunked && next.is_none() {
+                        write_all(io, vec![Bytes::from_static(b"0\r\n\r\n")]).await?;
+                    }
+                    return Ok(());
+                };
+                let mut batch = vec![first];
+                let mut ended = false;
+                while batch.len() < MAX_BATCH {
+                    match poll_fn(|cx| body.as_mut().poll_next(cx)).now_or_never() {
+                        Some(Some(Ok(piece))) => batch.push(piece),
+                        Some(_) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if framing == Framing::Chunked {
+                    frame_chunk(&mut batch, ended);
+                }
+                write_all(io, batch).await?;
+                if ended {
+                    return Ok(());
+                }
+            }
+            ready = readable(io, payload.as_ref()), if reading => {
+                match ready {
+                    Readable::Ready => {}
+                    Readable::Dropped => {
+                        // The WebSocket's reader is gone; the body ends soon.
+                        reading = false;
+                        payload = None;
+                        continue;
+                    }
+                    Readable::Failed(e) => return Err(e),
+                }
+                match read(io) {
+                    Ok(Some(bytes)) if bytes.is_empty() => {
+                        // The client closed its side.
+                        match payload.take() {
+                            Some(feed) => {
+                                feed.end();
+                                reading = false;
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                    Ok(Some(bytes)) => {
+                        if let Some(feed) = &payload {
+                            feed.push(bytes);
+                        }
+                    }
+                    Ok(None) => {}
+                    // Dropping the feed ends the WebSocket's input.
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Wraps a batch of body pieces in one HTTP/1.1 chunk (and the last chunk
+/// when the body `ended`).
+fn frame_chunk(batch: &mut Vec<Bytes>, ended: bool) {
+    let len: usize = batch.iter().map(Bytes::len).sum();
+    if len > 0 {
+        batch.insert(0, Bytes::from(format!("{len:x}\r\n")));
+        batch.push(Bytes::from_static(b"\r\n"));
+    } else {
+        batch.clear();
+    }
+    if ended {
+        batch.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+}
+
+enum Readable {
+    Ready,
+    /// The WebSocket's reader is gone.
+    Dropped,
+    Failed(io::Error),
+}
+
+/// Waits until the socket is readable and, for a WebSocket, its reader
+/// wants more.
+async fn readable(io: &TcpStream, payload: Option<&Feed>) -> Readable {
+    poll_fn(|cx| {
+        if let Some(feed) = payload {
+            match feed.want(cx) {
+                Want::More => {}
+                Want::Later => return std::task::Poll::Pending,
+                Want::Nothing => return std::task::Poll::Ready(Readable::Dropped),
+            }
+        }
+        io.poll_read_ready(cx).map(|ready| match ready {
+            Ok(()) => Readable::Ready,
+            Err(e) => Readable::Failed(e),
+        })
+    })
+    .await
+}
+
+/// Reads what the socket holds into the thread's scratch buffer and copies
+/// out exactly that: `Some(empty)` at the end of the stream, `None` when
+/// the readiness was spurious.
+fn read(io: &TcpStream) -> io::Result<Option<Bytes>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        match io.try_read(&mut scratch) {
+            Ok(n) => Ok(Some(Bytes::copy_from_slice(&scratch[..n]))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Writes every piece, several per system call.
+async fn write_all(io: &TcpStream, mut pieces: Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < pieces.len() {
+        let slices: Vec<IoSlice<'_>> = pieces[first..]
+            .iter()
+            .take(MAX_BATCH + 3)
+            .map(|piece| IoSlice::new(piece))
+            .collect();
+        match io.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut written) => {
+                drop(slices);
+                while written > 0 {
+                    let piece = &mut pieces[first];
+                    let step = written.min(piece.len());
+                    piece.advance(step);
+                    written -= step;
+                    if piece.is_empty() {
+                        first += 1;
+                    }
+                }
+                while first < pieces.len() && pieces[first].is_empty() {
+                    first += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_one_chunk_and_the_last_chunk_follows_the_end() {
+        let mut batch = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")];
+        frame_chunk(&mut batch, false);
+        assert_eq!(batch.concat(), b"8\r\nabcdefgh\r\n");
+        let mut batch = vec![Bytes::new()];
+        frame_chunk(&mut batch, true);
+        assert_eq!(batch.concat(), b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_request_carries_the_head_and_marks_an_upgrade() {
+        let head = Head {
+            stream: Stream::WebSocket,
+            target: "/v1/ws?access_token=t".into(),
+            headers: vec![
+                ("host".into(), b"h".to_vec()),
+                ("connection".into(), b"Upgrade".to_vec()),
+            ],
+            upgrade: true,
+            len: 0,
+        };
+        let prepared = request(&head, None).expect("a valid head");
+        assert!(prepared.payload.is_some());
+        assert!(prepared.request.head().upgrade());
+        assert_eq!(prepared.request.uri().query(), Some("access_token=t"));
+        assert_eq!(
+            prepared
+                .request
+                .head()
+                .headers
+                .get("host")
+                .map(|v| v.as_bytes()),
+            Some(&b"h"[..])
+        );
+        let bad = Head {
+            headers: vec![("host".into(), b"a\nb".to_vec())],
+            ..head
+        };
+        assert!(request(&bad, None).is_none(), "a value HTTP does not allow");
+    }
+}
