@@ -11,10 +11,11 @@
 //! discarded, and its end (or a reset) ends the stream.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use actix_http::header::{HeaderName, HeaderValue};
 use actix_http::{ConnectionType, Method, Request, StatusCode, Version};
@@ -22,8 +23,8 @@ use actix_service::Service;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::rt::net::TcpStream;
 use bytes::{Buf, Bytes};
-use futures_util::FutureExt;
 
+use super::Application;
 use super::head::{Head, Stream};
 use super::payload::{self, Feed, Want};
 
@@ -79,14 +80,12 @@ pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
 /// Answers `prepared` with the application and drives the connection until
 /// the response ends or the client goes. `rest`: bytes the client sent
 /// after the head.
-pub async fn serve(io: TcpStream, prepared: Prepared, rest: Bytes, app: &super::Application) {
+pub async fn serve(io: TcpStream, prepared: Prepared, rest: Option<Bytes>, app: &Application) {
     let Prepared {
         request,
         mut payload,
     } = prepared;
-    if let Some(feed) = &payload
-        && !rest.is_empty()
-    {
+    if let (Some(feed), Some(rest)) = (&payload, rest) {
         feed.push(rest);
     }
     let response = match app.call(request).await {
@@ -106,12 +105,11 @@ pub async fn serve(io: TcpStream, prepared: Prepared, rest: Bytes, app: &super::
         payload = None;
     }
     let head = response_head(&response, framing);
-    if write_all(&io, vec![head]).await.is_err() {
-        return;
-    }
-    let _ = pump(&io, body, framing, payload).await;
-    // Closing the socket sends the FIN; nothing is left unwritten.
-    drop(io);
+    // Nothing of the response but its body stays with the connection.
+    drop(response);
+    // The head goes out with the first pieces of the body, in one write.
+    let _ = Pump::new(&io, head, body, framing, payload).await;
+    // Dropping the socket closes it; nothing is left unwritten.
 }
 
 /// How the body is delimited on the wire.
@@ -164,78 +162,160 @@ fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> By
 }
 
 /// Writes the body as it comes while watching the socket, until the body
-/// ends or the client goes.
-async fn pump(
-    io: &TcpStream,
+/// ends or the client goes. A hand-written future: what an idle connection
+/// keeps is this struct, and nothing else.
+struct Pump<'a> {
+    io: &'a TcpStream,
     body: BoxBody,
     framing: Framing,
-    mut payload: Option<Feed>,
-) -> io::Result<()> {
-    let mut body = pin!(body);
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            biased;
-            next = poll_fn(|cx| body.as_mut().poll_next(cx)) => {
-                let Some(Ok(first)) = next else {
-                    // The end of the body (or an error in it).
-                    if framing == Framing::Chunked && next.is_none() {
-                        write_all(io, vec![Bytes::from_static(b"0\r\n\r\n")]).await?;
+    /// Where a WebSocket's bytes go; `None` for other responses, and once
+    /// the WebSocket's reader is gone.
+    feed: Option<Feed>,
+    /// Whether the socket is still read (a WebSocket's client may close
+    /// its side while the server still writes).
+    reading: bool,
+    /// Framed pieces not yet written; empty (and unallocated) when idle.
+    pending: VecDeque<Bytes>,
+    /// The body has ended; once `pending` is written, so has the response.
+    ended: bool,
+}
+
+impl<'a> Pump<'a> {
+    fn new(
+        io: &'a TcpStream,
+        head: Bytes,
+        body: BoxBody,
+        framing: Framing,
+        feed: Option<Feed>,
+    ) -> Pump<'a> {
+        Pump {
+            io,
+            body,
+            framing,
+            feed,
+            reading: true,
+            pending: VecDeque::from([head]),
+            ended: false,
+        }
+    }
+
+    /// Reads what the socket holds: `Ready` when the connection is over
+    /// (the client went, or reading failed).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.reading {
+            if let Some(feed) = &self.feed {
+                match feed.want(cx) {
+                    Want::More => {}
+                    Want::Later => return Poll::Pending,
+                    Want::Nothing => {
+                        // The WebSocket's reader is gone; its body ends soon.
+                        self.feed = None;
+                        self.reading = false;
+                        return Poll::Pending;
                     }
-                    return Ok(());
+                }
+            }
+            ready!(self.io.poll_read_ready(cx))?;
+            match read(self.io)? {
+                None => {}
+                Some(bytes) if bytes.is_empty() => match self.feed.take() {
+                    // The client closed its side; the WebSocket ends it.
+                    Some(feed) => {
+                        feed.end();
+                        self.reading = false;
+                    }
+                    None => return Poll::Ready(Ok(())),
+                },
+                Some(bytes) => {
+                    if let Some(feed) = &self.feed {
+                        feed.push(bytes);
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Takes what the body has ready, framed, into `pending`.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        let mut fresh = Vec::new();
+        while !self.ended && self.pending.len() + fresh.len() < MAX_BATCH {
+            match Pin::new(&mut self.body).poll_next(cx) {
+                Poll::Ready(Some(Ok(piece))) => {
+                    if !piece.is_empty() {
+                        fresh.push(piece)
+                    }
+                }
+                // The end of the body, or an error in it: either way, the end.
+                Poll::Ready(end) => {
+                    self.ended = true;
+                    if end.is_some() {
+                        // A body that failed gets no last chunk: the client
+                        // sees a cut stream, not a complete one.
+                        self.framing = Framing::Raw;
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.framing == Framing::Chunked {
+            frame_chunk(&mut fresh, self.ended);
+        }
+        self.pending.extend(fresh);
+    }
+}
+
+impl Future for Pump<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.poll_read(cx)?.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            this.fill(cx);
+            if this.pending.is_empty() {
+                // Give back the queue's memory while the connection is idle.
+                this.pending = VecDeque::new();
+                return if this.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
                 };
-                let mut batch = vec![first];
-                let mut ended = false;
-                while batch.len() < MAX_BATCH {
-                    match poll_fn(|cx| body.as_mut().poll_next(cx)).now_or_never() {
-                        Some(Some(Ok(piece))) => batch.push(piece),
-                        Some(_) => {
-                            ended = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                if framing == Framing::Chunked {
-                    frame_chunk(&mut batch, ended);
-                }
-                write_all(io, batch).await?;
-                if ended {
-                    return Ok(());
-                }
             }
-            ready = readable(io, payload.as_ref()), if reading => {
-                match ready {
-                    Readable::Ready => {}
-                    Readable::Dropped => {
-                        // The WebSocket's reader is gone; the body ends soon.
-                        reading = false;
-                        payload = None;
-                        continue;
-                    }
-                    Readable::Failed(e) => return Err(e),
+            ready!(this.io.poll_write_ready(cx))?;
+            let slices: Vec<IoSlice<'_>> = this
+                .pending
+                .iter()
+                .take(MAX_BATCH + 3)
+                .map(|piece| IoSlice::new(piece))
+                .collect();
+            match this.io.try_write_vectored(&slices) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => {
+                    drop(slices);
+                    advance(&mut this.pending, written);
                 }
-                match read(io) {
-                    Ok(Some(bytes)) if bytes.is_empty() => {
-                        // The client closed its side.
-                        match payload.take() {
-                            Some(feed) => {
-                                feed.end();
-                                reading = false;
-                            }
-                            None => return Ok(()),
-                        }
-                    }
-                    Ok(Some(bytes)) => {
-                        if let Some(feed) = &payload {
-                            feed.push(bytes);
-                        }
-                    }
-                    Ok(None) => {}
-                    // Dropping the feed ends the WebSocket's input.
-                    Err(e) => return Err(e),
-                }
+                // Readiness was stale; the next poll waits for it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
+        }
+    }
+}
+
+/// Drops `written` bytes from the front of `pending`.
+fn advance(pending: &mut VecDeque<Bytes>, mut written: usize) {
+    while written > 0 {
+        let Some(piece) = pending.front_mut() else {
+            return;
+        };
+        let step = written.min(piece.len());
+        piece.advance(step);
+        written -= step;
+        if piece.is_empty() {
+            pending.pop_front();
         }
     }
 }
@@ -255,32 +335,6 @@ fn frame_chunk(batch: &mut Vec<Bytes>, ended: bool) {
     }
 }
 
-enum Readable {
-    Ready,
-    /// The WebSocket's reader is gone.
-    Dropped,
-    Failed(io::Error),
-}
-
-/// Waits until the socket is readable and, for a WebSocket, its reader
-/// wants more.
-async fn readable(io: &TcpStream, payload: Option<&Feed>) -> Readable {
-    poll_fn(|cx| {
-        if let Some(feed) = payload {
-            match feed.want(cx) {
-                Want::More => {}
-                Want::Later => return std::task::Poll::Pending,
-                Want::Nothing => return std::task::Poll::Ready(Readable::Dropped),
-            }
-        }
-        io.poll_read_ready(cx).map(|ready| match ready {
-            Ok(()) => Readable::Ready,
-            Err(e) => Readable::Failed(e),
-        })
-    })
-    .await
-}
-
 /// Reads what the socket holds into the thread's scratch buffer and copies
 /// out exactly that: `Some(empty)` at the end of the stream, `None` when
 /// the readiness was spurious.
@@ -293,39 +347,6 @@ fn read(io: &TcpStream) -> io::Result<Option<Bytes>> {
             Err(e) => Err(e),
         }
     })
-}
-
-/// Writes every piece, several per system call.
-async fn write_all(io: &TcpStream, mut pieces: Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < pieces.len() {
-        let slices: Vec<IoSlice<'_>> = pieces[first..]
-            .iter()
-            .take(MAX_BATCH + 3)
-            .map(|piece| IoSlice::new(piece))
-            .collect();
-        match io.try_write_vectored(&slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut written) => {
-                drop(slices);
-                while written > 0 {
-                    let piece = &mut pieces[first];
-                    let step = written.min(piece.len());
-                    piece.advance(step);
-                    written -= step;
-                    if piece.is_empty() {
-                        first += 1;
-                    }
-                }
-                while first < pieces.len() && pieces[first].is_empty() {
-                    first += 1;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -98,16 +98,24 @@ impl Front {
                 let _ = io.shutdown().await;
             }
             Decided::General => self.general(io, buf, peer).await,
-            Decided::Lean(head) => match lean::request(&head, peer) {
-                Some(request) => {
-                    let rest = buf.split_off(head.len).freeze();
-                    drop(buf);
-                    lean::serve(io, request, rest, &self.app).await;
+            Decided::Lean(head) => {
+                let prepared = lean::request(&head, peer);
+                let len = head.len;
+                drop(head);
+                match prepared {
+                    Some(prepared) => {
+                        // Bytes after the head (a WebSocket frame sent at
+                        // once), if any; the head's buffer goes now.
+                        let rest = buf.split_off(len);
+                        drop(buf);
+                        let rest = (!rest.is_empty()).then(|| rest.freeze());
+                        lean::serve(io, prepared, rest, &self.app).await;
+                    }
+                    // A head the lean path cannot represent: the general
+                    // server answers it as it always has.
+                    None => self.general(io, buf, peer).await,
                 }
-                // A head the lean path cannot represent: the general server
-                // answers it as it always has.
-                None => self.general(io, buf, peer).await,
-            },
+            }
         }
     }
 
