@@ -6,10 +6,13 @@
 //! transport side (the WebSocket writer, or the SSE response body) takes
 //! frames as the socket accepts them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,78 +23,107 @@ pub enum Full {
     Closed,
 }
 
-/// How full the queue is, seen by both ends.
-struct Fill {
+/// The queue itself. An idle connection's holds no allocation: the
+/// frames' ring is given back whenever it empties.
+struct Queue<T> {
+    items: VecDeque<(T, usize)>,
+    /// The final frame, once set.
+    last: Option<T>,
+    /// The final frame was taken: nothing follows it.
+    done: bool,
+    /// The transport waiting for a frame.
+    waiting: Option<Waker>,
+    /// Each end, while it exists.
+    sender: bool,
+    receiver: bool,
+}
+
+/// What both ends share.
+struct Shared<T> {
+    queue: Mutex<Queue<T>>,
+    /// Frames and bytes waiting (read without the lock).
+    items: AtomicUsize,
     bytes: AtomicUsize,
-    /// Signalled each time the transport takes a frame.
+    /// Signalled each time the transport takes a frame, and when it goes.
     progress: Notify,
     /// Most items ever queued at once.
     high_water: AtomicUsize,
 }
 
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
+        // A panic while holding the lock leaves the queue consistent (every
+        // change is a single push or pop), so a poisoned lock is used as is.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The actor's end.
 pub struct Outbound<T> {
-    tx: mpsc::Sender<(T, usize)>,
-    fill: Arc<Fill>,
+    shared: Arc<Shared<T>>,
     max_items: usize,
     max_bytes: usize,
-    last: Option<oneshot::Sender<T>>,
     /// Bytes of every item ever queued (only this end writes it).
-    total_bytes: std::sync::atomic::AtomicU64,
+    total_bytes: AtomicU64,
 }
 
 /// The transport's end.
 pub struct OutboundRx<T> {
-    rx: mpsc::Receiver<(T, usize)>,
-    fill: Arc<Fill>,
-    last: Option<oneshot::Receiver<T>>,
-    done: bool,
+    shared: Arc<Shared<T>>,
 }
 
 /// A queue of at most `max_items` frames and `max_bytes` bytes.
 pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundRx<T>) {
-    let (tx, rx) = mpsc::channel(max_items.max(1));
-    let (last_tx, last_rx) = oneshot::channel();
-    let fill = Arc::new(Fill {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            last: None,
+            done: false,
+            waiting: None,
+            sender: true,
+            receiver: true,
+        }),
+        items: AtomicUsize::new(0),
         bytes: AtomicUsize::new(0),
         progress: Notify::new(),
         high_water: AtomicUsize::new(0),
     });
     (
         Outbound {
-            tx,
-            fill: fill.clone(),
+            shared: shared.clone(),
             max_items: max_items.max(1),
             max_bytes,
-            last: Some(last_tx),
-            total_bytes: std::sync::atomic::AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
         },
-        OutboundRx {
-            rx,
-            fill,
-            last: Some(last_rx),
-            done: false,
-        },
+        OutboundRx { shared },
     )
 }
 
 impl<T> Outbound<T> {
     /// Queues `item` of `size` bytes, or says the queue is full.
     pub fn push(&self, item: T, size: usize) -> Result<(), Full> {
-        let queued = self.fill.bytes.load(Ordering::Acquire);
+        let mut queue = self.shared.lock();
+        if !queue.receiver {
+            return Err(Full::Closed);
+        }
+        let queued = self.shared.bytes.load(Ordering::Acquire);
         // One item may always be queued alone, whatever its size.
-        if queued > 0 && queued + size > self.max_bytes {
+        if queue.items.len() >= self.max_items || (queued > 0 && queued + size > self.max_bytes) {
             return Err(Full::Full);
         }
-        self.tx.try_send((item, size)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Full::Full,
-            mpsc::error::TrySendError::Closed(_) => Full::Closed,
-        })?;
-        self.fill.bytes.fetch_add(size, Ordering::AcqRel);
-        self.fill
-            .high_water
-            .fetch_max(self.len(), Ordering::Relaxed);
+        queue.items.push_back((item, size));
+        let len = queue.items.len();
+        let waiting = queue.waiting.take();
+        drop(queue);
+        self.shared.items.store(len, Ordering::Release);
+        self.shared.bytes.fetch_add(size, Ordering::AcqRel);
+        self.shared.high_water.fetch_max(len, Ordering::Relaxed);
         self.total_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        if let Some(waiting) = waiting {
+            waiting.wake();
+        }
         Ok(())
     }
 
@@ -102,7 +134,7 @@ impl<T> Outbound<T> {
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        self.max_items - self.tx.capacity()
+        self.shared.items.load(Ordering::Acquire)
     }
 
     /// Whether nothing is waiting.
@@ -112,33 +144,34 @@ impl<T> Outbound<T> {
 
     /// Bytes waiting.
     pub fn bytes(&self) -> usize {
-        self.fill.bytes.load(Ordering::Acquire)
+        self.shared.bytes.load(Ordering::Acquire)
     }
 
     /// Most frames ever waiting at once.
     pub fn high_water(&self) -> usize {
-        self.fill.high_water.load(Ordering::Relaxed)
+        self.shared.high_water.load(Ordering::Relaxed)
     }
 
     /// Whether the transport's end is gone (the client disconnected).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        !self.shared.lock().receiver
     }
 
     /// Waits until at most `items` frames and `bytes` bytes are waiting,
     /// for bulk work (replay) that must not crowd out live events.
     pub fn until_below(&self, items: usize, bytes: usize) -> impl Future<Output = ()> + 'static
     where
-        T: 'static,
+        T: Send + 'static,
     {
-        let fill = self.fill.clone();
-        let tx = self.tx.clone();
-        let max_items = self.max_items;
+        let shared = self.shared.clone();
         async move {
             loop {
-                let notified = fill.progress.notified();
-                let len = max_items - tx.capacity();
-                if tx.is_closed() || (len <= items && fill.bytes.load(Ordering::Acquire) <= bytes) {
+                let notified = shared.progress.notified();
+                let closed = !shared.lock().receiver;
+                if closed
+                    || (shared.items.load(Ordering::Acquire) <= items
+                        && shared.bytes.load(Ordering::Acquire) <= bytes)
+                {
                     return;
                 }
                 notified.await;
@@ -149,8 +182,25 @@ impl<T> Outbound<T> {
     /// Sends `item` ahead of everything queued; the transport ends after it.
     /// Only the first call has an effect.
     pub fn finish(&mut self, item: T) {
-        if let Some(last) = self.last.take() {
-            let _ = last.send(item);
+        let mut queue = self.shared.lock();
+        if queue.last.is_some() || queue.done {
+            return;
+        }
+        queue.last = Some(item);
+        if let Some(waiting) = queue.waiting.take() {
+            drop(queue);
+            waiting.wake();
+        }
+    }
+}
+
+impl<T> Drop for Outbound<T> {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.sender = false;
+        if let Some(waiting) = queue.waiting.take() {
+            drop(queue);
+            waiting.wake();
         }
     }
 }
@@ -159,37 +209,69 @@ impl<T> OutboundRx<T> {
     /// The next frame: the final one as soon as it is set, else the oldest
     /// queued. `None` once the final frame was taken or the actor is gone.
     pub async fn next(&mut self) -> Option<T> {
-        if self.done {
-            return None;
-        }
-        let item = match &mut self.last {
-            Some(last) => tokio::select! {
-                biased;
-                item = last => {
-                    self.last = None;
-                    if let Ok(item) = item {
-                        self.done = true;
-                        return Some(item);
-                    }
-                    self.rx.recv().await
-                }
-                item = self.rx.recv() => item,
-            },
-            None => self.rx.recv().await,
-        };
-        let (item, size) = item?;
-        self.fill.bytes.fetch_sub(size, Ordering::AcqRel);
-        self.fill.progress.notify_waiters();
-        Some(item)
+        poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    /// Waits until the final frame is set, and takes it.
+    /// [`next`](Self::next), for hand-written futures.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut queue = self.shared.lock();
+        if queue.done {
+            return Poll::Ready(None);
+        }
+        if let Some(last) = queue.last.take() {
+            queue.done = true;
+            queue.items = VecDeque::new();
+            drop(queue);
+            self.shared.items.store(0, Ordering::Release);
+            self.shared.bytes.store(0, Ordering::Release);
+            self.shared.progress.notify_waiters();
+            return Poll::Ready(Some(last));
+        }
+        if let Some((item, size)) = queue.items.pop_front() {
+            let len = queue.items.len();
+            if len == 0 && queue.items.capacity() > 4 {
+                // Give the ring back while the connection is quiet.
+                queue.items = VecDeque::new();
+            }
+            drop(queue);
+            self.shared.items.store(len, Ordering::Release);
+            self.shared.bytes.fetch_sub(size, Ordering::AcqRel);
+            self.shared.progress.notify_waiters();
+            return Poll::Ready(Some(item));
+        }
+        if !queue.sender {
+            return Poll::Ready(None);
+        }
+        queue.waiting = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Waits until the final frame is set, and takes it (`None` when the
+    /// actor went without one).
     pub async fn last(&mut self) -> Option<T> {
-        let last = self.last.as_mut()?;
-        let item = last.await.ok();
-        self.last = None;
-        self.done = true;
-        item
+        poll_fn(|cx| {
+            let mut queue = self.shared.lock();
+            if queue.done {
+                return Poll::Ready(None);
+            }
+            if let Some(last) = queue.last.take() {
+                queue.done = true;
+                return Poll::Ready(Some(last));
+            }
+            if !queue.sender {
+                return Poll::Ready(None);
+            }
+            queue.waiting = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl<T> Drop for OutboundRx<T> {
+    fn drop(&mut self) {
+        self.shared.lock().receiver = false;
+        self.shared.progress.notify_waiters();
     }
 }
 

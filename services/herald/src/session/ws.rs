@@ -8,6 +8,7 @@ use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
+use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -158,9 +159,10 @@ impl Transport for Ws {
     }
 }
 
-/// Starts the session of an upgraded WebSocket: `principal` when the
-/// request carried credentials, else it must send an `auth` frame within
-/// the auth timeout.
+/// Starts the session of a WebSocket upgraded by actix-ws: `principal`
+/// when the request carried credentials, else it must send an `auth`
+/// frame within the auth timeout. A writer task takes the session's frames
+/// to actix-ws.
 pub fn start(
     ws: actix_ws::Session,
     messages: actix_ws::MessageStream,
@@ -175,9 +177,33 @@ pub fn start(
         .max_continuation_size(settings.max_frame_bytes);
     let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
     actix_rt::spawn(writer(ws, rx));
+    run(out, messages, principal, env, admission);
+}
+
+/// Starts the session of a WebSocket whose connection reads and writes
+/// frames itself: it decodes the client's into `messages`, and takes the
+/// session's from the queue returned.
+pub fn start_lean(
+    messages: impl Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
+    principal: Option<Principal>,
+    env: Arc<Env>,
+    admission: Admission,
+) -> OutboundRx<WsFrame> {
+    let (out, rx) = outbound::channel(env.settings.queue_events, env.settings.queue_bytes);
+    run(out, messages, principal, env, admission);
+    rx
+}
+
+fn run(
+    out: outbound::Outbound<WsFrame>,
+    messages: impl Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
+    principal: Option<Principal>,
+    env: Arc<Env>,
+    admission: Admission,
+) {
     let authenticated = principal.is_some();
     let ws_transport = Ws {
-        ops: OpBudget::new(settings.max_subscription_ops_per_sec),
+        ops: OpBudget::new(env.settings.max_subscription_ops_per_sec),
         last_seen: Instant::now(),
         expiring_sent: false,
     };

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use actix_http::header::{HeaderName, HeaderValue};
-use actix_http::{ConnectionType, Method, Request, StatusCode, Version};
+use actix_http::{ConnectionType, HttpMessage, Method, Request, StatusCode, Version};
 use actix_service::Service;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::rt::net::TcpStream;
@@ -26,10 +26,10 @@ use bytes::{Buf, Bytes};
 
 use super::Application;
 use super::head::{Head, Stream};
-use super::payload::{self, Feed, Want};
+use super::ws::Upgrade;
 
 /// Most pieces written in one `writev`.
-const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 /// Size of each thread's read scratch buffer.
 const SCRATCH_BYTES: usize = 16 * 1024;
 
@@ -37,10 +37,11 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
-/// A request ready for the application, and where a WebSocket's bytes go.
+/// A request ready for the application, and a WebSocket's slot for the
+/// session the handler attaches.
 pub struct Prepared {
     request: Request,
-    payload: Option<Feed>,
+    upgrade: Option<Upgrade>,
 }
 
 /// The application's request for `head`; `None` when a field does not fit
@@ -54,17 +55,12 @@ pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
             HeaderValue::from_bytes(value).ok()?,
         );
     }
-    let (mut request, payload) = match head.stream {
-        Stream::WebSocket => {
-            let (feed, body) = payload::pair();
-            let body: actix_http::BoxedPayloadStream = Box::pin(body);
-            (
-                Request::with_payload(actix_http::Payload::from(body)),
-                Some(feed),
-            )
-        }
-        Stream::Events => (Request::new(), None),
-    };
+    let mut request = Request::new();
+    let upgrade = (head.stream == Stream::WebSocket).then(|| {
+        let upgrade = Upgrade::default();
+        request.extensions_mut().insert(upgrade.clone());
+        upgrade
+    });
     let request_head = request.head_mut();
     request_head.method = Method::GET;
     request_head.uri = uri;
@@ -74,20 +70,14 @@ pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
     if head.upgrade {
         request_head.set_connection_type(ConnectionType::Upgrade);
     }
-    Some(Prepared { request, payload })
+    Some(Prepared { request, upgrade })
 }
 
 /// Answers `prepared` with the application and drives the connection until
 /// the response ends or the client goes. `rest`: bytes the client sent
 /// after the head.
 pub async fn serve(io: TcpStream, prepared: Prepared, rest: Option<Bytes>, app: &Application) {
-    let Prepared {
-        request,
-        mut payload,
-    } = prepared;
-    if let (Some(feed), Some(rest)) = (&payload, rest) {
-        feed.push(rest);
-    }
+    let Prepared { request, upgrade } = prepared;
     let response = match app.call(request).await {
         Ok(response) => response.into_parts().1,
         Err(e) => e.error_response(),
@@ -100,15 +90,22 @@ pub async fn serve(io: TcpStream, prepared: Prepared, rest: Option<Bytes>, app: 
         BodySize::Sized(n) => Framing::Sized(n),
         BodySize::Stream => Framing::Chunked,
     };
-    if !upgraded {
-        // Only a WebSocket reads after its head.
-        payload = None;
-    }
     let head = response_head(&response, framing);
     // Nothing of the response but its body stays with the connection.
     drop(response);
+    if let Some(upgrade) = upgrade.filter(|_| upgraded) {
+        // The head goes out with the session's first frames, in one write.
+        if let Some(mut pump) = upgrade.pump(&io, head) {
+            if let Some(rest) = rest {
+                // Frames the client sent right behind its request.
+                pump.take(&rest);
+            }
+            let _ = pump.await;
+        }
+        return;
+    }
     // The head goes out with the first pieces of the body, in one write.
-    let _ = Pump::new(&io, head, body, framing, payload).await;
+    let _ = Pump::new(&io, head, body, framing).await;
     // Dropping the socket closes it; nothing is left unwritten.
 }
 
@@ -168,12 +165,6 @@ struct Pump<'a> {
     io: &'a TcpStream,
     body: BoxBody,
     framing: Framing,
-    /// Where a WebSocket's bytes go; `None` for other responses, and once
-    /// the WebSocket's reader is gone.
-    feed: Option<Feed>,
-    /// Whether the socket is still read (a WebSocket's client may close
-    /// its side while the server still writes).
-    reading: bool,
     /// Framed pieces not yet written; empty (and unallocated) when idle.
     pending: VecDeque<Bytes>,
     /// The body has ended; once `pending` is written, so has the response.
@@ -181,59 +172,26 @@ struct Pump<'a> {
 }
 
 impl<'a> Pump<'a> {
-    fn new(
-        io: &'a TcpStream,
-        head: Bytes,
-        body: BoxBody,
-        framing: Framing,
-        feed: Option<Feed>,
-    ) -> Pump<'a> {
+    fn new(io: &'a TcpStream, head: Bytes, body: BoxBody, framing: Framing) -> Pump<'a> {
         Pump {
             io,
             body,
             framing,
-            feed,
-            reading: true,
             pending: VecDeque::from([head]),
             ended: false,
         }
     }
 
-    /// Reads what the socket holds: `Ready` when the connection is over
-    /// (the client went, or reading failed).
+    /// Reads (and drops) what the client sends after its request: `Ready`
+    /// when the client went (its end of the stream, or an error).
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.reading {
-            if let Some(feed) = &self.feed {
-                match feed.want(cx) {
-                    Want::More => {}
-                    Want::Later => return Poll::Pending,
-                    Want::Nothing => {
-                        // The WebSocket's reader is gone; its body ends soon.
-                        self.feed = None;
-                        self.reading = false;
-                        return Poll::Pending;
-                    }
-                }
-            }
+        loop {
             ready!(self.io.poll_read_ready(cx))?;
             match read(self.io)? {
-                None => {}
-                Some(bytes) if bytes.is_empty() => match self.feed.take() {
-                    // The client closed its side; the WebSocket ends it.
-                    Some(feed) => {
-                        feed.end();
-                        self.reading = false;
-                    }
-                    None => return Poll::Ready(Ok(())),
-                },
-                Some(bytes) => {
-                    if let Some(feed) = &self.feed {
-                        feed.push(bytes);
-                    }
-                }
+                Some(bytes) if bytes.is_empty() => return Poll::Ready(Ok(())),
+                _ => {}
             }
         }
-        Poll::Pending
     }
 
     /// Takes what the body has ready, framed, into `pending`.
@@ -270,43 +228,53 @@ impl Future for Pump<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.poll_read(cx)?.is_ready() {
-            return Poll::Ready(Ok(()));
-        }
         loop {
             this.fill(cx);
             if this.pending.is_empty() {
                 // Give back the queue's memory while the connection is idle.
                 this.pending = VecDeque::new();
-                return if this.ended {
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Pending
-                };
-            }
-            ready!(this.io.poll_write_ready(cx))?;
-            let slices: Vec<IoSlice<'_>> = this
-                .pending
-                .iter()
-                .take(MAX_BATCH + 3)
-                .map(|piece| IoSlice::new(piece))
-                .collect();
-            match this.io.try_write_vectored(&slices) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(written) => {
-                    drop(slices);
-                    advance(&mut this.pending, written);
+                if this.ended {
+                    return Poll::Ready(Ok(()));
                 }
-                // Readiness was stale; the next poll waits for it.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                break;
+            }
+            if write(this.io, &mut this.pending, cx)?.is_pending() {
+                break;
             }
         }
+        // A client that goes ends the response.
+        this.poll_read(cx)
+    }
+}
+
+/// Writes what the socket takes of `pending` in one `writev`: `Pending`
+/// when it takes nothing now (the task is woken when it can).
+pub fn write(
+    io: &TcpStream,
+    pending: &mut VecDeque<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    ready!(io.poll_write_ready(cx))?;
+    let slices: Vec<IoSlice<'_>> = pending
+        .iter()
+        .take(2 * MAX_BATCH)
+        .map(|piece| IoSlice::new(piece))
+        .collect();
+    match io.try_write_vectored(&slices) {
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Ok(written) => {
+            drop(slices);
+            advance(pending, written);
+            Poll::Ready(Ok(()))
+        }
+        // The readiness was stale: poll again, which waits for it.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
+        Err(e) => Poll::Ready(Err(e)),
     }
 }
 
 /// Drops `written` bytes from the front of `pending`.
-fn advance(pending: &mut VecDeque<Bytes>, mut written: usize) {
+pub fn advance(pending: &mut VecDeque<Bytes>, mut written: usize) {
     while written > 0 {
         let Some(piece) = pending.front_mut() else {
             return;
@@ -338,7 +306,7 @@ fn frame_chunk(batch: &mut Vec<Bytes>, ended: bool) {
 /// Reads what the socket holds into the thread's scratch buffer and copies
 /// out exactly that: `Some(empty)` at the end of the stream, `None` when
 /// the readiness was spurious.
-fn read(io: &TcpStream) -> io::Result<Option<Bytes>> {
+pub fn read(io: &TcpStream) -> io::Result<Option<Bytes>> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         match io.try_read(&mut scratch) {
@@ -376,7 +344,7 @@ mod tests {
             len: 0,
         };
         let prepared = request(&head, None).expect("a valid head");
-        assert!(prepared.payload.is_some());
+        assert!(prepared.upgrade.is_some());
         assert!(prepared.request.head().upgrade());
         assert_eq!(prepared.request.uri().query(), Some("access_token=t"));
         assert_eq!(

@@ -14,9 +14,10 @@
 //! serves `/v1/ws` and `/v1/sse` just as well.
 
 pub mod head;
+mod input;
 mod io;
 mod lean;
-mod payload;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
