@@ -126,12 +126,11 @@ impl WsPump<'_> {
                 None => {}
                 // The client closed its side: the session's stream ends.
                 Some(bytes) if bytes.is_empty() => self.feed = None,
-                Some(bytes) => {
-                    if !self.decoder.decode(&bytes, |message| feed.push(message)) {
-                        // A protocol error went to the session, which closes.
-                        self.feed = None;
-                    }
+                // A protocol error went to the session, which closes.
+                Some(bytes) if !self.decoder.decode(&bytes, |message| feed.push(message)) => {
+                    self.feed = None
                 }
+                Some(_) => {}
             }
         }
         Poll::Pending
