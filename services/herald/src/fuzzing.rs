@@ -293,6 +293,41 @@ pub fn token(data: &[u8]) {
     }
 }
 
+/// The first bytes of a connection, as the front door inspects them. A
+/// head taken by the lean path lies within the bytes, names one of the two
+/// long-lived endpoints, and no shorter prefix is taken.
+pub fn request_head(data: &[u8]) {
+    use crate::http::front::head::{Inspect, inspect};
+    if let Inspect::Lean(head) = inspect(data) {
+        assert!(head.len > 0 && head.len <= data.len());
+        assert!(head.target.starts_with("/v1/ws") || head.target.starts_with("/v1/sse"));
+        assert!(!matches!(inspect(&data[..head.len - 1]), Inspect::Lean(_)));
+        // What the lean path builds from it must not panic either.
+        let _ = crate::http::front::lean_request(&head);
+    }
+}
+
+/// A lean WebSocket client's bytes, as the connection decodes them: split
+/// anywhere, they decode to the same messages and the same error.
+pub fn ws_wire(data: &[u8]) {
+    use crate::http::front::ws::Decoder;
+    let decode = |parts: &[&[u8]]| {
+        let mut decoder = Decoder::new(256);
+        let mut out = Vec::new();
+        for part in parts {
+            if !decoder.decode(part, |message| out.push(format!("{message:?}"))) {
+                break;
+            }
+        }
+        out
+    };
+    let whole = decode(&[data]);
+    let cut = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    assert_eq!(whole, decode(&[&data[..cut], &data[cut..]]));
+}
+
 /// `header.claims.signature` signed with the HS256 key.
 fn signed(header: &[u8], claims: &[u8]) -> String {
     let message = format!(

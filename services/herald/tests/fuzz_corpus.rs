@@ -56,3 +56,13 @@ fn subscribe_query_strings_in_the_corpus_never_panic() {
 fn tokens_in_the_corpus_never_panic() {
     replay("token", herald::fuzzing::token);
 }
+
+#[test]
+fn request_heads_in_the_corpus_never_panic() {
+    replay("request_head", herald::fuzzing::request_head);
+}
+
+#[test]
+fn lean_websocket_bytes_in_the_corpus_never_panic_and_decode_alike_split_anywhere() {
+    replay("ws_wire", herald::fuzzing::ws_wire);
+}

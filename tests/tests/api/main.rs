@@ -12,6 +12,7 @@ mod cluster;
 mod delivery;
 mod drain;
 mod failover;
+mod front;
 mod observability;
 mod openapi;
 mod publish;

@@ -129,6 +129,13 @@ impl Front {
     }
 }
 
+/// The application's request for a head the lean path takes (`None`: the
+/// general server answers it), for the fuzz targets.
+#[doc(hidden)]
+pub fn lean_request(head: &head::Head) -> Option<()> {
+    lean::request(head, None).map(|_| ())
+}
+
 /// Reads until the first request head decides where the connection goes.
 async fn decide(io: &mut TcpStream, buf: &mut BytesMut) -> Decided {
     loop {
