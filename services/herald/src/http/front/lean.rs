@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 
 use super::Application;
 use super::head::{Head, Stream};
-use super::ws::Upgrade;
+use super::ws::{Upgrade, WsPump};
 
 /// Most pieces written in one `writev`.
 pub const MAX_BATCH: usize = 64;
@@ -73,10 +73,15 @@ pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
     Some(Prepared { request, upgrade })
 }
 
-/// Answers `prepared` with the application and drives the connection until
-/// the response ends or the client goes. `rest`: bytes the client sent
-/// after the head.
-pub async fn serve(io: TcpStream, prepared: Prepared, rest: Option<Bytes>, app: &Application) {
+/// Answers `prepared` with the application: what drives the connection
+/// from then on, until the response ends or the client goes. `rest`:
+/// bytes the client sent after the head.
+pub async fn respond(
+    io: TcpStream,
+    prepared: Prepared,
+    rest: Option<Bytes>,
+    app: &Application,
+) -> Option<Streaming> {
     let Prepared { request, upgrade } = prepared;
     let response = match app.call(request).await {
         Ok(response) => response.into_parts().1,
@@ -95,18 +100,33 @@ pub async fn serve(io: TcpStream, prepared: Prepared, rest: Option<Bytes>, app: 
     drop(response);
     if let Some(upgrade) = upgrade.filter(|_| upgraded) {
         // The head goes out with the session's first frames, in one write.
-        if let Some(mut pump) = upgrade.pump(&io, head) {
-            if let Some(rest) = rest {
-                // Frames the client sent right behind its request.
-                pump.take(&rest);
-            }
-            let _ = pump.await;
+        let mut pump = upgrade.pump(io, head)?;
+        if let Some(rest) = rest {
+            // Frames the client sent right behind its request.
+            pump.take(&rest);
         }
-        return;
+        return Some(Streaming::WebSocket(pump));
     }
     // The head goes out with the first pieces of the body, in one write.
-    let _ = Pump::new(&io, head, body, framing).await;
-    // Dropping the socket closes it; nothing is left unwritten.
+    Some(Streaming::Body(Pump::new(io, head, body, framing)))
+}
+
+/// A connection after its response head: what an idle one keeps.
+pub enum Streaming {
+    Body(Pump),
+    WebSocket(WsPump),
+}
+
+impl Future for Streaming {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Dropping the socket when this ends closes it; nothing is left unwritten.
+        match self.get_mut() {
+            Streaming::Body(pump) => Pin::new(pump).poll(cx),
+            Streaming::WebSocket(pump) => Pin::new(pump).poll(cx),
+        }
+    }
 }
 
 /// How the body is delimited on the wire.
@@ -161,8 +181,8 @@ fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> By
 /// Writes the body as it comes while watching the socket, until the body
 /// ends or the client goes. A hand-written future: what an idle connection
 /// keeps is this struct, and nothing else.
-struct Pump<'a> {
-    io: &'a TcpStream,
+pub struct Pump {
+    io: TcpStream,
     body: BoxBody,
     framing: Framing,
     /// Framed pieces not yet written; empty (and unallocated) when idle.
@@ -171,8 +191,8 @@ struct Pump<'a> {
     ended: bool,
 }
 
-impl<'a> Pump<'a> {
-    fn new(io: &'a TcpStream, head: Bytes, body: BoxBody, framing: Framing) -> Pump<'a> {
+impl Pump {
+    fn new(io: TcpStream, head: Bytes, body: BoxBody, framing: Framing) -> Pump {
         Pump {
             io,
             body,
@@ -187,7 +207,7 @@ impl<'a> Pump<'a> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            match read(self.io)? {
+            match read(&self.io)? {
                 Some(bytes) if bytes.is_empty() => return Poll::Ready(Ok(())),
                 _ => {}
             }
@@ -223,7 +243,7 @@ impl<'a> Pump<'a> {
     }
 }
 
-impl Future for Pump<'_> {
+impl Future for Pump {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -238,7 +258,7 @@ impl Future for Pump<'_> {
                 }
                 break;
             }
-            if write(this.io, &mut this.pending, cx)?.is_pending() {
+            if write(&this.io, &mut this.pending, cx)?.is_pending() {
                 break;
             }
         }

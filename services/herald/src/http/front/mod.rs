@@ -84,21 +84,21 @@ impl Front {
             tracing::warn!(error = %e, "setting the write timeout of a connection failed");
         }
         let mut buf = BytesMut::new();
-        let decided = match self.settings.head_timeout {
-            Some(limit) => tokio::time::timeout(limit, decide(&mut io, &mut buf))
-                .await
-                .unwrap_or(Decided::TimedOut),
-            None => decide(&mut io, &mut buf).await,
-        };
+        // Each phase's future is boxed and freed when it ends: a long-lived
+        // connection keeps only what its last phase needs.
+        let decided = Box::pin(async {
+            match self.settings.head_timeout {
+                Some(limit) => tokio::time::timeout(limit, decide(&mut io, &mut buf))
+                    .await
+                    .unwrap_or(Decided::TimedOut),
+                None => decide(&mut io, &mut buf).await,
+            }
+        })
+        .await;
         match decided {
             Decided::Gone => {}
-            Decided::TimedOut => {
-                let _ = io
-                    .write_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-                let _ = io.shutdown().await;
-            }
-            Decided::General => self.general(io, buf, peer).await,
+            Decided::TimedOut => Box::pin(timed_out(io)).await,
+            Decided::General => Box::pin(self.general(io, buf, peer)).await,
             Decided::Lean(head) => {
                 let prepared = lean::request(&head, peer);
                 let len = head.len;
@@ -110,11 +110,15 @@ impl Front {
                         let rest = buf.split_off(len);
                         drop(buf);
                         let rest = (!rest.is_empty()).then(|| rest.freeze());
-                        lean::serve(io, prepared, rest, &self.app).await;
+                        let streaming =
+                            Box::pin(lean::respond(io, prepared, rest, &self.app)).await;
+                        if let Some(streaming) = streaming {
+                            let _ = streaming.await;
+                        }
                     }
                     // A head the lean path cannot represent: the general
                     // server answers it as it always has.
-                    None => self.general(io, buf, peer).await,
+                    None => Box::pin(self.general(io, buf, peer)).await,
                 }
             }
         }
@@ -134,6 +138,16 @@ impl Front {
 #[doc(hidden)]
 pub fn lean_request(head: &head::Head) -> Option<()> {
     lean::request(head, None).map(|_| ())
+}
+
+/// Answers a client that did not send its head in time.
+async fn timed_out(mut io: TcpStream) {
+    let _ = io
+        .write_all(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    let _ = io.shutdown().await;
 }
 
 /// Reads until the first request head decides where the connection goes.

@@ -69,7 +69,7 @@ impl Upgrade {
     }
 
     /// The connection's pump, once the handler attached a session.
-    pub(super) fn pump<'a>(&self, io: &'a TcpStream, head: Bytes) -> Option<WsPump<'a>> {
+    pub(super) fn pump(&self, io: TcpStream, head: Bytes) -> Option<WsPump> {
         let attached = self.0.borrow_mut().take()?;
         Some(WsPump {
             io,
@@ -85,8 +85,8 @@ impl Upgrade {
 
 /// Drives a lean WebSocket until the close frame is written or the client
 /// goes.
-pub(super) struct WsPump<'a> {
-    io: &'a TcpStream,
+pub struct WsPump {
+    io: TcpStream,
     /// Framed pieces not yet written; unallocated when idle.
     pending: VecDeque<Bytes>,
     frames: OutboundRx<WsFrame>,
@@ -99,7 +99,7 @@ pub(super) struct WsPump<'a> {
     ended: bool,
 }
 
-impl WsPump<'_> {
+impl WsPump {
     /// Decodes frames the client sent together with its request.
     pub(super) fn take(&mut self, data: &[u8]) {
         if let Some(feed) = &self.feed
@@ -122,7 +122,7 @@ impl WsPump<'_> {
                 }
             }
             ready!(self.io.poll_read_ready(cx))?;
-            match read(self.io)? {
+            match read(&self.io)? {
                 None => {}
                 // The client closed its side: the session's stream ends.
                 Some(bytes) if bytes.is_empty() => self.feed = None,
@@ -155,7 +155,7 @@ impl WsPump<'_> {
     }
 }
 
-impl Future for WsPump<'_> {
+impl Future for WsPump {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -178,7 +178,7 @@ impl Future for WsPump<'_> {
                 }
                 break;
             }
-            if write(this.io, &mut this.pending, cx)?.is_pending() {
+            if write(&this.io, &mut this.pending, cx)?.is_pending() {
                 break;
             }
         }
