@@ -2,7 +2,6 @@
 //! `id:` the connection's whole cursor, so an `EventSource` resumes every
 //! topic with the `Last-Event-ID` it sends by itself.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -137,24 +136,52 @@ impl Drop for Hangup {
     }
 }
 
-/// The response body: queued frames, piece by piece.
+/// The response body: queued frames, piece by piece. A plain struct, so
+/// an idle stream holds only its queue's end and the pieces of the frame
+/// being sent.
+struct Body {
+    rx: OutboundRx<SseFrame>,
+    /// The frame being sent, and how many of its pieces went.
+    frame: [Bytes; 3],
+    sent: usize,
+    _hangup: Hangup,
+}
+
+impl futures_util::Stream for Body {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            while this.sent < this.frame.len() {
+                let piece = std::mem::take(&mut this.frame[this.sent]);
+                this.sent += 1;
+                if !piece.is_empty() {
+                    return std::task::Poll::Ready(Some(Ok(piece)));
+                }
+            }
+            match std::task::ready!(this.rx.poll_next(cx)) {
+                Some(SseFrame(pieces)) => {
+                    this.frame = pieces;
+                    this.sent = 0;
+                }
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
+
 fn body(
     rx: OutboundRx<SseFrame>,
     session: Addr<Session<Sse>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static {
-    futures_util::stream::unfold(
-        (rx, VecDeque::<Bytes>::new(), Hangup(session)),
-        |(mut rx, mut pending, hangup)| async move {
-            loop {
-                if let Some(piece) = pending.pop_front() {
-                    if piece.is_empty() {
-                        continue;
-                    }
-                    return Some((Ok(piece), (rx, pending, hangup)));
-                }
-                let SseFrame(pieces) = rx.next().await?;
-                pending.extend(pieces);
-            }
-        },
-    )
+    Body {
+        rx,
+        frame: Default::default(),
+        sent: 3,
+        _hangup: Hangup(session),
+    }
 }

@@ -75,8 +75,20 @@ impl Front {
         })
     }
 
-    /// Serves one accepted connection to its end.
-    pub async fn connection(self: Rc<Front>, mut io: TcpStream) {
+    /// Serves one accepted connection to its end. Everything before a lean
+    /// stream's response head runs in a boxed future, freed when it ends: a
+    /// long-lived stream's task holds its pump and little else.
+    pub fn connection(self: Rc<Front>, io: TcpStream) -> impl Future<Output = ()> {
+        use futures_util::FutureExt;
+        use futures_util::future::OptionFuture;
+        // Combinators rather than an `async fn`: the stream is held once.
+        Box::pin(self.open(io)).then(OptionFuture::from).map(|_| ())
+    }
+
+    /// Reads the first request head and answers it: `Some` when a lean
+    /// stream follows (the general server's connections are served to
+    /// their end in here).
+    async fn open(self: Rc<Front>, mut io: TcpStream) -> Option<lean::Streaming> {
         let peer = io.peer_addr().ok();
         if let Some(timeout) = self.settings.write_timeout
             && let Err(e) = socket2::SockRef::from(&io).set_tcp_user_timeout(Some(timeout))
@@ -84,42 +96,38 @@ impl Front {
             tracing::warn!(error = %e, "setting the write timeout of a connection failed");
         }
         let mut buf = BytesMut::new();
-        // Each phase's future is boxed and freed when it ends: a long-lived
-        // connection keeps only what its last phase needs.
-        let decided = Box::pin(async {
-            match self.settings.head_timeout {
-                Some(limit) => tokio::time::timeout(limit, decide(&mut io, &mut buf))
-                    .await
-                    .unwrap_or(Decided::TimedOut),
-                None => decide(&mut io, &mut buf).await,
-            }
-        })
-        .await;
+        let decided = match self.settings.head_timeout {
+            Some(limit) => tokio::time::timeout(limit, decide(&mut io, &mut buf))
+                .await
+                .unwrap_or(Decided::TimedOut),
+            None => decide(&mut io, &mut buf).await,
+        };
         match decided {
-            Decided::Gone => {}
-            Decided::TimedOut => Box::pin(timed_out(io)).await,
-            Decided::General => Box::pin(self.general(io, buf, peer)).await,
+            Decided::Gone => None,
+            Decided::TimedOut => {
+                timed_out(io).await;
+                None
+            }
+            Decided::General => {
+                self.general(io, buf, peer).await;
+                None
+            }
             Decided::Lean(head) => {
                 let prepared = lean::request(&head, peer);
                 let len = head.len;
                 drop(head);
-                match prepared {
-                    Some(prepared) => {
-                        // Bytes after the head (a WebSocket frame sent at
-                        // once), if any; the head's buffer goes now.
-                        let rest = buf.split_off(len);
-                        drop(buf);
-                        let rest = (!rest.is_empty()).then(|| rest.freeze());
-                        let streaming =
-                            Box::pin(lean::respond(io, prepared, rest, &self.app)).await;
-                        if let Some(streaming) = streaming {
-                            let _ = streaming.await;
-                        }
-                    }
+                let Some(prepared) = prepared else {
                     // A head the lean path cannot represent: the general
                     // server answers it as it always has.
-                    None => Box::pin(self.general(io, buf, peer)).await,
-                }
+                    self.general(io, buf, peer).await;
+                    return None;
+                };
+                // Bytes after the head (a WebSocket frame sent at once), if
+                // any; the head's buffer goes now.
+                let rest = buf.split_off(len);
+                drop(buf);
+                let rest = (!rest.is_empty()).then(|| rest.freeze());
+                lean::respond(io, prepared, rest, &self.app).await
             }
         }
     }
