@@ -2,6 +2,7 @@
 //! the listener and exposes the bound port, so tests can ask for port 0.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::HttpService;
@@ -18,7 +19,7 @@ use futures_util::FutureExt;
 use crate::auth::{Claims, HeraldClaims, Minter};
 use crate::config::{Secret, ServeArgs};
 use crate::http;
-use crate::http::front::{Front, FrontSettings};
+use crate::http::front::{Front, FrontSettings, Streams};
 use crate::node::Node;
 
 /// A built, bound, not yet running server.
@@ -26,6 +27,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     node: web::Data<Node>,
+    streams: Arc<Streams>,
 }
 
 impl Application {
@@ -64,6 +66,25 @@ impl Application {
             write_timeout: (settings.write_timeout_secs > 0)
                 .then(|| Duration::from_secs(settings.write_timeout_secs)),
         };
+        // Long-lived streams: the same application, on threads of their own
+        // (see `http::front::streams`).
+        let threads = match settings.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let stream_app = make_app.clone();
+        let streams = Arc::new(Streams::start(
+            threads,
+            Box::new(move || {
+                let factory = stream_app().into_factory();
+                Box::pin(async move {
+                    let app = factory.new_service(AppConfig::default()).await.ok()?;
+                    Some(boxed::service(
+                        app.map(|response| response.map_into_boxed_body()),
+                    ))
+                })
+            }),
+        ));
         let mut server = actix_server::Server::build()
             // The drain owns SIGTERM and SIGINT (see `crate::drain`).
             .disable_signals()
@@ -71,6 +92,7 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
+        let door_streams = streams.clone();
         let server = server
             .listen("herald", listener, move || {
                 // Nothing reads the configured host or address (`connection_info`).
@@ -86,19 +108,15 @@ impl Application {
                             .map_err(|err: actix_web::Error| err.error_response()),
                         move |_| config(),
                     ));
-                // Long-lived streams: the same application, driven by the front door.
-                let lean = make_app().into_factory();
                 let front = front.clone();
+                let streams = door_streams.clone();
                 fn_factory(move || {
                     let general = general.new_service(());
-                    let lean = lean.new_service(config());
                     let front = front.clone();
+                    let streams = streams.clone();
                     async move {
                         let general = boxed::service(general.await?);
-                        let lean = boxed::service(
-                            lean.await?.map(|response| response.map_into_boxed_body()),
-                        );
-                        let door = Front::new(general, lean, front);
+                        let door = Front::new(general, front, streams);
                         Ok::<_, ()>(fn_service(move |io: TcpStream| {
                             door.clone().connection(io).map(Ok::<_, ()>)
                         }))
@@ -116,6 +134,7 @@ impl Application {
             server,
             port: addr.port(),
             node,
+            streams,
         })
     }
 
@@ -130,6 +149,7 @@ impl Application {
         let result =
             crate::drain::serve(self.server, self.node.gate.clone(), &self.node.connections).await;
         self.node.stop();
+        self.streams.stop();
         // Acknowledgments taken but not yet written go to the store now.
         self.node.env.acks.flush_all().await;
         result

@@ -17,7 +17,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use actix_http::header::{HeaderName, HeaderValue};
+use actix_http::Uri;
+use actix_http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_http::{ConnectionType, HttpMessage, Method, Request, StatusCode, Version};
 use actix_service::Service;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -44,33 +45,54 @@ pub struct Prepared {
     upgrade: Option<Upgrade>,
 }
 
-/// The application's request for `head`; `None` when a field does not fit
-/// the HTTP types (the general server then answers it).
-pub fn request(head: &Head, peer: Option<SocketAddr>) -> Option<Prepared> {
+/// A head the lean path can represent, in the HTTP types; it may move to
+/// another thread.
+pub struct Checked {
+    stream: Stream,
+    uri: Uri,
+    headers: HeaderMap,
+    upgrade: bool,
+    peer: Option<SocketAddr>,
+}
+
+/// Checks that `head` fits the HTTP types; `None` when a field does not
+/// (the general server then answers it).
+pub fn check(head: Head, peer: Option<SocketAddr>) -> Option<Checked> {
     let uri = head.target.parse().ok()?;
-    let mut headers = actix_http::header::HeaderMap::with_capacity(head.headers.len());
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
     for (name, value) in &head.headers {
         headers.append(
             HeaderName::from_bytes(name.as_bytes()).ok()?,
             HeaderValue::from_bytes(value).ok()?,
         );
     }
+    Some(Checked {
+        stream: head.stream,
+        uri,
+        headers,
+        upgrade: head.upgrade,
+        peer,
+    })
+}
+
+/// The application's request for a checked head.
+pub fn request(checked: Checked) -> Prepared {
     let mut request = Request::new();
-    let upgrade = (head.stream == Stream::WebSocket).then(|| {
+    let upgrade = (checked.stream == Stream::WebSocket).then(|| {
         let upgrade = Upgrade::default();
         request.extensions_mut().insert(upgrade.clone());
         upgrade
     });
     let request_head = request.head_mut();
     request_head.method = Method::GET;
-    request_head.uri = uri;
+    request_head.uri = checked.uri;
     request_head.version = Version::HTTP_11;
-    request_head.headers = headers;
-    request_head.peer_addr = peer;
-    if head.upgrade {
+    request_head.headers = checked.headers;
+    request_head.peer_addr = checked.peer;
+    if checked.upgrade {
         request_head.set_connection_type(ConnectionType::Upgrade);
     }
-    Some(Prepared { request, upgrade })
+    Prepared { request, upgrade }
 }
 
 /// Answers `prepared` with the application: what drives the connection
@@ -363,7 +385,7 @@ mod tests {
             upgrade: true,
             len: 0,
         };
-        let prepared = request(&head, None).expect("a valid head");
+        let prepared = request(check(head.clone(), None).expect("a valid head"));
         assert!(prepared.upgrade.is_some());
         assert!(prepared.request.head().upgrade());
         assert_eq!(prepared.request.uri().query(), Some("access_token=t"));
@@ -380,6 +402,6 @@ mod tests {
             headers: vec![("host".into(), b"a\nb".to_vec())],
             ..head
         };
-        assert!(request(&bad, None).is_none(), "a value HTTP does not allow");
+        assert!(check(bad, None).is_none(), "a value HTTP does not allow");
     }
 }

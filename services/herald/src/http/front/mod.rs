@@ -17,10 +17,12 @@ pub mod head;
 mod input;
 mod io;
 mod lean;
+pub mod streams;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_service::boxed::BoxService;
@@ -30,6 +32,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use io::Prefixed;
+pub use streams::{MakeApplication, Streams};
 
 /// The general HTTP/1 server, for one connection.
 pub type General = BoxService<(Prefixed, Option<SocketAddr>), (), actix_http::error::DispatchError>;
@@ -53,8 +56,9 @@ pub struct FrontSettings {
 /// One worker's front door.
 pub struct Front {
     general: General,
-    app: Application,
     settings: FrontSettings,
+    /// Where lean streams run.
+    streams: Arc<Streams>,
 }
 
 /// What the first bytes of a connection decided.
@@ -67,28 +71,18 @@ enum Decided {
 }
 
 impl Front {
-    pub fn new(general: General, app: Application, settings: FrontSettings) -> Rc<Front> {
+    pub fn new(general: General, settings: FrontSettings, streams: Arc<Streams>) -> Rc<Front> {
         Rc::new(Front {
             general,
-            app,
             settings,
+            streams,
         })
     }
 
-    /// Serves one accepted connection to its end. Everything before a lean
-    /// stream's response head runs in a boxed future, freed when it ends: a
-    /// long-lived stream's task holds its pump and little else.
-    pub fn connection(self: Rc<Front>, io: TcpStream) -> impl Future<Output = ()> {
-        use futures_util::FutureExt;
-        use futures_util::future::OptionFuture;
-        // Combinators rather than an `async fn`: the stream is held once.
-        Box::pin(self.open(io)).then(OptionFuture::from).map(|_| ())
-    }
-
-    /// Reads the first request head and answers it: `Some` when a lean
-    /// stream follows (the general server's connections are served to
-    /// their end in here).
-    async fn open(self: Rc<Front>, mut io: TcpStream) -> Option<lean::Streaming> {
+    /// Serves one accepted connection: reads its first request head, then
+    /// hands a lean stream to a stream thread, or serves the connection to
+    /// its end with the general server.
+    pub async fn connection(self: Rc<Front>, mut io: TcpStream) {
         let peer = io.peer_addr().ok();
         if let Some(timeout) = self.settings.write_timeout
             && let Err(e) = socket2::SockRef::from(&io).set_tcp_user_timeout(Some(timeout))
@@ -103,31 +97,22 @@ impl Front {
             None => decide(&mut io, &mut buf).await,
         };
         match decided {
-            Decided::Gone => None,
-            Decided::TimedOut => {
-                timed_out(io).await;
-                None
-            }
-            Decided::General => {
-                self.general(io, buf, peer).await;
-                None
-            }
+            Decided::Gone => {}
+            Decided::TimedOut => timed_out(io).await,
+            Decided::General => self.general(io, buf, peer).await,
             Decided::Lean(head) => {
-                let prepared = lean::request(&head, peer);
                 let len = head.len;
-                drop(head);
-                let Some(prepared) = prepared else {
+                let Some(checked) = lean::check(head, peer) else {
                     // A head the lean path cannot represent: the general
                     // server answers it as it always has.
-                    self.general(io, buf, peer).await;
-                    return None;
+                    return self.general(io, buf, peer).await;
                 };
                 // Bytes after the head (a WebSocket frame sent at once), if
                 // any; the head's buffer goes now.
                 let rest = buf.split_off(len);
                 drop(buf);
                 let rest = (!rest.is_empty()).then(|| rest.freeze());
-                lean::respond(io, prepared, rest, &self.app).await
+                self.streams.take(io, checked, rest);
             }
         }
     }
@@ -145,7 +130,7 @@ impl Front {
 /// general server answers it), for the fuzz targets.
 #[doc(hidden)]
 pub fn lean_request(head: &head::Head) -> Option<()> {
-    lean::request(head, None).map(|_| ())
+    lean::check(head.clone(), None).map(|checked| drop(lean::request(checked)))
 }
 
 /// Answers a client that did not send its head in time.
