@@ -81,6 +81,8 @@ impl Registry {
 thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
     static HUB: RefCell<Option<Addr<Hub>>> = const { RefCell::new(None) };
+    /// This thread's hub's flags, for its connections.
+    static FLAGS: RefCell<Option<Arc<HubFlags>>> = const { RefCell::new(None) };
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -140,7 +142,8 @@ fn ensure_hub(hubs: &Hubs) {
                 flags: flags.clone(),
             }
             .start();
-            hubs.add(addr.clone(), flags);
+            hubs.add(addr.clone(), flags.clone());
+            FLAGS.with(|f| *f.borrow_mut() = Some(flags));
             REGISTRY.with(|r| r.borrow_mut().interest = hubs.interest.clone());
             *h = Some(addr);
         }
@@ -151,6 +154,10 @@ fn ensure_hub(hubs: &Hubs) {
 struct HubFlags {
     /// Set when the bus could not hand this hub an event.
     lost: AtomicBool,
+    /// How long, in milliseconds, the last event a connection of this
+    /// thread handled had waited since its commit, and when that was.
+    lag_ms: AtomicU64,
+    lag_at_ms: AtomicU64,
 }
 
 /// One worker thread's hub.
@@ -306,6 +313,56 @@ impl Hubs {
                 flags.lost.store(true, Ordering::Release);
             }
         }
+    }
+}
+
+/// A connection of this thread handled `event` now: the thread's fan-out
+/// lag is how long the event waited since its commit.
+pub fn handled(event: &Encoded) {
+    FLAGS.with(|f| {
+        if let Some(flags) = f.borrow().as_ref() {
+            let now = crate::event::now_ms();
+            let lag = u64::try_from(now.saturating_sub(event.time_ms)).unwrap_or(0);
+            flags.lag_ms.store(lag, Ordering::Relaxed);
+            flags
+                .lag_at_ms
+                .store(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
+        }
+    });
+}
+
+impl Hubs {
+    /// The largest fan-out lag of any thread, as last measured in the past
+    /// second (older measures say nothing: the thread has had nothing to do).
+    pub fn fanout_lag(&self) -> std::time::Duration {
+        let now = u64::try_from(crate::event::now_ms()).unwrap_or(0);
+        let lag = self
+            .hubs
+            .read()
+            .iter()
+            .filter(|(_, flags)| {
+                now.saturating_sub(flags.lag_at_ms.load(Ordering::Relaxed)) < 1_000
+            })
+            .map(|(_, flags)| flags.lag_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        std::time::Duration::from_millis(lag)
+    }
+
+    /// Waits while fan-out lags more than `limit` behind commits, at most
+    /// `longest`: publishers slow to the pace at which the node delivers,
+    /// instead of outrunning it until every connection's queue overflows.
+    /// Returns how long it waited.
+    pub async fn until_caught_up(
+        &self,
+        limit: std::time::Duration,
+        longest: std::time::Duration,
+    ) -> std::time::Duration {
+        let started = tokio::time::Instant::now();
+        while self.fanout_lag() > limit && started.elapsed() < longest {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        started.elapsed()
     }
 }
 

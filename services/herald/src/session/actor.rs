@@ -369,6 +369,7 @@ impl<T: Transport> Handler<Deliver> for Session<T> {
     type Result = ();
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
+        hub::handled(&event);
         let (action, read) = self.subs.on_live(&event);
         if let Some(action) = action {
             self.apply(Some(action), ctx);

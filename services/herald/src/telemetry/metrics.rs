@@ -98,6 +98,8 @@ struct Counts {
     bus_slow_consumer_events: AtomicU64,
     store_commit_failures: AtomicU64,
     hub_overflows: AtomicU64,
+    publishes_paced: AtomicU64,
+    publish_paced_ms: AtomicU64,
     queue_high_water_frames: AtomicU64,
     commit_queue_high_water: AtomicU64,
     bus_up: AtomicU64,
@@ -123,6 +125,8 @@ static COUNTS: Counts = Counts {
     bus_slow_consumer_events: AtomicU64::new(0),
     store_commit_failures: AtomicU64::new(0),
     hub_overflows: AtomicU64::new(0),
+    publishes_paced: AtomicU64::new(0),
+    publish_paced_ms: AtomicU64::new(0),
     queue_high_water_frames: AtomicU64::new(0),
     commit_queue_high_water: AtomicU64::new(0),
     bus_up: AtomicU64::new(0),
@@ -354,6 +358,16 @@ fn observe(meter: &Meter) {
         "Events a worker's hub could not take (its connections resync from the store)",
         || COUNTS.hub_overflows.load(Ordering::Relaxed),
     );
+    single(
+        "herald_publishes_paced",
+        "Publishes that waited for fan-out to catch up (it lagged over 200 ms) before their commit",
+        || COUNTS.publishes_paced.load(Ordering::Relaxed),
+    );
+    single(
+        "herald_publish_paced_milliseconds",
+        "Milliseconds publishes waited in all for fan-out to catch up",
+        || COUNTS.publish_paced_ms.load(Ordering::Relaxed),
+    );
     gauge(
         "herald_queue_high_water_frames",
         "Most frames any connection's outbound queue has held at once since start",
@@ -542,6 +556,14 @@ pub fn handing_over(event: &Encoded) {
 }
 
 /// A worker's hub could not take an event.
+/// A publish waited `waited` for fan-out to catch up before it was committed.
+pub fn publish_paced(waited: Duration) {
+    COUNTS.publishes_paced.fetch_add(1, Ordering::Relaxed);
+    COUNTS
+        .publish_paced_ms
+        .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+}
+
 pub fn hub_overflow() {
     COUNTS.hub_overflows.fetch_add(1, Ordering::Relaxed);
 }
