@@ -11,7 +11,7 @@ use super::error::ApiError;
 use crate::node::Node;
 
 /// Fan-out lag past which a publish waits before it is committed.
-const FANOUT_LAG_LIMIT: std::time::Duration = std::time::Duration::from_millis(200);
+const FANOUT_LAG_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// Longest such wait.
 const FANOUT_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -360,7 +360,7 @@ fn observe(meter: &Meter) {
     );
     single(
         "herald_publishes_paced",
-        "Publishes that waited for fan-out to catch up (it lagged over 200 ms) before their commit",
+        "Publishes that waited for fan-out to catch up (it lagged over 50 ms) before their commit",
         || COUNTS.publishes_paced.load(Ordering::Relaxed),
     );
     single(
