@@ -316,6 +316,10 @@ impl Hubs {
     }
 }
 
+/// How recent a thread's lag measure must be to count, in milliseconds: a
+/// thread working through a backlog measures one with every event.
+const LAG_FRESH_MS: u64 = 20;
+
 /// A connection of this thread handled `event` now: the thread's fan-out
 /// lag is how long the event waited since its commit.
 pub fn handled(event: &Encoded) {
@@ -332,8 +336,9 @@ pub fn handled(event: &Encoded) {
 }
 
 impl Hubs {
-    /// The largest fan-out lag of any thread, as last measured in the past
-    /// second (older measures say nothing: the thread has had nothing to do).
+    /// The largest fan-out lag of any thread that is still handling events
+    /// (it measured one in the last [`LAG_FRESH_MS`]; a thread that has
+    /// caught up, and so handles nothing more, has no lag).
     pub fn fanout_lag(&self) -> std::time::Duration {
         let now = u64::try_from(crate::event::now_ms()).unwrap_or(0);
         let lag = self
@@ -341,7 +346,7 @@ impl Hubs {
             .read()
             .iter()
             .filter(|(_, flags)| {
-                now.saturating_sub(flags.lag_at_ms.load(Ordering::Relaxed)) < 1_000
+                now.saturating_sub(flags.lag_at_ms.load(Ordering::Relaxed)) < LAG_FRESH_MS
             })
             .map(|(_, flags)| flags.lag_ms.load(Ordering::Relaxed))
             .max()
