@@ -27,7 +27,8 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     node: web::Data<Node>,
-    streams: Arc<Streams>,
+    /// Kept for the life of the server.
+    _streams: Arc<Streams>,
 }
 
 impl Application {
@@ -134,7 +135,7 @@ impl Application {
             server,
             port: addr.port(),
             node,
-            streams,
+            _streams: streams,
         })
     }
 
@@ -149,7 +150,6 @@ impl Application {
         let result =
             crate::drain::serve(self.server, self.node.gate.clone(), &self.node.connections).await;
         self.node.stop();
-        self.streams.stop();
         // Acknowledgments taken but not yet written go to the store now.
         self.node.env.acks.flush_all().await;
         result

@@ -37,6 +37,17 @@ async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Ve
     (got, false)
 }
 
+async fn assert_healthy(app: &TestApp) {
+    let status = app
+        .http
+        .get(format!("{}/healthz", app.base_url))
+        .send()
+        .await
+        .expect("answers")
+        .status();
+    assert_eq!(status, 200, "the server stays healthy");
+}
+
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
@@ -212,14 +223,7 @@ async fn a_request_that_is_not_a_valid_upgrade_is_answered_with_a_problem_and_cl
         let problem: Value = serde_json::from_str(body).expect("a problem document");
         assert!(problem["code"].is_string(), "{problem}");
     }
-    let status = app
-        .http
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .expect("answers")
-        .status();
-    assert_eq!(status, 200, "the server stays healthy");
+    assert_healthy(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,14 +294,7 @@ async fn heads_past_the_lean_limits_are_served_by_the_general_server() {
         text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 431"),
         "{text}"
     );
-    let status = app
-        .http
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .expect("answers")
-        .status();
-    assert_eq!(status, 200);
+    assert_healthy(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

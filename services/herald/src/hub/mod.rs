@@ -119,7 +119,9 @@ pub fn register(hubs: &Hubs, id: u64, topics: &[Topic], member: &Member) -> Read
 
 /// Removes connection `id` from `topics` on this thread's hub.
 pub fn unregister(id: u64, topics: &[Topic]) {
-    REGISTRY.with(|r| {
+    // A thread that is stopping drops its sessions while it destroys its
+    // thread-locals: the registry may be gone already, and with it the entries.
+    let _ = REGISTRY.try_with(|r| {
         let mut r = r.borrow_mut();
         for topic in topics {
             if let Some(members) = r.topics.get_mut(topic) {
@@ -323,7 +325,7 @@ const LAG_FRESH_MS: u64 = 20;
 /// A connection of this thread handled `event` now: the thread's fan-out
 /// lag is how long the event waited since its commit.
 pub fn handled(event: &Encoded) {
-    FLAGS.with(|f| {
+    let _ = FLAGS.try_with(|f| {
         if let Some(flags) = f.borrow().as_ref() {
             let now = crate::event::now_ms();
             let lag = u64::try_from(now.saturating_sub(event.time_ms)).unwrap_or(0);

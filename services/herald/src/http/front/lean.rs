@@ -205,10 +205,15 @@ fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> By
 /// keeps is this struct, and nothing else.
 pub struct Pump {
     io: TcpStream,
-    body: BoxBody,
-    framing: Framing,
     /// Framed pieces not yet written; empty (and unallocated) when idle.
     pending: VecDeque<Bytes>,
+    body: BodySource,
+}
+
+/// A response body as a pump's source.
+struct BodySource {
+    body: BoxBody,
+    framing: Framing,
     /// The body has ended; once `pending` is written, so has the response.
     ended: bool,
 }
@@ -217,10 +222,12 @@ impl Pump {
     fn new(io: TcpStream, head: Bytes, body: BoxBody, framing: Framing) -> Pump {
         Pump {
             io,
-            body,
-            framing,
             pending: VecDeque::from([head]),
-            ended: false,
+            body: BodySource {
+                body,
+                framing,
+                ended: false,
+            },
         }
     }
 
@@ -229,17 +236,26 @@ impl Pump {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            match read(&self.io)? {
-                Some(bytes) if bytes.is_empty() => return Poll::Ready(Ok(())),
-                _ => {}
+            if let Some(bytes) = read(&self.io)?
+                && bytes.is_empty()
+            {
+                return Poll::Ready(Ok(()));
             }
         }
     }
+}
 
-    /// Takes what the body has ready, framed, into `pending`.
-    fn fill(&mut self, cx: &mut Context<'_>) {
+/// What a pump writes: a response body, or a session's frames.
+pub trait Source {
+    /// Queues what is ready, framed, onto `pending`; `true` once the last
+    /// piece is queued.
+    fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool>;
+}
+
+impl Source for BodySource {
+    fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut fresh = Vec::new();
-        while !self.ended && self.pending.len() + fresh.len() < MAX_BATCH {
+        while !self.ended && pending.len() + fresh.len() < MAX_BATCH {
             match Pin::new(&mut self.body).poll_next(cx) {
                 Poll::Ready(Some(Ok(piece))) => {
                     if !piece.is_empty() {
@@ -261,7 +277,8 @@ impl Pump {
         if self.framing == Framing::Chunked {
             frame_chunk(&mut fresh, self.ended);
         }
-        self.pending.extend(fresh);
+        pending.extend(fresh);
+        Ok(self.ended)
     }
 }
 
@@ -270,28 +287,41 @@ impl Future for Pump {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            this.fill(cx);
-            if this.pending.is_empty() {
-                // Give back the queue's memory while the connection is idle.
-                this.pending = VecDeque::new();
-                if this.ended {
-                    return Poll::Ready(Ok(()));
-                }
-                break;
-            }
-            if write(&this.io, &mut this.pending, cx)?.is_pending() {
-                break;
-            }
+        if let Poll::Ready(done) = drive(&this.io, &mut this.pending, &mut this.body, cx) {
+            return Poll::Ready(done);
         }
         // A client that goes ends the response.
         this.poll_read(cx)
     }
 }
 
+/// Writes what `source` has ready while the socket takes it: `Ready` once
+/// the last piece is written (or writing failed), `Pending` while waiting
+/// for the socket or the source.
+pub fn drive(
+    io: &TcpStream,
+    pending: &mut VecDeque<Bytes>,
+    source: &mut impl Source,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        let ended = source.fill(pending, cx)?;
+        if pending.is_empty() {
+            // Give back the queue's memory while the connection is idle.
+            *pending = VecDeque::new();
+            return if ended {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+        ready!(write(io, pending, cx))?;
+    }
+}
+
 /// Writes what the socket takes of `pending` in one `writev`: `Pending`
 /// when it takes nothing now (the task is woken when it can).
-pub fn write(
+fn write(
     io: &TcpStream,
     pending: &mut VecDeque<Bytes>,
     cx: &mut Context<'_>,

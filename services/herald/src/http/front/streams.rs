@@ -26,9 +26,11 @@ thread_local! {
     static APP: RefCell<Option<Rc<Application>>> = const { RefCell::new(None) };
 }
 
-/// The stream threads.
+/// The stream threads. They run until the process exits: by then the
+/// drain has closed their connections, and a thread torn down earlier would
+/// drop the actix and tokio state its thread-locals still refer to.
 pub struct Streams {
-    threads: Vec<Arbiter>,
+    _threads: Vec<Arbiter>,
     handles: Vec<ArbiterHandle>,
     next: AtomicUsize,
 }
@@ -57,7 +59,7 @@ impl Streams {
             .collect();
         let handles = threads.iter().map(Arbiter::handle).collect();
         Streams {
-            threads,
+            _threads: threads,
             handles,
             next: AtomicUsize::new(0),
         }
@@ -77,13 +79,6 @@ impl Streams {
         self.handles[i].spawn_fn(move || {
             actix_rt::spawn(serve(io, head, rest));
         });
-    }
-
-    /// Stops the stream threads (their connections end).
-    pub fn stop(&self) {
-        for thread in &self.threads {
-            thread.stop();
-        }
     }
 }
 

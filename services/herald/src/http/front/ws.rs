@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::input::{self, Feed, Input, Want};
-use super::lean::{MAX_BATCH, read, write};
+use super::lean::{MAX_BATCH, Source, drive, read};
 use crate::session::outbound::OutboundRx;
 use crate::session::ws::WsFrame;
 
@@ -74,11 +74,13 @@ impl Upgrade {
         Some(WsPump {
             io,
             pending: VecDeque::from([head]),
-            frames: attached.frames,
+            frames: FrameSource {
+                frames: attached.frames,
+                closing: None,
+                ended: false,
+            },
             feed: Some(attached.feed),
             decoder: Decoder::new(attached.max_frame_bytes),
-            closing: None,
-            ended: false,
         })
     }
 }
@@ -89,14 +91,47 @@ pub struct WsPump {
     io: TcpStream,
     /// Framed pieces not yet written; unallocated when idle.
     pending: VecDeque<Bytes>,
-    frames: OutboundRx<WsFrame>,
+    frames: FrameSource,
     /// `None` once the client's side ended or the session stopped reading.
     feed: Option<Feed<Message>>,
     decoder: Decoder,
+}
+
+/// The session's frames as a pump's source.
+struct FrameSource {
+    frames: OutboundRx<WsFrame>,
     /// Set once the close frame is queued: how long it may take to write.
     closing: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The last frame is in `pending`.
+    /// The last frame is queued.
     ended: bool,
+}
+
+impl Source for FrameSource {
+    fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool> {
+        while !self.ended && pending.len() < MAX_BATCH {
+            match self.frames.poll_next(cx) {
+                Poll::Ready(Some(frame)) => {
+                    self.ended = matches!(frame, WsFrame::Close(..));
+                    encode(frame, pending);
+                }
+                Poll::Ready(None) => {
+                    // The session went without a close frame.
+                    self.ended = true;
+                    pending.push_back(Bytes::from_static(&[0x88, 0]));
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.ended {
+            let closing = self
+                .closing
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)));
+            if closing.as_mut().poll(cx).is_ready() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+        Ok(self.ended)
+    }
 }
 
 impl WsPump {
@@ -135,24 +170,6 @@ impl WsPump {
         }
         Poll::Pending
     }
-
-    /// Takes the frames the session has queued, framed, into `pending`.
-    fn fill(&mut self, cx: &mut Context<'_>) {
-        while !self.ended && self.pending.len() < MAX_BATCH {
-            match self.frames.poll_next(cx) {
-                Poll::Ready(Some(frame)) => {
-                    self.ended = matches!(frame, WsFrame::Close(..));
-                    encode(frame, &mut self.pending);
-                }
-                Poll::Ready(None) => {
-                    // The session went without a close frame.
-                    self.ended = true;
-                    self.pending.push_back(Bytes::from_static(&[0x88, 0]));
-                }
-                Poll::Pending => return,
-            }
-        }
-    }
 }
 
 impl Future for WsPump {
@@ -160,27 +177,8 @@ impl Future for WsPump {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            this.fill(cx);
-            if this.ended && this.closing.is_none() {
-                this.closing = Some(Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)));
-            }
-            if let Some(closing) = this.closing.as_mut()
-                && closing.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-            }
-            if this.pending.is_empty() {
-                // Give back the queue's memory while the connection is idle.
-                this.pending = VecDeque::new();
-                if this.ended {
-                    return Poll::Ready(Ok(()));
-                }
-                break;
-            }
-            if write(&this.io, &mut this.pending, cx)?.is_pending() {
-                break;
-            }
+        if let Poll::Ready(done) = drive(&this.io, &mut this.pending, &mut this.frames, cx) {
+            return Poll::Ready(done);
         }
         this.poll_read(cx)
     }
