@@ -1,12 +1,13 @@
 //! The hub: which local connections want which topic, one registry per
 //! worker thread.
 //!
-//! Each HTTP worker thread has its own `Hub` actor and its own topic map, so
-//! fan-out runs on every core without a shared lock. Connections live on the
-//! worker that accepted them and register with that worker's hub
-//! synchronously (the map is the thread's own), which is what makes
-//! "register first, then replay" hold: once `register` returns, every later
-//! event reaches the connection.
+//! Each thread that holds connections (the stream threads of
+//! `http::front::streams`, and the HTTP workers for long polls and for
+//! streams on reused keep-alive connections) has its own `Hub` actor and its
+//! own topic map, so fan-out runs on every core without a shared lock.
+//! Connections register with their thread's hub synchronously (the map is
+//! the thread's own), which is what makes "register first, then replay"
+//! hold: once `register` returns, every later event reaches the connection.
 //!
 //! The bus hands each committed event to [`Hubs`], which forwards it to every
 //! worker's hub with a bounded `try_send`. A hub whose mailbox is full loses
