@@ -248,11 +248,7 @@ where
     i64: Type<DB> + for<'q> Encode<'q, DB>,
     DB::QueryResult: Changed,
 {
-    Ok(sqlx::query(PRUNE_IDLE)
-        .bind(older_than_ms)
-        .execute(pool)
-        .await?
-        .changed())
+    super::execute_with(pool, PRUNE_IDLE, older_than_ms).await
 }
 
 /// Deletes the acknowledgments of subscribers idle for longer than

@@ -42,6 +42,22 @@ impl Changed for sqlx::postgres::PgQueryResult {
     }
 }
 
+/// Runs `sql`, a statement with one integer parameter (the pruning
+/// deletes); how many rows it changed.
+pub async fn execute_with<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    sql: &'static str,
+    value: i64,
+) -> Result<u64, StoreError>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'a> DB::Arguments: sqlx::IntoArguments<DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+    DB::QueryResult: Changed,
+{
+    Ok(sqlx::query(sql).bind(value).execute(pool).await?.changed())
+}
+
 /// A stored integer as the unsigned value it stands for.
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)

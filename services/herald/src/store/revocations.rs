@@ -167,9 +167,5 @@ where
     i64: Type<DB> + for<'q> Encode<'q, DB>,
     DB::QueryResult: Changed,
 {
-    Ok(sqlx::query(prune(d))
-        .bind(to_i64(now_secs))
-        .execute(pool)
-        .await?
-        .changed())
+    super::execute_with(pool, prune(d), to_i64(now_secs)).await
 }

@@ -74,5 +74,5 @@ where
         Dialect::Sqlite => "DELETE FROM tickets WHERE expires_at <= ?",
         Dialect::Postgres => "DELETE FROM tickets WHERE expires_at <= $1",
     };
-    Ok(sqlx::query(sql).bind(now_ms).execute(pool).await?.changed())
+    super::execute_with(pool, sql, now_ms).await
 }
