@@ -17,6 +17,7 @@ mod observability;
 mod openapi;
 mod publish;
 mod reliability;
+mod security;
 mod store;
 mod store_outage;
 mod subscribe_cli;
