@@ -5,10 +5,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::HttpService;
 use actix_service::{
-    IntoServiceFactory, ServiceExt, ServiceFactory, ServiceFactoryExt, boxed, fn_factory,
-    fn_service, map_config,
+    IntoServiceFactory, ServiceExt, ServiceFactory, boxed, fn_factory, fn_service,
 };
 use actix_web::dev::AppConfig;
 use actix_web::rt::net::TcpStream;
@@ -57,35 +55,31 @@ impl Application {
                 .configure(http::routes(origins.clone()))
                 .default_service(web::to(http::not_found))
         };
-        let head_timeout = Duration::from_secs(settings.request_head_timeout_secs);
-        let keep_alive = match settings.keep_alive_secs {
-            0 => actix_web::http::KeepAlive::Disabled,
-            secs => actix_web::http::KeepAlive::Timeout(Duration::from_secs(secs)),
-        };
+        let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
         let front = FrontSettings {
-            head_timeout: (!head_timeout.is_zero()).then_some(head_timeout),
-            write_timeout: (settings.write_timeout_secs > 0)
-                .then(|| Duration::from_secs(settings.write_timeout_secs)),
+            head_timeout: seconds(settings.request_head_timeout_secs),
+            keep_alive: seconds(settings.keep_alive_secs),
+            body_timeout: seconds(settings.request_body_timeout_secs),
+            linger: Duration::from_secs(settings.linger_secs),
+            write_timeout: seconds(settings.write_timeout_secs),
         };
-        // Long-lived streams: the same application, on threads of their own
-        // (see `http::front::streams`).
+        // Each thread that answers requests builds its own application:
+        // the HTTP workers and the stream threads (see `http::front`).
+        let build = move || -> futures_util::future::LocalBoxFuture<'static, Option<http::front::Application>> {
+            let factory = make_app().into_factory();
+            Box::pin(async move {
+                let app = factory.new_service(AppConfig::default()).await.ok()?;
+                Some(boxed::service(
+                    app.map(|response| response.map_into_boxed_body()),
+                ))
+            })
+        };
         let threads = match settings.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let stream_app = make_app.clone();
-        let streams = Arc::new(Streams::start(
-            threads,
-            Box::new(move || {
-                let factory = stream_app().into_factory();
-                Box::pin(async move {
-                    let app = factory.new_service(AppConfig::default()).await.ok()?;
-                    Some(boxed::service(
-                        app.map(|response| response.map_into_boxed_body()),
-                    ))
-                })
-            }),
-        ));
+        let stream_build = build.clone();
+        let streams = Arc::new(Streams::start(threads, Box::new(stream_build)));
         let mut server = actix_server::Server::build()
             // The drain owns SIGTERM and SIGINT (see `crate::drain`).
             .disable_signals()
@@ -94,30 +88,24 @@ impl Application {
             server = server.workers(settings.workers);
         }
         let door_streams = streams.clone();
+        let gate = node.gate.clone();
         let server = server
             .listen("herald", listener, move || {
-                // Nothing reads the configured host or address (`connection_info`).
-                let config = AppConfig::default;
-                // Requests that come and go: actix-http's HTTP/1 server.
-                let general = HttpService::build()
-                    .keep_alive(keep_alive)
-                    .client_request_timeout(head_timeout)
-                    .local_addr(addr)
-                    .h1(map_config(
-                        make_app()
-                            .into_factory()
-                            .map_err(|err: actix_web::Error| err.error_response()),
-                        move |_| config(),
-                    ));
                 let front = front.clone();
                 let streams = door_streams.clone();
+                let gate = gate.clone();
+                let build = build.clone();
                 fn_factory(move || {
-                    let general = general.new_service(());
+                    let app = build();
                     let front = front.clone();
                     let streams = streams.clone();
+                    let gate = gate.clone();
                     async move {
-                        let general = boxed::service(general.await?);
-                        let door = Front::new(general, front, streams);
+                        let Some(app) = app.await else {
+                            tracing::error!("an HTTP worker could not build its application");
+                            return Err(());
+                        };
+                        let door = Front::new(app, front, streams, gate);
                         Ok::<_, ()>(fn_service(move |io: TcpStream| {
                             door.clone().connection(io).map(Ok::<_, ()>)
                         }))

@@ -28,6 +28,12 @@ pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
 pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// How long a client may take to send a request's head (slow headers).
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT_SECS: u64 = 5;
+/// A 1 MiB publish at 35 KB/s still arrives within it.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_SECS: u64 = 30;
+/// Long enough for a client that writes its whole body before reading to
+/// finish writing over a slow link and read its answer; nginx lingers up
+/// to 30 s, at most 5 s between reads.
+pub const DEFAULT_LINGER_SECS: u64 = 5;
 /// How many `subscribe` and `unsubscribe` frames a WebSocket may send per
 /// second (a burst of as many is allowed).
 pub const DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC: u32 = 50;
@@ -223,6 +229,21 @@ pub struct ServeArgs {
         default_value_t = DEFAULT_REQUEST_HEAD_TIMEOUT_SECS
     )]
     pub request_head_timeout_secs: u64,
+    /// How long, in seconds, a client may take to send a request's body
+    /// after its head; past it the answer is `408` and the connection is
+    /// closed (0: no limit).
+    #[arg(
+        long,
+        env = "HERALD_REQUEST_BODY_TIMEOUT_SECS",
+        default_value_t = DEFAULT_REQUEST_BODY_TIMEOUT_SECS
+    )]
+    pub request_body_timeout_secs: u64,
+    /// How long, in seconds, a connection answered before its request's
+    /// body was all read (`413`, a refusal) goes on reading and dropping
+    /// what the client sends before it closes, so that the client reads
+    /// the answer instead of a reset (0: close at once).
+    #[arg(long, env = "HERALD_LINGER_SECS", default_value_t = DEFAULT_LINGER_SECS)]
+    pub linger_secs: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub ticket_secs: u64,

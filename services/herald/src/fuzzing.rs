@@ -293,18 +293,11 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// The first bytes of a connection, as the front door inspects them. A
-/// head taken by the lean path lies within the bytes, names one of the two
-/// long-lived endpoints, and no shorter prefix is taken.
+/// The bytes of a connection, as the front door decodes its request heads
+/// one after another (the one parser of every path), up to a stream's
+/// request, which is then built as a stream thread builds it.
 pub fn request_head(data: &[u8]) {
-    use crate::http::front::head::{Inspect, inspect};
-    if let Inspect::Lean(head) = inspect(data) {
-        assert!(head.len > 0 && head.len <= data.len());
-        assert!(head.target.starts_with("/v1/ws") || head.target.starts_with("/v1/sse"));
-        assert!(!matches!(inspect(&data[..head.len - 1]), Inspect::Lean(_)));
-        // What the lean path builds from it must not panic either.
-        let _ = crate::http::front::lean_request(&head);
-    }
+    let _ = crate::http::front::stream_request(data);
 }
 
 /// A lean WebSocket client's bytes, as the connection decodes them: split

@@ -3,131 +3,14 @@
 //! and how it treats clients that send too little, too much, or several
 //! requests at once.
 
-use std::time::Duration;
-
-use herald_tests::app::{Backend, Options, TestApp, spawn_with, unique_topic};
+use herald_tests::app::{Backend, Options, spawn_with, unique_topic};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(app: &TestApp) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .expect("connects")
-}
-
-/// Reads until `done` says what arrived is enough, the server closes, or
-/// `WAIT` passes; returns what arrived and whether the server closed.
-async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(&got) {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "nothing more within {WAIT:?}; so far: {}",
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    (got, false)
-}
-
-async fn assert_healthy(app: &TestApp) {
-    let status = app
-        .http
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .expect("answers")
-        .status();
-    assert_eq!(status, 200, "the server stays healthy");
-}
-
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    count(haystack, needle) > 0
-}
-
-/// A WebSocket upgrade request for `/v1/ws?{query}`.
-fn upgrade(query: &str, extra: &str) -> String {
-    format!(
-        "GET /v1/ws?{query} HTTP/1.1\r\nHost: herald\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-}
-
-/// A masked client text frame.
-fn client_text(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mask = [7u8, 1, 9, 3];
-    let mut frame = vec![0x81];
-    match u16::try_from(payload.len()) {
-        Ok(len) if len < 126 => frame.push(0x80 | len as u8),
-        Ok(len) => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&len.to_be_bytes());
-        }
-        Err(_) => panic!("frames under 64 KiB only"),
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
-/// Server frames (after the `101` head, when `bytes` start with it):
-/// `(opcode, payload)` each.
-fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let body = if bytes.starts_with(b"HTTP/") {
-        match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) => &bytes[end + 4..],
-            None => return Vec::new(),
-        }
-    } else {
-        bytes
-    };
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at + 2 <= body.len() {
-        let opcode = body[at] & 0x0F;
-        let (len, start) = match body[at + 1] & 0x7F {
-            126 if at + 4 <= body.len() => (
-                usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]])),
-                at + 4,
-            ),
-            126 | 127 => break,
-            len => (usize::from(len), at + 2),
-        };
-        if start + len > body.len() {
-            break;
-        }
-        frames.push((opcode, body[start..start + len].to_vec()));
-        at = start + len;
-    }
-    frames
-}
-
-fn json_frames(bytes: &[u8]) -> Vec<Value> {
-    server_frames(bytes)
-        .into_iter()
-        .filter(|(opcode, _)| *opcode == 1)
-        .map(|(_, payload)| serde_json::from_slice(&payload).expect("JSON text frames"))
-        .collect()
-}
-
-fn has_op(op: &'static str) -> impl Fn(&[u8]) -> bool {
-    move |bytes| json_frames(bytes).iter().any(|f| f["op"] == op)
-}
+use crate::raw::{
+    assert_healthy, client_text, connect, contains, count, has_op, json_frames, read_until,
+    server_frames, upgrade,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_whose_frames_arrive_with_its_head_or_a_byte_at_a_time_is_served() {
@@ -254,18 +137,17 @@ async fn pipelined_requests_are_all_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heads_past_the_lean_limits_are_served_by_the_general_server() {
+async fn long_heads_are_streams_up_to_the_head_limit_and_refused_past_it() {
     let app = spawn_with(Options::new(Backend::Sqlite)).await;
     let topic = unique_topic("front");
     let token = app.token("f", &[&topic], &[], 600);
     let sse =
         format!("GET /v1/sse?topic={topic}&access_token={token} HTTP/1.1\r\nHost: herald\r\n");
 
-    // 12 KiB of headers (past the lean path's 8 KiB) and 60 fields (past
-    // its 48): still an event stream.
+    // 64 KiB of headers and 90 fields: still an event stream.
     for filler in [
-        format!("X-Filler: {}\r\n", "a".repeat(12 * 1024)),
-        (0..60)
+        format!("X-Filler: {}\r\n", "a".repeat(64 * 1024)),
+        (0..90)
             .map(|i| format!("X-F{i}: v\r\n"))
             .collect::<String>(),
     ] {
@@ -283,17 +165,24 @@ async fn heads_past_the_lean_limits_are_served_by_the_general_server() {
         );
     }
 
-    // 64 KiB of head: the general server's answer, whatever it is (it
-    // takes heads this long), and the server lives.
-    let mut stream = connect(&app).await;
-    let huge = format!("{sse}X-Filler: {}\r\n\r\n", "a".repeat(64 * 1024));
-    let _ = stream.write_all(huge.as_bytes()).await;
-    let (got, _) = read_until(&mut stream, |b| contains(b, b"\r\n\r\n")).await;
-    let text = String::from_utf8_lossy(&got);
-    assert!(
-        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 431"),
-        "{text}"
-    );
+    // Past 128 KiB, or 96 fields: 431 with a problem document, and the
+    // server lives.
+    for filler in [
+        format!("X-Filler: {}\r\n", "a".repeat(130 * 1024)),
+        (0..100)
+            .map(|i| format!("X-F{i}: v\r\n"))
+            .collect::<String>(),
+    ] {
+        let mut stream = connect(&app).await;
+        let _ = stream
+            .write_all(format!("{sse}{filler}\r\n").as_bytes())
+            .await;
+        let (got, closed) = read_until(&mut stream, |_| false).await;
+        assert!(closed);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+        assert!(text.contains("\"code\":\"head_too_large\""), "{text}");
+    }
     assert_healthy(&app).await;
 }
 

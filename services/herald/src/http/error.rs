@@ -45,6 +45,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("this node is draining; retry on another node")]
     Draining { retry_after_secs: u64 },
+    /// Not a request HTTP/1.1 allows (the front door's parser refused it).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    HeadTooLarge(String),
+    /// The client did not send its request head or body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 /// What a publisher may conclude from a store failure.
@@ -76,6 +84,9 @@ impl ApiError {
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::HeadTooLarge(_) => "head_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -87,6 +98,8 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+            StatusCode::REQUEST_TIMEOUT => "Request timeout",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
             _ => "Bad request",
         }
     }
@@ -144,7 +157,10 @@ impl ResponseError for ApiError {
             | ApiError::InvalidTopic(_)
             | ApiError::InvalidCursor(_)
             | ApiError::InvalidParameter(_)
-            | ApiError::TooManyTopics(_) => StatusCode::BAD_REQUEST,
+            | ApiError::TooManyTopics(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {

@@ -16,6 +16,7 @@
 //!   target `herald::follow`, which is switched on by the setting itself.
 
 pub mod acks;
+pub mod front;
 pub mod metrics;
 pub mod trace;
 

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use actix_http::Uri;
-use actix_http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_http::header::HeaderMap;
 use actix_http::{ConnectionType, HttpMessage, Method, Request, StatusCode, Version};
 use actix_service::Service;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -26,7 +26,7 @@ use actix_web::rt::net::TcpStream;
 use bytes::{Buf, Bytes};
 
 use super::Application;
-use super::head::{Head, Stream};
+use super::head::Stream;
 use super::ws::{Upgrade, WsPump};
 
 /// Most pieces written in one `writev`.
@@ -45,34 +45,31 @@ pub struct Prepared {
     upgrade: Option<Upgrade>,
 }
 
-/// A head the lean path can represent, in the HTTP types; it may move to
-/// another thread.
+/// A stream's request in the HTTP types that may move to another thread
+/// (a decoded request may not).
 pub struct Checked {
     stream: Stream,
     uri: Uri,
+    version: Version,
     headers: HeaderMap,
     upgrade: bool,
     peer: Option<SocketAddr>,
 }
 
-/// Checks that `head` fits the HTTP types; `None` when a field does not
-/// (the general server then answers it).
-pub fn check(head: Head, peer: Option<SocketAddr>) -> Option<Checked> {
-    let uri = head.target.parse().ok()?;
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
-    for (name, value) in &head.headers {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_bytes(value).ok()?,
-        );
+impl Checked {
+    /// What a stream thread needs of `request`.
+    pub fn of(stream: Stream, mut request: Request, peer: Option<SocketAddr>) -> Checked {
+        let upgrade = request.upgrade();
+        let head = request.head_mut();
+        Checked {
+            stream,
+            uri: std::mem::take(&mut head.uri),
+            version: head.version,
+            headers: std::mem::take(&mut head.headers),
+            upgrade,
+            peer,
+        }
     }
-    Some(Checked {
-        stream: head.stream,
-        uri,
-        headers,
-        upgrade: head.upgrade,
-        peer,
-    })
 }
 
 /// The application's request for a checked head.
@@ -86,7 +83,7 @@ pub fn request(checked: Checked) -> Prepared {
     let request_head = request.head_mut();
     request_head.method = Method::GET;
     request_head.uri = checked.uri;
-    request_head.version = Version::HTTP_11;
+    request_head.version = checked.version;
     request_head.headers = checked.headers;
     request_head.peer_addr = checked.peer;
     if checked.upgrade {
@@ -105,19 +102,19 @@ pub async fn respond(
     app: &Application,
 ) -> Option<Streaming> {
     let Prepared { request, upgrade } = prepared;
+    let wire = Wire {
+        version: request.version(),
+        keep_alive: false,
+        head_only: false,
+    };
     let response = match app.call(request).await {
         Ok(response) => response.into_parts().1,
         Err(e) => e.error_response(),
     };
     let (response, body) = response.into_parts();
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let framing = match body.size() {
-        _ if upgraded => Framing::Raw,
-        BodySize::None => Framing::None,
-        BodySize::Sized(n) => Framing::Sized(n),
-        BodySize::Stream => Framing::Chunked,
-    };
-    let head = response_head(&response, framing);
+    let framing = Framing::of(response.status(), body.size(), wire);
+    let head = response_head(&response, framing, wire);
     // Nothing of the response but its body stays with the connection.
     drop(response);
     if let Some(upgrade) = upgrade.filter(|_| upgraded) {
@@ -153,17 +150,53 @@ impl Future for Streaming {
 
 /// How the body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// No body.
     None,
     Sized(u64),
     Chunked,
-    /// An upgraded connection: the body is the new protocol's bytes.
+    /// An upgraded connection (the body is the new protocol's bytes), or a
+    /// body an HTTP/1.0 client reads until the connection closes.
     Raw,
 }
 
+impl Framing {
+    /// How a response with `status` and a body of `size` goes out.
+    pub(super) fn of(status: StatusCode, size: BodySize, wire: Wire) -> Framing {
+        match size {
+            _ if status == StatusCode::SWITCHING_PROTOCOLS => Framing::Raw,
+            // RFC 9110 §8.6: no length and no body for these.
+            _ if status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED =>
+            {
+                Framing::None
+            }
+            BodySize::None => Framing::None,
+            BodySize::Sized(n) => Framing::Sized(n),
+            BodySize::Stream if wire.version == Version::HTTP_10 => Framing::Raw,
+            BodySize::Stream => Framing::Chunked,
+        }
+    }
+}
+
+/// What the request decided about the response's wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Wire {
+    /// The request's version (an HTTP/1.0 client gets no chunks).
+    pub version: Version,
+    /// Whether the connection stays open for another request.
+    pub keep_alive: bool,
+    /// A `HEAD` request: the head only.
+    pub head_only: bool,
+}
+
 /// The status line and header fields.
-fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> Bytes {
+pub(super) fn response_head(
+    response: &actix_web::HttpResponse<()>,
+    framing: Framing,
+    wire: Wire,
+) -> Bytes {
     use std::fmt::Write;
     let status = response.status();
     let mut head = format!(
@@ -188,14 +221,22 @@ fn response_head(response: &actix_web::HttpResponse<()>, framing: Framing) -> By
         "date: {}\r\n",
         actix_web::http::header::HttpDate::from(std::time::SystemTime::now())
     );
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     match framing {
-        Framing::Raw => head.push_str("connection: upgrade\r\n"),
-        Framing::None => head.push_str("connection: close\r\n"),
         Framing::Sized(n) => {
-            let _ = write!(head, "content-length: {n}\r\nconnection: close\r\n");
+            let _ = write!(head, "content-length: {n}\r\n");
         }
-        Framing::Chunked => head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n"),
+        Framing::Chunked => head.push_str("transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Raw => {}
     }
+    head.push_str(
+        match (upgraded, wire.keep_alive && framing != Framing::Raw) {
+            (true, _) => "connection: upgrade\r\n",
+            (false, true) if wire.version == Version::HTTP_10 => "connection: keep-alive\r\n",
+            (false, true) => "",
+            (false, false) => "connection: close\r\n",
+        },
+    );
     head.push_str("\r\n");
     Bytes::from(head)
 }
@@ -211,11 +252,21 @@ pub struct Pump {
 }
 
 /// A response body as a pump's source.
-struct BodySource {
+pub(super) struct BodySource {
     body: BoxBody,
     framing: Framing,
     /// The body has ended; once `pending` is written, so has the response.
     ended: bool,
+}
+
+impl BodySource {
+    pub(super) fn new(body: BoxBody, framing: Framing) -> BodySource {
+        BodySource {
+            body,
+            framing,
+            ended: false,
+        }
+    }
 }
 
 impl Pump {
@@ -223,11 +274,7 @@ impl Pump {
         Pump {
             io,
             pending: VecDeque::from([head]),
-            body: BodySource {
-                body,
-                framing,
-                ended: false,
-            },
+            body: BodySource::new(body, framing),
         }
     }
 
@@ -389,6 +436,17 @@ pub fn read(io: &TcpStream) -> io::Result<Option<Bytes>> {
     })
 }
 
+/// Reads and drops what the socket holds (into the thread's scratch
+/// buffer): how many bytes, `Some(0)` at the end of the stream, `None` when
+/// the readiness was spurious.
+pub fn discard(io: &TcpStream) -> io::Result<Option<usize>> {
+    SCRATCH.with(|scratch| match io.try_read(&mut scratch.borrow_mut()) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,18 +462,21 @@ mod tests {
     }
 
     #[test]
-    fn a_request_carries_the_head_and_marks_an_upgrade() {
-        let head = Head {
-            stream: Stream::WebSocket,
-            target: "/v1/ws?access_token=t".into(),
-            headers: vec![
-                ("host".into(), b"h".to_vec()),
-                ("connection".into(), b"Upgrade".to_vec()),
-            ],
-            upgrade: true,
-            len: 0,
+    fn a_stream_request_keeps_its_head_and_upgrade_across_threads() {
+        let mut buf = bytes::BytesMut::from(
+            &b"GET /v1/ws?access_token=t HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        );
+        let mut codec = actix_http::h1::Codec::new(super::super::head::standalone_config());
+        let super::super::head::Next::Stream(stream, decoded) =
+            super::super::head::next(&mut codec, &mut buf)
+        else {
+            panic!("a WebSocket request is a stream");
         };
-        let prepared = request(check(head.clone(), None).expect("a valid head"));
+        let checked = Checked::of(stream, decoded, None);
+        // What crosses to a stream thread must be sendable.
+        fn sendable<T: Send>(_: &T) {}
+        sendable(&checked);
+        let prepared = request(checked);
         assert!(prepared.upgrade.is_some());
         assert!(prepared.request.head().upgrade());
         assert_eq!(prepared.request.uri().query(), Some("access_token=t"));
@@ -428,10 +489,52 @@ mod tests {
                 .map(|v| v.as_bytes()),
             Some(&b"h"[..])
         );
-        let bad = Head {
-            headers: vec![("host".into(), b"a\nb".to_vec())],
-            ..head
+    }
+
+    fn head_of(status: StatusCode, size: BodySize, wire: Wire) -> String {
+        let response = actix_web::HttpResponse::with_body(status, ());
+        let framing = Framing::of(status, size, wire);
+        String::from_utf8(response_head(&response, framing, wire).to_vec()).expect("ASCII")
+    }
+
+    #[test]
+    fn the_response_head_says_how_the_body_ends_and_whether_the_connection_stays() {
+        let kept = Wire {
+            version: Version::HTTP_11,
+            keep_alive: true,
+            head_only: false,
         };
-        assert!(check(bad, None).is_none(), "a value HTTP does not allow");
+        let sized = head_of(StatusCode::OK, BodySize::Sized(5), kept);
+        assert!(sized.contains("content-length: 5\r\n"), "{sized}");
+        assert!(!sized.contains("connection:"), "{sized}");
+        let closing = head_of(
+            StatusCode::OK,
+            BodySize::Stream,
+            Wire {
+                keep_alive: false,
+                ..kept
+            },
+        );
+        assert!(
+            closing.contains("transfer-encoding: chunked\r\n"),
+            "{closing}"
+        );
+        assert!(closing.contains("connection: close\r\n"), "{closing}");
+        let old = Wire {
+            version: Version::HTTP_10,
+            ..kept
+        };
+        let streamed = head_of(StatusCode::OK, BodySize::Stream, old);
+        assert!(!streamed.contains("chunked"), "HTTP/1.0: {streamed}");
+        assert!(streamed.contains("connection: close\r\n"), "{streamed}");
+        assert!(
+            head_of(StatusCode::OK, BodySize::Sized(1), old).contains("connection: keep-alive")
+        );
+        let empty = head_of(StatusCode::NO_CONTENT, BodySize::Sized(0), kept);
+        assert!(!empty.contains("content-length"), "{empty}");
+        assert!(
+            head_of(StatusCode::SWITCHING_PROTOCOLS, BodySize::Stream, kept)
+                .contains("connection: upgrade\r\n")
+        );
     }
 }
