@@ -34,6 +34,11 @@ pub const DEFAULT_REQUEST_BODY_TIMEOUT_SECS: u64 = 30;
 /// finish writing over a slow link and read its answer; nginx lingers up
 /// to 30 s, at most 5 s between reads.
 pub const DEFAULT_LINGER_SECS: u64 = 5;
+/// Fan-out lag past which publishes wait: well above a healthy node's few
+/// milliseconds, well below what fills a connection's queue.
+pub const DEFAULT_PACE_LAG_MS: u64 = 50;
+/// Longest a publish waits for fan-out to catch up.
+pub const DEFAULT_PACE_MAX_WAIT_MS: u64 = 5_000;
 /// How many `subscribe` and `unsubscribe` frames a WebSocket may send per
 /// second (a burst of as many is allowed).
 pub const DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC: u32 = 50;
@@ -244,6 +249,14 @@ pub struct ServeArgs {
     /// the answer instead of a reset (0: close at once).
     #[arg(long, env = "HERALD_LINGER_SECS", default_value_t = DEFAULT_LINGER_SECS)]
     pub linger_secs: u64,
+    /// A publish waits, before its commit, while some thread's fan-out lags
+    /// more than this many milliseconds behind this node's receipt of
+    /// events (measured on this node's monotonic clock).
+    #[arg(long, env = "HERALD_PACE_LAG_MS", default_value_t = DEFAULT_PACE_LAG_MS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub pace_lag_ms: u64,
+    /// Longest such a wait, in milliseconds (0: publishes never wait).
+    #[arg(long, env = "HERALD_PACE_MAX_WAIT_MS", default_value_t = DEFAULT_PACE_MAX_WAIT_MS)]
+    pub pace_max_wait_ms: u64,
     /// How long a ticket (`POST /v1/tickets`) can be used, in seconds.
     #[arg(long, env = "HERALD_TICKET_SECS", default_value_t = DEFAULT_TICKET_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub ticket_secs: u64,

@@ -87,8 +87,14 @@ pub struct Encoded {
     pub topic: Topic,
     /// The event's seq.
     pub seq: u64,
-    /// Commit time, milliseconds since the epoch.
+    /// Commit time, milliseconds since the epoch (the committing node's
+    /// wall clock).
     pub time_ms: i64,
+    /// When this node encoded it, on this node's monotonic clock: for its
+    /// own events, once committed; for another node's, on arrival. Fan-out
+    /// lag is measured from here, so no other node's clock, and no commit,
+    /// counts in it.
+    pub received: std::time::Instant,
     /// The event JSON object (SSE `data:` and poll bodies).
     pub json: Bytes,
     /// `{"op":"event",...}`: the WebSocket text frame.
@@ -108,6 +114,7 @@ impl Encoded {
             topic,
             seq,
             time_ms,
+            received: std::time::Instant::now(),
             json: Bytes::from(json),
             ws_frame,
         }

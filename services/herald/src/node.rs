@@ -98,12 +98,16 @@ impl Node {
         );
         let ack_flusher = acks.spawn_flusher();
 
+        let pacing = crate::hub::Pacing {
+            lag_limit: Duration::from_millis(settings.pace_lag_ms),
+            longest: Duration::from_millis(settings.pace_max_wait_ms),
+        };
         let (hubs, interest) = match settings.nats_url {
             Some(_) => {
                 let (interest, changes) = Interest::channel();
-                (Hubs::with_interest(interest), Some(changes))
+                (Hubs::with_interest(pacing, interest), Some(changes))
             }
-            None => (Hubs::new(), None),
+            None => (Hubs::new(pacing), None),
         };
         let env = Arc::new(Env {
             store: store.clone(),

@@ -15,6 +15,7 @@ mod failover;
 mod front;
 mod observability;
 mod openapi;
+mod pacing;
 mod publish;
 mod raw;
 mod reliability;

@@ -10,11 +10,6 @@ use super::Bearer;
 use super::error::ApiError;
 use crate::node::Node;
 
-/// Fan-out lag past which a publish waits before it is committed.
-const FANOUT_LAG_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
-/// Longest such wait.
-const FANOUT_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 pub async fn publish(
     Bearer(principal): Bearer,
     req: HttpRequest,
@@ -26,21 +21,14 @@ pub async fn publish(
     let published = async {
         let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
         check_content_type(&req)?;
-        // A node whose connections are far behind takes new events at the
-        // pace it delivers them (never in the normal case: the lag is then
-        // a few milliseconds).
-        let waited = state
-            .hubs
-            .until_caught_up(FANOUT_LAG_LIMIT, FANOUT_WAIT_LIMIT)
-            .await;
-        if !waited.is_zero() {
-            crate::telemetry::metrics::publish_paced(waited);
-        }
-        let published: Result<_, ApiError> =
-            Ok(
-                crate::publish::publish(&principal, &body, state.settings.limits, &state.committer)
-                    .await?,
-            );
+        let published: Result<_, ApiError> = Ok(crate::publish::publish(
+            &principal,
+            &body,
+            state.settings.limits,
+            &state.committer,
+            &state.hubs,
+        )
+        .await?);
         published
     }
     .instrument(span.clone())

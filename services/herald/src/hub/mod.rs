@@ -2,9 +2,8 @@
 //! worker thread.
 //!
 //! Each thread that holds connections (the stream threads of
-//! `http::front::streams`, and the HTTP workers for long polls and for
-//! streams on reused keep-alive connections) has its own `Hub` actor and its
-//! own topic map, so fan-out runs on every core without a shared lock.
+//! `http::front::streams`, and the HTTP workers for long polls) has its own
+//! `Hub` actor and its own topic map, so fan-out runs on every core without a shared lock.
 //! Connections register with their thread's hub synchronously (the map is
 //! the thread's own), which is what makes "register first, then replay"
 //! hold: once `register` returns, every later event reaches the connection.
@@ -17,13 +16,19 @@
 //! With a cluster bus, the registries also keep [`Interest`] up to date:
 //! the node receives a topic's events from other nodes only while it has a
 //! local subscriber of that topic.
+//!
+//! Each hub also keeps books of what waits for its thread ([`Ledger`]), from
+//! which publishers are paced ([`Hubs::pace`]): on this node's monotonic
+//! clock, from when the node received each event.
 
 pub mod interest;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 use parking_lot::RwLock;
@@ -57,6 +62,55 @@ pub struct Member {
     pub deliver: Recipient<Deliver>,
     pub resync: Recipient<Resync>,
     pub slow: Recipient<SlowConsumer>,
+    /// What the hub handed it that it has not handled yet.
+    pub ledger: Ledger,
+}
+
+/// A member's deliveries not yet handled, on its thread's books: the hub
+/// adds each event it hands the member, the member takes each one off as it
+/// handles it ([`Ledger::handled`]). A member that ends with events still
+/// in its mailbox takes them off when its last handle goes, so a thread's
+/// count never keeps events nobody will handle.
+#[derive(Clone)]
+pub struct Ledger(Rc<LedgerInner>);
+
+struct LedgerInner {
+    queued: Cell<u64>,
+    flags: Arc<HubFlags>,
+}
+
+impl Ledger {
+    /// A ledger on this thread's books (starting the thread's hub if need be).
+    pub fn new(hubs: &Hubs) -> Ledger {
+        Ledger(Rc::new(LedgerInner {
+            queued: Cell::new(0),
+            flags: ensure_hub(hubs),
+        }))
+    }
+
+    /// The member handled `event` now: one fewer on the books, and the
+    /// thread's fan-out lag is how long the event waited since this node
+    /// received it (this node's monotonic clock).
+    pub fn handled(&self, event: &Encoded) {
+        let inner = &*self.0;
+        inner.queued.set(inner.queued.get().saturating_sub(1));
+        inner.flags.in_flight.fetch_sub(1, Ordering::AcqRel);
+        inner.flags.measured(event.received.elapsed());
+    }
+
+    fn handed(&self) {
+        self.0.queued.set(self.0.queued.get() + 1);
+    }
+}
+
+impl Drop for LedgerInner {
+    fn drop(&mut self) {
+        let left = self.queued.replace(0);
+        if left > 0 {
+            self.flags.in_flight.fetch_sub(left, Ordering::AcqRel);
+            self.flags.measured(Duration::ZERO);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -136,11 +190,12 @@ pub fn unregister(id: u64, topics: &[Topic]) {
     });
 }
 
-fn ensure_hub(hubs: &Hubs) {
+/// This thread's hub's flags, starting the hub on the thread's first use.
+fn ensure_hub(hubs: &Hubs) -> Arc<HubFlags> {
     HUB.with(|h| {
         let mut h = h.borrow_mut();
         if h.is_none() {
-            let flags = Arc::new(HubFlags::default());
+            let flags = Arc::new(HubFlags::new(hubs.pace.clone()));
             let addr = Hub {
                 flags: flags.clone(),
             }
@@ -151,16 +206,70 @@ fn ensure_hub(hubs: &Hubs) {
             *h = Some(addr);
         }
     });
+    FLAGS.with(|f| {
+        f.borrow()
+            .clone()
+            .expect("set together with the thread's hub just above")
+    })
 }
 
-#[derive(Default)]
+/// What every hub shares about pacing: the lag past which publishers
+/// wait, and the signal that a thread caught up.
+struct Pace {
+    lag_limit_us: u64,
+    longest: Duration,
+    caught_up: tokio::sync::Notify,
+}
+
+/// One thread's hub, as the bus and publishers see it.
 struct HubFlags {
     /// Set when the bus could not hand this hub an event.
     lost: AtomicBool,
-    /// How long, in milliseconds, the last event a connection of this
-    /// thread handled had waited since its commit, and when that was.
-    lag_ms: AtomicU64,
-    lag_at_ms: AtomicU64,
+    /// Events handed to the hub's mailbox, and taken from it.
+    handed: AtomicU64,
+    taken: AtomicU64,
+    /// Deliveries the hub handed to its members and they have not handled.
+    in_flight: AtomicU64,
+    /// The thread's fan-out lag, in microseconds: while it has events to
+    /// handle, how long the last one it handled had waited since this node
+    /// received it; 0 when it has none.
+    lag_us: AtomicU64,
+    pace: Arc<Pace>,
+}
+
+impl HubFlags {
+    fn new(pace: Arc<Pace>) -> HubFlags {
+        HubFlags {
+            lost: AtomicBool::new(false),
+            handed: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            lag_us: AtomicU64::new(0),
+            pace,
+        }
+    }
+
+    /// Whether events wait for this thread: in the hub's mailbox, or in its
+    /// members'.
+    fn busy(&self) -> bool {
+        self.handed.load(Ordering::Acquire) != self.taken.load(Ordering::Acquire)
+            || self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// The thread handled an event that had waited `lag` (or, with zero,
+    /// took events off its books): its lag now, and the signal to waiting
+    /// publishers when it falls to the limit.
+    fn measured(&self, lag: Duration) {
+        let lag_us = if self.busy() {
+            u64::try_from(lag.as_micros()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let was = self.lag_us.swap(lag_us, Ordering::AcqRel);
+        if was > self.pace.lag_limit_us && lag_us <= self.pace.lag_limit_us {
+            self.pace.caught_up.notify_waiters();
+        }
+    }
 }
 
 /// One worker thread's hub.
@@ -203,6 +312,7 @@ impl Handler<Deliver> for Hub {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
         self.repair_if_lost();
+        let mut handed = 0;
         REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
             let Registry { topics, slow, .. } = &mut *r;
@@ -210,7 +320,11 @@ impl Handler<Deliver> for Hub {
                 return;
             };
             members.retain(|(id, member)| match member.deliver.try_send(msg.clone()) {
-                Ok(()) => true,
+                Ok(()) => {
+                    member.ledger.handed();
+                    handed += 1;
+                    true
+                }
                 Err(SendError::Full(_)) => {
                     // Once per connection: it stops receiving and is closed.
                     if !slow.contains(id) {
@@ -225,6 +339,11 @@ impl Handler<Deliver> for Hub {
                 r.forget(&msg.0.topic);
             }
         });
+        self.flags.in_flight.fetch_add(handed, Ordering::AcqRel);
+        self.flags.taken.fetch_add(1, Ordering::AcqRel);
+        if handed == 0 {
+            self.flags.measured(msg.0.received.elapsed());
+        }
     }
 }
 
@@ -249,28 +368,46 @@ impl Handler<ResyncTopics> for Hub {
     }
 }
 
+/// How publishers keep pace with fan-out.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// A publish waits while some thread's fan-out lags more than this.
+    pub lag_limit: Duration,
+    /// At most this long (zero: publishes never wait).
+    pub longest: Duration,
+}
+
 /// Every worker's hub: where the bus hands this node's committed events.
-#[derive(Default)]
 pub struct Hubs {
     hubs: RwLock<Vec<(Addr<Hub>, Arc<HubFlags>)>>,
     /// The node's interest, when a cluster bus follows it.
     interest: Option<Arc<Interest>>,
+    pace: Arc<Pace>,
 }
 
 impl Hubs {
     /// An empty set for a single node; hubs join as worker threads get
     /// their first connection.
-    pub fn new() -> Arc<Hubs> {
-        Arc::new(Hubs::default())
+    pub fn new(pacing: Pacing) -> Arc<Hubs> {
+        Arc::new(Hubs::build(pacing, None))
     }
 
     /// An empty set whose registries report which topics have local
     /// subscribers to `interest` (a cluster bus receives only those).
-    pub fn with_interest(interest: Interest) -> Arc<Hubs> {
-        Arc::new(Hubs {
+    pub fn with_interest(pacing: Pacing, interest: Interest) -> Arc<Hubs> {
+        Arc::new(Hubs::build(pacing, Some(Arc::new(interest))))
+    }
+
+    fn build(pacing: Pacing, interest: Option<Arc<Interest>>) -> Hubs {
+        Hubs {
             hubs: RwLock::default(),
-            interest: Some(Arc::new(interest)),
-        })
+            interest,
+            pace: Arc::new(Pace {
+                lag_limit_us: u64::try_from(pacing.lag_limit.as_micros()).unwrap_or(u64::MAX),
+                longest: pacing.longest,
+                caught_up: tokio::sync::Notify::new(),
+            }),
+        }
     }
 
     fn add(&self, addr: Addr<Hub>, flags: Arc<HubFlags>) {
@@ -311,7 +448,9 @@ impl Hubs {
     pub fn deliver(&self, event: Arc<Encoded>) {
         let _span = crate::telemetry::handing_over(&event).entered();
         for (addr, flags) in self.hubs.read().iter() {
+            flags.handed.fetch_add(1, Ordering::AcqRel);
             if addr.try_send(Deliver(event.clone())).is_err() {
+                flags.handed.fetch_sub(1, Ordering::AcqRel);
                 crate::telemetry::metrics::hub_overflow();
                 flags.lost.store(true, Ordering::Release);
             }
@@ -319,56 +458,50 @@ impl Hubs {
     }
 }
 
-/// How recent a thread's lag measure must be to count, in milliseconds: a
-/// thread working through a backlog measures one with every event.
-const LAG_FRESH_MS: u64 = 20;
-
-/// A connection of this thread handled `event` now: the thread's fan-out
-/// lag is how long the event waited since its commit.
-pub fn handled(event: &Encoded) {
-    let _ = FLAGS.try_with(|f| {
-        if let Some(flags) = f.borrow().as_ref() {
-            let now = crate::event::now_ms();
-            let lag = u64::try_from(now.saturating_sub(event.time_ms)).unwrap_or(0);
-            flags.lag_ms.store(lag, Ordering::Relaxed);
-            flags
-                .lag_at_ms
-                .store(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
-        }
-    });
-}
-
 impl Hubs {
-    /// The largest fan-out lag of any thread that is still handling events
-    /// (it measured one in the last [`LAG_FRESH_MS`]; a thread that has
-    /// caught up, and so handles nothing more, has no lag).
-    pub fn fanout_lag(&self) -> std::time::Duration {
-        let now = u64::try_from(crate::event::now_ms()).unwrap_or(0);
-        let lag = self
+    /// The largest fan-out lag of any thread (zero for a thread with nothing
+    /// left to handle).
+    pub fn fanout_lag(&self) -> Duration {
+        let lag_us = self
             .hubs
             .read()
             .iter()
-            .filter(|(_, flags)| {
-                now.saturating_sub(flags.lag_at_ms.load(Ordering::Relaxed)) < LAG_FRESH_MS
-            })
-            .map(|(_, flags)| flags.lag_ms.load(Ordering::Relaxed))
+            .map(|(_, flags)| flags.lag_us.load(Ordering::Acquire))
             .max()
             .unwrap_or(0);
-        std::time::Duration::from_millis(lag)
+        Duration::from_micros(lag_us)
     }
 
-    /// Waits while fan-out lags more than `limit` behind commits, at most
-    /// `longest`: publishers slow to the pace at which the node delivers,
-    /// instead of outrunning it until every connection's queue overflows.
-    /// Returns how long it waited.
-    pub async fn until_caught_up(
-        &self,
-        limit: std::time::Duration,
-        longest: std::time::Duration,
-    ) -> std::time::Duration {
+    fn behind(&self) -> bool {
+        self.hubs
+            .read()
+            .iter()
+            .any(|(_, flags)| flags.lag_us.load(Ordering::Acquire) > self.pace.lag_limit_us)
+    }
+
+    /// Waits while some thread's fan-out lags more than the limit behind
+    /// this node's receipt of events, at most the longest wait: publishers
+    /// slow to the pace at which the node delivers, instead of outrunning
+    /// it until every connection's queue overflows. Woken by the thread that
+    /// catches up, never by polling. Returns how long it waited.
+    pub async fn pace(&self) -> Duration {
+        if self.pace.longest.is_zero() || !self.behind() {
+            return Duration::ZERO;
+        }
         let started = tokio::time::Instant::now();
-        while self.fanout_lag() > limit && started.elapsed() < longest {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let deadline = started + self.pace.longest;
+        loop {
+            let caught_up = self.pace.caught_up.notified();
+            let mut caught_up = std::pin::pin!(caught_up);
+            // Registered before the check: a thread that catches up between
+            // the check and the wait still wakes this one.
+            caught_up.as_mut().enable();
+            if !self.behind() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, caught_up).await.is_err() {
+                break;
+            }
         }
         started.elapsed()
     }
@@ -407,5 +540,109 @@ impl Hubs {
             }
         }
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn pacing(lag_ms: u64, longest_ms: u64) -> Pacing {
+        Pacing {
+            lag_limit: Duration::from_millis(lag_ms),
+            longest: Duration::from_millis(longest_ms),
+        }
+    }
+
+    /// An event this node received `ago`, committed by a node whose wall
+    /// clock reads `time_ms`.
+    fn event(ago: Duration, time_ms: i64) -> Encoded {
+        let mut event = Encoded::new(
+            Topic::parse("pace").expect("a valid topic"),
+            1,
+            time_ms,
+            b"{}".to_vec(),
+        );
+        event.received = Instant::now()
+            .checked_sub(ago)
+            .expect("the monotonic clock started long enough ago");
+        event
+    }
+
+    /// Books `n` deliveries to `ledger`, as the hub does when it hands them.
+    fn hand(ledger: &Ledger, n: u64) {
+        for _ in 0..n {
+            ledger.handed();
+        }
+        ledger.0.flags.in_flight.fetch_add(n, Ordering::AcqRel);
+    }
+
+    #[actix_rt::test]
+    async fn a_publish_waits_while_a_thread_lags_and_wakes_as_it_catches_up() {
+        let hubs = Hubs::new(pacing(50, 5_000));
+        let ledger = Ledger::new(&hubs);
+        hand(&ledger, 2);
+        ledger.handled(&event(Duration::from_millis(200), crate::event::now_ms()));
+        assert_eq!(hubs.fanout_lag(), Duration::from_millis(200));
+        let hubs_for_publisher = hubs.clone();
+        let publisher = actix_rt::spawn(async move { hubs_for_publisher.pace().await });
+        // Let the publisher start waiting.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!publisher.is_finished(), "the thread is behind");
+        let caught_up = Instant::now();
+        ledger.handled(&event(Duration::from_millis(1), crate::event::now_ms()));
+        assert_eq!(hubs.fanout_lag(), Duration::ZERO, "nothing left to handle");
+        let waited = tokio::time::timeout(Duration::from_secs(5), publisher)
+            .await
+            .expect("woken as the thread catches up, not at the longest wait")
+            .expect("the publisher task runs to its end");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(caught_up.elapsed() < Duration::from_secs(1));
+    }
+
+    #[actix_rt::test]
+    async fn another_nodes_clock_and_a_slow_commit_are_not_fan_out_lag() {
+        let hubs = Hubs::new(pacing(50, 5_000));
+        let ledger = Ledger::new(&hubs);
+        hand(&ledger, 2);
+        // Committed "a minute ago" by another node's clock (or after a
+        // minute-long commit), received just now.
+        let minute_ago = crate::event::now_ms() - 60_000;
+        ledger.handled(&event(Duration::from_millis(2), minute_ago));
+        assert!(hubs.fanout_lag() < Duration::from_millis(50));
+        let waited = hubs.pace().await;
+        assert_eq!(waited, Duration::ZERO);
+    }
+
+    #[actix_rt::test]
+    async fn a_member_that_ends_with_events_in_its_mailbox_takes_them_off_the_books() {
+        let hubs = Hubs::new(pacing(50, 5_000));
+        let ledger = Ledger::new(&hubs);
+        let other = Ledger::new(&hubs);
+        hand(&ledger, 1);
+        hand(&other, 3);
+        ledger.handled(&event(Duration::from_millis(300), 0));
+        assert_eq!(
+            hubs.fanout_lag(),
+            Duration::from_millis(300),
+            "3 still wait"
+        );
+        drop(other);
+        assert_eq!(hubs.fanout_lag(), Duration::ZERO);
+        assert_eq!(ledger.0.flags.in_flight.load(Ordering::Acquire), 0);
+    }
+
+    #[actix_rt::test]
+    async fn without_a_longest_wait_publishes_never_wait() {
+        let hubs = Hubs::new(pacing(1, 0));
+        let ledger = Ledger::new(&hubs);
+        hand(&ledger, 2);
+        ledger.handled(&event(Duration::from_secs(10), 0));
+        assert!(hubs.fanout_lag() > Duration::from_secs(1));
+        assert_eq!(hubs.pace().await, Duration::ZERO);
     }
 }

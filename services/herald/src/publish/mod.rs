@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{AuthError, Principal};
 use crate::event::{NewEvent, format_time_ms};
+use crate::hub::Hubs;
 use crate::store::{Appended, StoreError};
 pub use committer::{Committer, CommitterSettings};
 pub use parse::{MAX_LABEL_BYTES, parse};
@@ -88,12 +89,14 @@ pub async fn commit(
     committer.append(events).await.map_err(PublishError::Store)
 }
 
-/// The whole publish path after authentication: parse, authorize, commit.
+/// The whole publish path after authentication: parse, authorize, keep pace
+/// with fan-out, commit.
 pub async fn publish(
     principal: &Principal,
     body: &[u8],
     limits: Limits,
     committer: &Committer,
+    hubs: &Hubs,
 ) -> Result<Published, PublishError> {
     let (events, batch) = {
         let _validate = tracing::info_span!("publish.validate").entered();
@@ -102,6 +105,13 @@ pub async fn publish(
         (events, batch)
     };
     tracing::Span::current().record("events", events.len());
+    // A node whose connections are far behind takes new events at the pace
+    // it delivers them (never in the normal case: the lag is then a few
+    // milliseconds). Only a publish that will be committed waits.
+    let waited = hubs.pace().await;
+    if !waited.is_zero() {
+        crate::telemetry::metrics::publish_paced(waited);
+    }
     let outcome = commit(committer, events)
         .instrument(tracing::info_span!("publish.commit"))
         .await?;

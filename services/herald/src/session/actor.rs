@@ -324,6 +324,7 @@ impl<T: Transport> Actor for Session<T> {
             deliver: addr.clone().recipient(),
             resync: addr.clone().recipient(),
             slow: addr.recipient(),
+            ledger: hub::Ledger::new(&self.env.hubs),
         });
         ctx.run_interval(self.env.settings.heartbeat, |session, ctx| {
             session.heartbeat(ctx)
@@ -369,7 +370,9 @@ impl<T: Transport> Handler<Deliver> for Session<T> {
     type Result = ();
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
-        hub::handled(&event);
+        if let Some(member) = &self.member {
+            member.ledger.handled(&event);
+        }
         let (action, read) = self.subs.on_live(&event);
         if let Some(action) = action {
             self.apply(Some(action), ctx);
