@@ -211,6 +211,15 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Invalid("malformed token"))?;
+        // RFC 7515 section 4.1.11: a recipient that does not understand every
+        // header parameter `crit` lists must refuse the token. Herald
+        // understands no extension, and `crit` may not list registered
+        // names (nor be empty), so any `crit` makes the token invalid.
+        if header.crit.is_some() {
+            return Err(TokenError::Invalid(
+                "the token's header has a crit parameter Herald does not understand",
+            ));
+        }
         let candidates = self.keys.iter().filter(|k| {
             k.algorithm == header.alg
                 && match (&header.kid, &k.kid) {
@@ -449,5 +458,21 @@ mod tests {
         // alg none: header {"alg":"none","typ":"JWT"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI3IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(v.verify(none).is_err());
+    }
+
+    #[test]
+    fn a_critical_header_parameter_is_never_understood() {
+        let key = EncodingKey::from_secret(b"k");
+        let mut header = Header::new(Algorithm::HS256);
+        for crit in [vec![], vec!["exp".to_owned()], vec!["b64".to_owned()]] {
+            header.crit = Some(crit);
+            let token =
+                jsonwebtoken::encode(&header, &claims(now_secs() + 60), &key).expect("signs");
+            assert!(
+                matches!(verifier(b"k").verify(&token), Err(TokenError::Invalid(m)) if m.contains("crit")),
+                "{:?}",
+                header.crit
+            );
+        }
     }
 }

@@ -3,3 +3,4 @@
 //! credentials, the WebSocket protocol).
 
 mod connection;
+mod tokens;

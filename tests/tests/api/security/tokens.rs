@@ -1,0 +1,71 @@
+//! Tokens, credentials and the HTTP handlers that check them: how long a
+//! token may live against how long its revocation is kept, which claims and
+//! headers a token must (not) carry, what is checked before a request's
+//! body, tickets per subject, the same-origin rule, the development token,
+//! and methods a path does not serve. Each test failed on the binary the
+//! findings were made on.
+
+use herald::auth::{Claims, HeraldClaims};
+use herald_tests::app::{SECRET, TestApp, now_secs, spawn_app, unique_topic};
+use serde_json::{Value, json};
+
+/// Claims of `sub` that may publish and subscribe everywhere, issued now and
+/// valid for `ttl_secs`.
+fn claims(sub: &str, ttl_secs: i64) -> Claims {
+    let now = now_secs();
+    Claims {
+        sub: sub.into(),
+        exp: (now + ttl_secs) as u64,
+        iat: Some(now as u64),
+        herald: HeraldClaims {
+            subscribe: vec![">".into()],
+            publish: vec![">".into()],
+            admin: false,
+        },
+        ..Claims::default()
+    }
+}
+
+/// Publishes one event with `token`: (status, body).
+async fn publish(app: &TestApp, token: &str) -> (u16, Value) {
+    let response = app
+        .publish_as(
+            token,
+            &json!({"topic": unique_topic("tokens"), "data": {"n": 1}}),
+        )
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts that `token` is refused `401 unauthorized` with a detail that
+/// names `reason`.
+async fn assert_refused(app: &TestApp, token: &str, reason: &str, what: &str) {
+    let (status, body) = publish(app, token).await;
+    assert_eq!(status, 401, "{what}: {body}");
+    assert_eq!(body["code"], "unauthorized", "{what}: {body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(reason),
+        "{what}: {detail:?} names {reason:?}"
+    );
+}
+
+// Finding: an unknown `crit` JOSE header was accepted.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_a_critical_header_herald_does_not_understand_is_refused() {
+    let app = spawn_app().await;
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.crit = Some(vec!["exp".into()]);
+    let critical = jsonwebtoken::encode(&header, &claims("crit", 3600), &key).expect("signs");
+    assert_refused(&app, &critical, "crit", "crit naming a registered claim").await;
+    header.crit = Some(vec!["urn:example:must-understand".into()]);
+    let critical = jsonwebtoken::encode(&header, &claims("crit", 3600), &key).expect("signs");
+    assert_refused(&app, &critical, "crit", "crit naming an extension").await;
+    // The same token without `crit` is accepted.
+    header.crit = None;
+    let plain = jsonwebtoken::encode(&header, &claims("crit", 3600), &key).expect("signs");
+    assert_eq!(publish(&app, &plain).await.0, 201);
+}
