@@ -15,7 +15,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// The claims Herald reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Claims {
-    /// Subject: substituted for `{sub}` in patterns, and the unit of revocation.
+    /// Subject: substituted for `{sub}` in patterns, and the unit of
+    /// revocation and of acknowledgments. Required: a token without one (or
+    /// with an empty one) is refused.
     #[serde(default)]
     pub sub: String,
     /// Expiry, seconds since the epoch.
@@ -230,7 +232,10 @@ impl Verifier {
         let mut last = TokenError::Invalid("algorithm not accepted");
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.algorithm)) {
-                Ok(data) => return Ok(Principal::from_claims(data.claims)),
+                Ok(data) => {
+                    self.check_claims(&data.claims)?;
+                    return Ok(Principal::from_claims(data.claims));
+                }
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(TokenError::Expired),
@@ -256,6 +261,20 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+
+    /// Herald's rules for the claims of a token whose signature, `exp`,
+    /// `nbf`, `aud` and `iss` have been checked.
+    fn check_claims(&self, claims: &Claims) -> Result<(), TokenError> {
+        // The subject is what `{sub}` patterns, revocation by subject and
+        // acknowledgments are keyed on: without one, tokens of unrelated
+        // callers would share all three.
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid(
+                "the token has no subject (a non-empty sub claim)",
+            ));
+        }
+        Ok(())
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -458,6 +477,26 @@ mod tests {
         // alg none: header {"alg":"none","typ":"JWT"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI3IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(v.verify(none).is_err());
+    }
+
+    #[test]
+    fn a_token_needs_a_subject() {
+        let minter = Minter::hs256(b"k");
+        let mut no_sub = claims(now_secs() + 60);
+        no_sub.sub = String::new();
+        let refused = verifier(b"k").verify(&minter.mint(&no_sub).expect("mint"));
+        assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("sub")));
+        // Absent altogether (Claims serializes its sub even when empty).
+        let mut fields = serde_json::to_value(claims(now_secs() + 60)).expect("serializes");
+        fields.as_object_mut().expect("an object").remove("sub");
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &fields,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .expect("signs");
+        let refused = verifier(b"k").verify(&token);
+        assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("sub")));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! findings were made on.
 
 use herald::auth::{Claims, HeraldClaims};
-use herald_tests::app::{SECRET, TestApp, now_secs, spawn_app, unique_topic};
+use herald_tests::app::{SECRET, TestApp, now_secs, spawn_app, token_with, unique_topic};
 use serde_json::{Value, json};
 
 /// Claims of `sub` that may publish and subscribe everywhere, issued now and
@@ -49,6 +49,33 @@ async fn assert_refused(app: &TestApp, token: &str, reason: &str, what: &str) {
         detail.contains(reason),
         "{what}: {detail:?} names {reason:?}"
     );
+}
+
+// Finding: tokens without sub were accepted as "".
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_a_subject_is_refused() {
+    let app = spawn_app().await;
+    let mut fields = serde_json::to_value(claims("x", 3600)).expect("claims serialize");
+    fields
+        .as_object_mut()
+        .expect("claims are an object")
+        .remove("sub");
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let without = jsonwebtoken::encode(&header, &fields, &key).expect("HS256 signs");
+    assert_refused(&app, &without, "sub", "no sub claim").await;
+    let empty = token_with(claims("", 3600));
+    assert_refused(&app, &empty, "sub", "an empty sub").await;
+    // Every credential goes through the same verifier: no ticket for it either.
+    let response = app
+        .http
+        .post(format!("{}/v1/tickets", app.base_url))
+        .bearer_auth(&without)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 401);
 }
 
 // Finding: an unknown `crit` JOSE header was accepted.
