@@ -124,7 +124,7 @@ pub struct KeyArgs {
     /// for key rotation. `KID=PATH` binds a key id.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_delimiter = ',')]
     pub jwt_public_key: Vec<String>,
-    /// Clock leeway for token `exp` and `nbf`, in seconds.
+    /// Clock leeway for token `exp`, `nbf` and `iat` (how far in the future), in seconds.
     #[arg(long, env = "HERALD_JWT_LEEWAY_SECS", default_value_t = DEFAULT_JWT_LEEWAY_SECS)]
     pub jwt_leeway_secs: u64,
     /// Required token audience (`aud`); unset: not checked.

@@ -247,7 +247,12 @@ async fn sse_error_code(sse: &mut SseClient, within: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_subject_closes_its_connections_and_refuses_its_tokens() {
-    let app = spawn_with_env(&[("HERALD_HEARTBEAT_SECS", "1")]).await;
+    // The leeway admits the token dated 2 s ahead at the end.
+    let app = spawn_with_env(&[
+        ("HERALD_HEARTBEAT_SECS", "1"),
+        ("HERALD_JWT_LEEWAY_SECS", "5"),
+    ])
+    .await;
     let topic = unique_topic("revoke");
     // Issued before the revocation's second.
     let token = claims_token("victim", None, now_secs() - 1, false);

@@ -139,7 +139,7 @@ pub struct VerifierSettings {
     pub secret: Option<Vec<u8>>,
     /// PEM public keys (RS256 or ES256), each with an optional key id.
     pub public_keys_pem: Vec<(Option<String>, Vec<u8>)>,
-    /// Clock leeway for `exp` and `nbf`, in seconds.
+    /// Clock leeway for `exp`, `nbf` and a future `iat`, in seconds.
     pub leeway_secs: u64,
     /// Accepted audiences; empty means `aud` is not checked.
     pub audience: Vec<String>,
@@ -272,6 +272,16 @@ impl Verifier {
         if claims.sub.is_empty() {
             return Err(TokenError::Invalid(
                 "the token has no subject (a non-empty sub claim)",
+            ));
+        }
+        // A token dated after now would escape every revocation by subject
+        // made before that date (they cover tokens issued before them).
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now_secs().saturating_add(self.leeway_secs))
+        {
+            return Err(TokenError::Invalid(
+                "the token's iat (issued at) is in the future",
             ));
         }
         Ok(())
@@ -497,6 +507,27 @@ mod tests {
         .expect("signs");
         let refused = verifier(b"k").verify(&token);
         assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("sub")));
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+        let minter = Minter::hs256(b"k");
+        let issued = |offset: u64| {
+            let mut c = claims(now_secs() + offset + 60);
+            c.iat = Some(now_secs() + offset);
+            minter.mint(&c).expect("mint")
+        };
+        let lenient = Verifier::new(&VerifierSettings {
+            secret: Some(b"k".to_vec()),
+            leeway_secs: 30,
+            ..VerifierSettings::default()
+        })
+        .expect("a secret is a key");
+        assert!(lenient.verify(&issued(0)).is_ok());
+        assert!(lenient.verify(&issued(20)).is_ok(), "within the leeway");
+        let refused = lenient.verify(&issued(600));
+        assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("iat")));
+        assert!(verifier(b"k").verify(&issued(600)).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! findings were made on.
 
 use herald::auth::{Claims, HeraldClaims};
-use herald_tests::app::{SECRET, TestApp, now_secs, spawn_app, token_with, unique_topic};
+use herald_tests::app::{
+    Backend, Options, SECRET, TestApp, now_secs, spawn_app, spawn_with, token_with, unique_topic,
+};
 use serde_json::{Value, json};
 
 /// Claims of `sub` that may publish and subscribe everywhere, issued now and
@@ -49,6 +51,46 @@ async fn assert_refused(app: &TestApp, token: &str, reason: &str, what: &str) {
         detail.contains(reason),
         "{what}: {detail:?} names {reason:?}"
     );
+}
+
+/// `POST /v1/admin/revoke` with `body`; panics unless `200`.
+async fn revoke(app: &TestApp, body: Value) {
+    let response = app
+        .http
+        .post(format!("{}/v1/admin/revoke", app.base_url))
+        .bearer_auth(app.admin_token())
+        .json(&body)
+        .send()
+        .await
+        .expect("the revoke request is answered");
+    assert_eq!(response.status(), 200, "revoking {body}");
+}
+
+// Finding: a token whose iat is in the future escaped revoke-by-sub.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_in_the_future_is_refused_and_cannot_outlast_a_subject_revocation() {
+    let app = spawn_with(Options::new(Backend::Sqlite).env("HERALD_JWT_LEEWAY_SECS", 30)).await;
+    let issued_at = |sub: &str, offset_secs: i64| {
+        let now = now_secs();
+        token_with(Claims {
+            iat: Some((now + offset_secs) as u64),
+            exp: (now + offset_secs + 3600) as u64,
+            ..claims(sub, 0)
+        })
+    };
+    // Within the leeway: a clock slightly ahead is tolerated.
+    let skewed = issued_at("skewed", 20);
+    assert_eq!(
+        publish(&app, &skewed).await.0,
+        201,
+        "iat 20 s ahead, leeway 30"
+    );
+    let future = issued_at("victim", 3600);
+    assert_refused(&app, &future, "iat", "iat an hour ahead").await;
+    revoke(&app, json!({"sub": "victim"})).await;
+    let (status, body) = publish(&app, &future).await;
+    assert_eq!(status, 401, "after revoking its subject: {body}");
 }
 
 // Finding: tokens without sub were accepted as "".
