@@ -45,7 +45,12 @@ pub const DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC: u32 = 50;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
 pub const DEFAULT_MAX_TICKETS: usize = 100_000;
-pub const DEFAULT_REVOCATION_TTL_SECS: u64 = 7 * 86_400;
+/// Longest token lifetime (`exp - iat`) accepted: 30 days, a common
+/// session length.
+pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
+/// Longer than the longest token by a day, so a leeway of up to 12 hours
+/// needs no change to it.
+pub const DEFAULT_REVOCATION_TTL_SECS: u64 = 31 * 86_400;
 pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_AUTH_COOKIE: &str = "herald_token";
 pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 256;
@@ -127,6 +132,16 @@ pub struct KeyArgs {
     /// Clock leeway for token `exp`, `nbf` and `iat` (how far in the future), in seconds.
     #[arg(long, env = "HERALD_JWT_LEEWAY_SECS", default_value_t = DEFAULT_JWT_LEEWAY_SECS)]
     pub jwt_leeway_secs: u64,
+    /// Longest token lifetime accepted (`exp` minus `iat`), in seconds;
+    /// longer-lived tokens, and tokens without `iat`, are refused.
+    /// HERALD_REVOCATION_TTL_SECS must outlast it.
+    #[arg(
+        long,
+        env = "HERALD_JWT_MAX_LIFETIME_SECS",
+        default_value_t = DEFAULT_JWT_MAX_LIFETIME_SECS,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..)
+    )]
+    pub jwt_max_lifetime_secs: u64,
     /// Required token audience (`aud`); unset: not checked.
     #[arg(long, env = "HERALD_JWT_AUDIENCE", value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
@@ -264,7 +279,10 @@ pub struct ServeArgs {
     /// ones), `POST /v1/tickets` answers `503 unavailable`.
     #[arg(long, env = "HERALD_MAX_TICKETS", default_value_t = DEFAULT_MAX_TICKETS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_tickets: usize,
-    /// Revocations are kept this long, in seconds; tokens must not live longer.
+    /// Revocations are kept this long, in seconds: longer than
+    /// HERALD_JWT_MAX_LIFETIME_SECS plus twice HERALD_JWT_LEEWAY_SECS, so
+    /// that every token a revocation covers has expired before it is
+    /// forgotten (checked at start-up).
     #[arg(long, env = "HERALD_REVOCATION_TTL_SECS", default_value_t = DEFAULT_REVOCATION_TTL_SECS, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     pub revocation_ttl_secs: u64,
     /// Web origins, besides this server's own, whose pages may subscribe
@@ -372,6 +390,22 @@ impl ServeArgs {
             self.listen.parse::<std::net::SocketAddr>().is_ok(),
             "HERALD_LISTEN",
             "must be IP:PORT, such as 127.0.0.1:8080",
+        )?;
+        // A token is accepted from `iat` minus the leeway to `exp` plus the
+        // leeway; its revocation must last longer.
+        let covered_secs = self
+            .keys
+            .jwt_max_lifetime_secs
+            .saturating_add(self.keys.jwt_leeway_secs.saturating_mul(2));
+        check(
+            self.revocation_ttl_secs > covered_secs,
+            "HERALD_REVOCATION_TTL_SECS",
+            &format!(
+                "must be longer than HERALD_JWT_MAX_LIFETIME_SECS plus twice \
+                 HERALD_JWT_LEEWAY_SECS ({covered_secs} s), or a revoked token would be \
+                 accepted again once its revocation is forgotten; raise it or lower the \
+                 token lifetime"
+            ),
         )?;
         check(
             self.keys.any() || self.dev,

@@ -53,6 +53,7 @@ fn verifiers() -> &'static [Verifier; 2] {
             leeway_secs: 60,
             audience: Vec::new(),
             issuer: Vec::new(),
+            max_lifetime_secs: crate::config::DEFAULT_JWT_MAX_LIFETIME_SECS,
         };
         let strict = VerifierSettings {
             audience: vec!["herald".into()],

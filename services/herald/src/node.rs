@@ -34,7 +34,8 @@ pub struct NodeSettings {
     pub auth_cookie: String,
     /// Web origins whose pages may subscribe, besides this server's own.
     pub origins: Arc<OriginPolicy>,
-    /// How long a revocation is kept, in seconds.
+    /// How long a revocation is kept, in seconds: longer than any token
+    /// it covers can be accepted (checked at start-up).
     pub revocation_ttl_secs: u64,
 }
 
@@ -270,5 +271,6 @@ fn load_verifier(settings: &ServeArgs) -> anyhow::Result<Verifier> {
         leeway_secs: settings.keys.jwt_leeway_secs,
         audience: settings.keys.jwt_audience.clone(),
         issuer: settings.keys.jwt_issuer.clone(),
+        max_lifetime_secs: settings.keys.jwt_max_lifetime_secs,
     })?)
 }

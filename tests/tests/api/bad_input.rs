@@ -401,6 +401,7 @@ async fn a_valid_first_auth_frame_is_answered_authenticated_and_then_subscribe_w
     let token = token_with(Claims {
         sub: "u".into(),
         exp,
+        iat: Some(now_secs() as u64),
         herald: HeraldClaims {
             subscribe: vec!["authed.>".into()],
             ..HeraldClaims::default()

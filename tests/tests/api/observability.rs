@@ -410,6 +410,7 @@ async fn admin_stats_show_connections_topics_and_queue_high_water_marks() {
     let admin = herald_tests::app::token_with(herald::auth::Claims {
         sub: "ops".into(),
         exp: (herald_tests::app::now_secs() + 600) as u64,
+        iat: Some(herald_tests::app::now_secs() as u64),
         herald: herald::auth::HeraldClaims {
             admin: true,
             ..Default::default()

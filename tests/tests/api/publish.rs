@@ -403,6 +403,7 @@ async fn every_publish_error_has_its_code_and_leaves_the_server_healthy(backend:
     let claims = Claims {
         sub: "x".into(),
         exp: (now_secs() + 60) as u64,
+        iat: Some(now_secs() as u64),
         herald: HeraldClaims {
             publish: vec![">".into()],
             ..HeraldClaims::default()

@@ -139,7 +139,9 @@ impl Revocations {
     }
 
     /// Forgets the revocations made `ttl_secs` or more before `now_secs`:
-    /// no token they cover is still valid (tokens must not live longer).
+    /// no token they cover is still accepted, because the verifier refuses
+    /// tokens that live longer than `HERALD_JWT_MAX_LIFETIME_SECS` and
+    /// start-up refuses a `ttl_secs` that does not outlast them.
     pub fn expire(&self, now_secs: u64, ttl_secs: u64) {
         self.set
             .write()

@@ -133,7 +133,7 @@ struct Key {
 }
 
 /// Verification settings.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct VerifierSettings {
     /// HS256 shared secret.
     pub secret: Option<Vec<u8>>,
@@ -145,6 +145,23 @@ pub struct VerifierSettings {
     pub audience: Vec<String>,
     /// Accepted issuers; empty means `iss` is not checked.
     pub issuer: Vec<String>,
+    /// Longest lifetime (`exp - iat`) accepted, in seconds: revocations are
+    /// kept at least this long, so no revoked token outlives its revocation.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for VerifierSettings {
+    /// No key, no leeway, no audience or issuer, the default lifetime bound.
+    fn default() -> VerifierSettings {
+        VerifierSettings {
+            secret: None,
+            public_keys_pem: Vec::new(),
+            leeway_secs: 0,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            max_lifetime_secs: crate::config::DEFAULT_JWT_MAX_LIFETIME_SECS,
+        }
+    }
 }
 
 /// Why verification keys could not be loaded.
@@ -161,6 +178,7 @@ pub enum KeyError {
 pub struct Verifier {
     keys: Vec<Key>,
     leeway_secs: u64,
+    max_lifetime_secs: u64,
     audience: Vec<String>,
     issuer: Vec<String>,
 }
@@ -196,6 +214,7 @@ impl Verifier {
         Ok(Verifier {
             keys,
             leeway_secs: settings.leeway_secs,
+            max_lifetime_secs: settings.max_lifetime_secs,
             audience: settings.audience.clone(),
             issuer: settings.issuer.clone(),
         })
@@ -274,14 +293,24 @@ impl Verifier {
                 "the token has no subject (a non-empty sub claim)",
             ));
         }
+        // A revocation is kept for a bounded time, so a token must not live
+        // longer than that: its lifetime is counted from `iat`, which must
+        // be there.
+        let Some(iat) = claims.iat else {
+            return Err(TokenError::Invalid(
+                "the token has no iat claim; Herald bounds every token's lifetime from it",
+            ));
+        };
         // A token dated after now would escape every revocation by subject
         // made before that date (they cover tokens issued before them).
-        if claims
-            .iat
-            .is_some_and(|iat| iat > now_secs().saturating_add(self.leeway_secs))
-        {
+        if iat > now_secs().saturating_add(self.leeway_secs) {
             return Err(TokenError::Invalid(
                 "the token's iat (issued at) is in the future",
+            ));
+        }
+        if claims.exp.saturating_sub(iat) > self.max_lifetime_secs {
+            return Err(TokenError::Invalid(
+                "the token lives longer (exp - iat) than HERALD_JWT_MAX_LIFETIME_SECS allows",
             ));
         }
         Ok(())
@@ -369,6 +398,7 @@ mod tests {
         Claims {
             sub: "7".into(),
             exp,
+            iat: Some(now_secs()),
             herald: HeraldClaims {
                 publish: vec!["orders.>".into()],
                 subscribe: vec!["user.{sub}.>".into()],
@@ -395,6 +425,7 @@ mod tests {
         let v = Verifier::new(&VerifierSettings {
             secret: Some(secret.to_vec()),
             leeway_secs: 60,
+            max_lifetime_secs: u64::MAX,
             ..VerifierSettings::default()
         })
         .expect("a secret is a key");
@@ -471,9 +502,9 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused_with_a_reason() {
         let v = verifier(b"k");
-        let expired = Minter::hs256(b"k")
-            .mint(&claims(now_secs() - 10))
-            .expect("mint");
+        let mut expired = claims(now_secs() - 10);
+        expired.iat = Some(now_secs() - 20);
+        let expired = Minter::hs256(b"k").mint(&expired).expect("mint");
         assert_eq!(v.verify(&expired).err(), Some(TokenError::Expired));
         let other = Minter::hs256(b"other")
             .mint(&claims(now_secs() + 60))
@@ -528,6 +559,31 @@ mod tests {
         let refused = lenient.verify(&issued(600));
         assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("iat")));
         assert!(verifier(b"k").verify(&issued(600)).is_err());
+    }
+
+    #[test]
+    fn a_token_must_say_when_it_was_issued_and_live_no_longer_than_the_bound() {
+        let v = Verifier::new(&VerifierSettings {
+            secret: Some(b"k".to_vec()),
+            max_lifetime_secs: 600,
+            ..VerifierSettings::default()
+        })
+        .expect("a secret is a key");
+        let minter = Minter::hs256(b"k");
+        let lasting = |secs: u64| minter.mint(&claims(now_secs() + secs)).expect("mint");
+        assert!(v.verify(&lasting(600)).is_ok(), "exactly the bound");
+        let refused = v.verify(&lasting(601));
+        assert!(
+            matches!(refused, Err(TokenError::Invalid(m)) if m.contains("HERALD_JWT_MAX_LIFETIME_SECS"))
+        );
+        // Issued long ago: its lifetime counts from iat, not from now.
+        let mut old = claims(now_secs() + 60);
+        old.iat = Some(now_secs() - 3600);
+        assert!(v.verify(&minter.mint(&old).expect("mint")).is_err());
+        let mut ageless = claims(now_secs() + 60);
+        ageless.iat = None;
+        let refused = v.verify(&minter.mint(&ageless).expect("mint"));
+        assert!(matches!(refused, Err(TokenError::Invalid(m)) if m.contains("iat")));
     }
 
     #[test]

@@ -5,11 +5,18 @@
 //! and methods a path does not serve. Each test failed on the binary the
 //! findings were made on.
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use herald::auth::{Claims, HeraldClaims};
 use herald_tests::app::{
-    Backend, Options, SECRET, TestApp, now_secs, spawn_app, spawn_with, token_with, unique_topic,
+    Backend, Options, SECRET, TestApp, binary, now_secs, spawn_app, spawn_with, token_with,
+    unique_topic,
 };
 use serde_json::{Value, json};
+
+/// How long a server that should refuse its settings may take to exit.
+const START_LIMIT: Duration = Duration::from_secs(20);
 
 /// Claims of `sub` that may publish and subscribe everywhere, issued now and
 /// valid for `ttl_secs`.
@@ -53,17 +60,133 @@ async fn assert_refused(app: &TestApp, token: &str, reason: &str, what: &str) {
     );
 }
 
-/// `POST /v1/admin/revoke` with `body`; panics unless `200`.
+/// `POST /v1/admin/revoke` with `body`, as an administrator whose token
+/// lives 3 s (within every lifetime bound the tests set); panics unless
+/// `200`.
 async fn revoke(app: &TestApp, body: Value) {
+    let admin = token_with(Claims {
+        herald: HeraldClaims {
+            admin: true,
+            ..HeraldClaims::default()
+        },
+        ..claims("admin", 3)
+    });
     let response = app
         .http
         .post(format!("{}/v1/admin/revoke", app.base_url))
-        .bearer_auth(app.admin_token())
+        .bearer_auth(admin)
         .json(&body)
         .send()
         .await
         .expect("the revoke request is answered");
     assert_eq!(response.status(), 200, "revoking {body}");
+}
+
+// Finding: revocations were pruned after HERALD_REVOCATION_TTL_SECS while
+// the tokens they revoke lived longer.
+
+#[test]
+fn a_revocation_ttl_shorter_than_the_longest_token_stops_the_server_at_start_up() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("HERALD_JWT_SECRET", SECRET)
+        .env("HERALD_REVOCATION_TTL_SECS", "3")
+        .env(
+            "HERALD_DATABASE_URL",
+            format!("sqlite://{}/herald.db", dir.path().display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald serve runs");
+    let deadline = Instant::now() + START_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started with a revocation TTL of 3 s and 30-day tokens");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the server refused to start");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr is piped"), &mut stderr)
+        .expect("stderr reads");
+    assert!(
+        stderr.contains("HERALD_REVOCATION_TTL_SECS")
+            && stderr.contains("HERALD_JWT_MAX_LIFETIME_SECS"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_by_jti_is_never_accepted_again_after_its_revocation_is_pruned() {
+    const TTL_SECS: u64 = 5;
+    const HEARTBEAT_SECS: u64 = 1;
+    let app = spawn_with(
+        Options::new(Backend::Sqlite)
+            .env("HERALD_REVOCATION_TTL_SECS", TTL_SECS)
+            .env("HERALD_JWT_MAX_LIFETIME_SECS", 4)
+            .env("HERALD_HEARTBEAT_SECS", HEARTBEAT_SECS),
+    )
+    .await;
+    let with_jti = |ttl_secs: i64, jti: &str| {
+        token_with(Claims {
+            jti: Some(jti.into()),
+            ..claims("holder", ttl_secs)
+        })
+    };
+    // A token that lives longer than any revocation is kept: refused outright.
+    let hour = with_jti(3600, "an-hour");
+    assert_refused(
+        &app,
+        &hour,
+        "HERALD_JWT_MAX_LIFETIME_SECS",
+        "a 1-hour token",
+    )
+    .await;
+    // A token within the bound is accepted until revoked.
+    let short = with_jti(4, "four-seconds");
+    assert_eq!(publish(&app, &short).await.0, 201, "a 4-second token");
+    revoke(&app, json!({"jti": "an-hour"})).await;
+    revoke(&app, json!({"jti": "four-seconds"})).await;
+    // Past the revocations' pruning (the TTL and a few heartbeats), neither
+    // token is ever accepted again.
+    let until = Instant::now() + Duration::from_secs(TTL_SECS + 3 * HEARTBEAT_SECS);
+    while Instant::now() < until {
+        for (what, token) in [("the 1-hour token", &hour), ("the 4-second token", &short)] {
+            let (status, body) = publish(&app, token).await;
+            assert_eq!(status, 401, "{what} after its revocation: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_settings_accept_a_thirty_day_token_and_refuse_one_without_iat() {
+    let app = spawn_app().await;
+    let month = token_with(claims("month", 30 * 86_400));
+    let (status, body) = publish(&app, &month).await;
+    assert_eq!(status, 201, "a 30-day token: {body}");
+    let longer = token_with(claims("longer", 30 * 86_400 + 1));
+    assert_refused(
+        &app,
+        &longer,
+        "HERALD_JWT_MAX_LIFETIME_SECS",
+        "30 days and a second",
+    )
+    .await;
+    let ageless = token_with(Claims {
+        iat: None,
+        ..claims("ageless", 60)
+    });
+    assert_refused(&app, &ageless, "iat", "a token without iat").await;
 }
 
 // Finding: a token whose iat is in the future escaped revoke-by-sub.
