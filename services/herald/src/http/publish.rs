@@ -1,5 +1,6 @@
-//! `POST /v1/publish`: credentials, then size, then shape and topic, then
-//! permission; `201` once durably stored.
+//! `POST /v1/publish`: credentials and whether the token may publish at
+//! all (both before the body is read), then size, then shape and topic,
+//! then permission per topic; `201` once durably stored.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -8,6 +9,7 @@ use tracing::Instrument as _;
 
 use super::Bearer;
 use super::error::ApiError;
+use crate::auth::AuthError;
 use crate::node::Node;
 
 pub async fn publish(
@@ -19,6 +21,13 @@ pub async fn publish(
     let started = std::time::Instant::now();
     let span = crate::telemetry::trace::publish_span(req.headers());
     let published = async {
+        // Refused before the body is read: a caller that may publish nowhere
+        // gets its answer without sending (or holding back) a body.
+        if principal.publish.is_empty() {
+            return Err(ApiError::from(AuthError::Forbidden(
+                "the token may not publish to any topic (its herald.publish is empty)".into(),
+            )));
+        }
         let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
         check_content_type(&req)?;
         let published: Result<_, ApiError> = Ok(crate::publish::publish(

@@ -14,6 +14,9 @@ use herald_tests::app::{
     unique_topic,
 };
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::raw::{WAIT, assert_healthy, connect, read_until};
 
 /// How long a server that should refuse its settings may take to exit.
 const START_LIMIT: Duration = Duration::from_secs(20);
@@ -80,6 +83,46 @@ async fn revoke(app: &TestApp, body: Value) {
         .await
         .expect("the revoke request is answered");
     assert_eq!(response.status(), 200, "revoking {body}");
+}
+
+/// Sends `request` on a new connection and reads one whole answer (head
+/// and `Content-Length` body) within `WAIT`.
+async fn raw_exchange(app: &TestApp, request: &str) -> String {
+    let mut stream = connect(app).await;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let (got, _) = read_until(&mut stream, |b| {
+        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        b.len() >= end + 4 + length
+    })
+    .await;
+    String::from_utf8(got).expect("a textual answer")
+}
+
+/// The value of header `name` in a raw answer's head.
+fn header_value<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = &answer[..answer.find("\r\n\r\n").unwrap_or(answer.len())];
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
+}
+
+fn body_of(answer: &str) -> Value {
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 // Finding: revocations were pruned after HERALD_REVOCATION_TTL_SECS while
@@ -187,6 +230,62 @@ async fn default_settings_accept_a_thirty_day_token_and_refuse_one_without_iat()
         ..claims("ageless", 60)
     });
     assert_refused(&app, &ageless, "iat", "a token without iat").await;
+}
+
+// Finding: publish permission was checked only after the body was read.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_the_publish_grant_are_refused_before_a_body_that_never_comes() {
+    // A body timeout far beyond the wait: only the early check can answer.
+    let app =
+        spawn_with(Options::new(Backend::Sqlite).env("HERALD_REQUEST_BODY_TIMEOUT_SECS", 120))
+            .await;
+    let subscriber = app.token("reader", &[">"], &[], 3600);
+    let head = |path: &str, credentials: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: herald\r\n{credentials}Content-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n"
+        )
+    };
+    let bearer = format!("Authorization: Bearer {subscriber}\r\n");
+    let cases = [
+        ("/v1/publish", bearer.as_str(), "403", "forbidden"),
+        ("/v1/publish", "", "401", "unauthorized"),
+        (
+            "/v1/publish",
+            "Authorization: Bearer nonsense\r\n",
+            "401",
+            "unauthorized",
+        ),
+        ("/v1/ack", "", "401", "unauthorized"),
+        (
+            "/v1/ack",
+            "Authorization: Bearer nonsense\r\n",
+            "401",
+            "unauthorized",
+        ),
+    ];
+    for (path, credentials, status, code) in cases {
+        let started = Instant::now();
+        let answer = raw_exchange(&app, &head(path, credentials)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path} {credentials:?}: {answer}"
+        );
+        assert_eq!(
+            header_value(&answer, "content-type"),
+            Some("application/problem+json"),
+            "{answer}"
+        );
+        assert_eq!(body_of(&answer)["code"], code, "{path}: {answer}");
+        assert!(
+            started.elapsed() < WAIT,
+            "{path}: answered without waiting for the body"
+        );
+    }
+    assert_healthy(&app).await;
+    // A token that may publish still gets its events stored.
+    assert_eq!(publish(&app, &app.root_token()).await.0, 201);
 }
 
 // Finding: a token whose iat is in the future escaped revoke-by-sub.
