@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_SUBSCRIPTION_OPS_PER_SEC: u32 = 50;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 0;
 pub const DEFAULT_TICKET_SECS: u64 = 30;
 pub const DEFAULT_MAX_TICKETS: usize = 100_000;
+/// A browser mints one ticket per stream it opens or reopens: a hundred in
+/// a ticket's lifetime is far beyond what one user's tabs need.
+pub const DEFAULT_MAX_TICKETS_PER_SUBJECT: usize = 100;
 /// Longest token lifetime (`exp - iat`) accepted: 30 days, a common
 /// session length.
 pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
@@ -279,6 +282,16 @@ pub struct ServeArgs {
     /// ones), `POST /v1/tickets` answers `503 unavailable`.
     #[arg(long, env = "HERALD_MAX_TICKETS", default_value_t = DEFAULT_MAX_TICKETS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_tickets: usize,
+    /// Most unexpired tickets one subject (`sub`) holds on a node; past it,
+    /// `POST /v1/tickets` answers `429 rate_limited` with `Retry-After`, so
+    /// one subscriber cannot take the node's whole HERALD_MAX_TICKETS.
+    #[arg(
+        long,
+        env = "HERALD_MAX_TICKETS_PER_SUBJECT",
+        default_value_t = DEFAULT_MAX_TICKETS_PER_SUBJECT,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_tickets_per_subject: usize,
     /// Revocations are kept this long, in seconds: longer than
     /// HERALD_JWT_MAX_LIFETIME_SECS plus twice HERALD_JWT_LEEWAY_SECS, so
     /// that every token a revocation covers has expired before it is

@@ -173,6 +173,7 @@ impl Node {
             tickets: Tickets::new(
                 Duration::from_secs(settings.ticket_secs),
                 settings.max_tickets,
+                settings.max_tickets_per_subject,
             ),
             settings: NodeSettings {
                 limits: Limits {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::publish::{check_content_type, read_body};
 use super::{Admin, Bearer};
-use crate::auth::RevocationKind;
+use crate::auth::{RevocationKind, TooManyTickets};
 use crate::node::Node;
 
 /// Longest revoke request body, in bytes: `{"jti":"..."}` is small.
@@ -18,10 +18,18 @@ pub async fn ticket(
     Bearer(principal): Bearer,
     state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
-    let minted = state
-        .tickets
-        .mint()
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let minted = state.tickets.mint(&principal.sub).map_err(|e| {
+        crate::telemetry::tickets::refused(&e);
+        match e {
+            TooManyTickets::Node(_) => ApiError::Unavailable(e.to_string()),
+            TooManyTickets::Subject {
+                retry_after_secs, ..
+            } => ApiError::RateLimited {
+                detail: e.to_string(),
+                retry_after_secs,
+            },
+        }
+    })?;
     let ttl = state.tickets.ttl();
     let expires_at_ms =
         crate::event::now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);

@@ -53,6 +53,13 @@ pub enum ApiError {
     /// The client did not send its request head or body in time.
     #[error("{0}")]
     RequestTimeout(String),
+    /// The caller asks for more than its share; it may retry after
+    /// `retry_after_secs`.
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// What a publisher may conclude from a store failure.
@@ -87,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::HeadTooLarge(_) => "head_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -99,6 +107,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             StatusCode::REQUEST_TIMEOUT => "Request timeout",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
             _ => "Bad request",
         }
@@ -161,6 +170,7 @@ impl ResponseError for ApiError {
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
@@ -190,7 +200,10 @@ impl ResponseError for ApiError {
             HeaderValue::from_static("application/problem+json"),
         ));
         match self {
-            ApiError::Draining { retry_after_secs } => {
+            ApiError::Draining { retry_after_secs }
+            | ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::Store(_) | ApiError::Unavailable(_) => {

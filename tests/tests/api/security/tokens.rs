@@ -288,6 +288,74 @@ async fn credentials_and_the_publish_grant_are_refused_before_a_body_that_never_
     assert_eq!(publish(&app, &app.root_token()).await.0, 201);
 }
 
+// Finding: HERALD_MAX_TICKETS was one pool per node.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subject_cannot_take_every_ticket_of_a_node() {
+    let app = spawn_with(
+        Options::new(Backend::Sqlite)
+            .env("HERALD_MAX_TICKETS_PER_SUBJECT", 3)
+            .env("HERALD_MAX_TICKETS", 10),
+    )
+    .await;
+    let mint = |token: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(format!("{}/v1/tickets", app.base_url))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("the ticket request is answered");
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (
+                status,
+                retry_after,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let greedy = app.token("greedy", &[">"], &[], 3600);
+    for n in 1..=3 {
+        let (status, _, body) = mint(greedy.clone()).await;
+        assert_eq!(status, 200, "ticket {n} of the subject: {body}");
+    }
+    let (status, retry_after, body) = mint(greedy.clone()).await;
+    assert_eq!(status, 429, "a fourth ticket of one subject: {body}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    assert!(
+        retry_after.is_some_and(|secs| (1..=30).contains(&secs)),
+        "Retry-After says when one of its tickets expires: {retry_after:?}"
+    );
+    // Another token of the same subject shares its bound; another subject
+    // does not.
+    let same_subject = app.token("greedy", &["x"], &[], 600);
+    assert_eq!(mint(same_subject).await.0, 429);
+    let other = app.token("patient", &[">"], &[], 3600);
+    let (status, _, body) = mint(other).await;
+    assert_eq!(status, 200, "another subject still gets tickets: {body}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_tickets_refused_total") && l.contains("subject"))
+        .unwrap_or_else(|| panic!("herald_tickets_refused_total by subject in:\n{metrics}"));
+    assert!(refused.ends_with(" 2"), "two refusals counted: {refused}");
+}
+
 // Finding: a token whose iat is in the future escaped revoke-by-sub.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
