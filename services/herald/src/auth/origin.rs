@@ -3,9 +3,10 @@
 //!
 //! A request without an `Origin` header (a server, a CLI, a mobile app) is
 //! not a browser page acting for someone else. With one, the page's origin
-//! must be the server's own (the `Origin`'s host and port are the request's
-//! `Host`), one listed, or anything under `--dev`. The HTTP layer applies it
-//! (`http::origin`).
+//! must be the server's own (the `Origin`'s scheme is the one the server was
+//! reached by, and its host and port are the request's `Host`), one listed,
+//! or anything under `--dev`. The HTTP layer applies it (`http::origin`),
+//! and says which scheme the server was reached by.
 
 use std::fmt;
 use std::str::FromStr;
@@ -113,19 +114,26 @@ pub struct OriginPolicy {
 
 impl OriginPolicy {
     /// Whether a page on `origin` may use the subscriber endpoints of a
-    /// server it reached as `host` (the request's `Host` header).
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+    /// server it reached as `scheme://host` (`http` or `https`, and the
+    /// request's `Host` header).
+    pub fn allows(&self, origin: &str, host: Option<&str>, scheme: &str) -> bool {
         if self.any {
             return true;
         }
         let origin = origin.trim().to_ascii_lowercase();
-        let Some((scheme, authority)) = origin.split_once("://") else {
+        let Some((origin_scheme, authority)) = origin.split_once("://") else {
             // `null` (sandboxed frames, files) and anything malformed.
             return false;
         };
-        if host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) {
+        // Same origin is the same scheme, host and port: `http://H` (a page
+        // any network hop could have written) or `chrome-extension://H` is
+        // not the page of a server reached as `https://H`.
+        if origin_scheme.eq_ignore_ascii_case(scheme)
+            && host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+        {
             return true;
         }
+        let scheme = origin_scheme;
         self.rules.iter().any(|rule| match rule {
             OriginRule::Exact(allowed) => *allowed == origin,
             OriginRule::Subdomains {
@@ -194,28 +202,35 @@ mod tests {
     #[test]
     fn listed_origins_and_the_servers_own_are_allowed() {
         let p = policy(&["https://app.example.com", "http://localhost:5173"]);
-        assert!(p.allows("https://app.example.com", Some("herald.example.com")));
-        assert!(p.allows("HTTPS://APP.example.com", None));
-        assert!(p.allows("http://localhost:5173", Some("127.0.0.1:8080")));
-        assert!(!p.allows("http://localhost:5174", Some("127.0.0.1:8080")));
-        assert!(!p.allows("http://app.example.com", Some("herald.example.com")));
-        assert!(!p.allows("https://evil.example", Some("herald.example.com")));
-        assert!(!p.allows("null", Some("herald.example.com")));
-        // Same origin: the page was served by this host and port.
-        assert!(p.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
-        assert!(!p.allows("http://127.0.0.1:8081", Some("127.0.0.1:8080")));
+        let herald = Some("herald.example.com");
+        assert!(p.allows("https://app.example.com", herald, "https"));
+        assert!(p.allows("HTTPS://APP.example.com", None, "http"));
+        assert!(p.allows("http://localhost:5173", Some("127.0.0.1:8080"), "http"));
+        assert!(!p.allows("http://localhost:5174", Some("127.0.0.1:8080"), "http"));
+        assert!(!p.allows("http://app.example.com", herald, "https"));
+        assert!(!p.allows("https://evil.example", herald, "https"));
+        assert!(!p.allows("null", herald, "https"));
+        // Same origin: the page was served by this scheme, host and port.
+        assert!(p.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080"), "http"));
+        assert!(!p.allows("http://127.0.0.1:8081", Some("127.0.0.1:8080"), "http"));
+        assert!(p.allows("https://herald.example.com", herald, "https"));
+        assert!(!p.allows("http://herald.example.com", herald, "https"));
+        assert!(!p.allows("https://herald.example.com", herald, "http"));
+        assert!(!p.allows("chrome-extension://herald.example.com", herald, "https"));
+        assert!(!p.allows("ws://herald.example.com", herald, "http"));
     }
 
     #[test]
     fn a_wildcard_covers_subdomains_on_its_scheme_and_port_only() {
         let p = policy(&["https://*.example.com"]);
-        assert!(p.allows("https://app.example.com", None));
-        assert!(p.allows("https://a.b.example.com", None));
-        assert!(!p.allows("https://example.com", None));
-        assert!(!p.allows("https://evilexample.com", None));
-        assert!(!p.allows("http://app.example.com", None));
-        assert!(!p.allows("https://app.example.com:8443", None));
-        assert!(!p.allows("https://app.example.com.evil.net", None));
+        let allows = |origin: &str| p.allows(origin, None, "https");
+        assert!(allows("https://app.example.com"));
+        assert!(allows("https://a.b.example.com"));
+        assert!(!allows("https://example.com"));
+        assert!(!allows("https://evilexample.com"));
+        assert!(!allows("http://app.example.com"));
+        assert!(!allows("https://app.example.com:8443"));
+        assert!(!allows("https://app.example.com.evil.net"));
     }
 
     #[test]
@@ -224,6 +239,6 @@ mod tests {
             any: true,
             rules: Vec::new(),
         };
-        assert!(p.allows("https://anything.example", Some("127.0.0.1:8080")));
+        assert!(p.allows("https://anything.example", Some("127.0.0.1:8080"), "http"));
     }
 }

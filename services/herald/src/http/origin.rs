@@ -2,6 +2,12 @@
 //! rule itself is `auth::OriginPolicy`). CORS does not cover WebSocket
 //! upgrades, so the same check runs before an upgrade: a page on another
 //! site cannot open a socket that rides on the user's session cookie.
+//!
+//! Herald serves plain HTTP; behind a proxy that terminates TLS, the scheme
+//! the page's browser used is the proxy's `X-Forwarded-Proto`. A page cannot
+//! forge that header: browsers send no custom header with a WebSocket or
+//! `EventSource`, and a `fetch` carrying one needs a preflight, which this
+//! check refuses first (and CORS never allows that header).
 
 use std::sync::Arc;
 
@@ -27,7 +33,24 @@ fn allows(policy: &OriginPolicy, origin: &header::HeaderValue, head: &RequestHea
         .and_then(|h| h.to_str().ok());
     origin
         .to_str()
-        .is_ok_and(|origin| policy.allows(origin, host))
+        .is_ok_and(|origin| policy.allows(origin, host, served_scheme(head)))
+}
+
+/// The scheme the client reached this server by: the first entry of
+/// `X-Forwarded-Proto` when it is `http` or `https` (a TLS-terminating
+/// proxy in front, the client's hop first), else `http`, which is all
+/// Herald itself serves.
+fn served_scheme(head: &RequestHead) -> &'static str {
+    let forwarded = head
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    match forwarded {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
 }
 
 /// Refuses a request whose `Origin` is not allowed with `403

@@ -356,6 +356,71 @@ async fn one_subject_cannot_take_every_ticket_of_a_node() {
     assert!(refused.ends_with(" 2"), "two refusals counted: {refused}");
 }
 
+// Finding: the same-origin check ignored the scheme.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_origin_rule_compares_the_scheme_the_server_is_reached_by() {
+    let app = spawn_app().await;
+    let token = app.token("page", &[">"], &[], 3600);
+    let host = format!("127.0.0.1:{}", app.port);
+    let poll = |origin: String, forwarded_proto: Option<&'static str>| {
+        let mut request = app
+            .http
+            .get(format!(
+                "{}/v1/poll?topic={}&since=x:0",
+                app.base_url,
+                unique_topic("origin")
+            ))
+            .bearer_auth(&token)
+            .header("Origin", origin);
+        if let Some(proto) = forwarded_proto {
+            request = request.header("X-Forwarded-Proto", proto);
+        }
+        async move {
+            let response = request.send().await.expect("the poll is answered");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let allowed = [
+        (format!("http://{host}"), None),
+        (format!("HTTP://{host}"), None),
+        (format!("https://{host}"), Some("https")),
+        (format!("https://{host}"), Some("https, http")),
+    ];
+    for (origin, proto) in allowed {
+        let (status, body) = poll(origin.clone(), proto).await;
+        assert_eq!(status, 200, "{origin} via {proto:?}: {body}");
+    }
+    let refused = [
+        (format!("chrome-extension://{host}"), None),
+        (format!("ws://{host}"), None),
+        (format!("https://{host}"), None),
+        (format!("http://{host}"), Some("https")),
+        (format!("chrome-extension://{host}"), Some("https")),
+    ];
+    for (origin, proto) in refused {
+        let (status, body) = poll(origin.clone(), proto).await;
+        assert_eq!(status, 403, "{origin} via {proto:?}: {body}");
+        assert_eq!(body["code"], "origin_not_allowed", "{body}");
+    }
+    // The WebSocket upgrade applies the same rule before upgrading.
+    let answer = raw_exchange(
+        &app,
+        &format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: chrome-extension://{host}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert_eq!(body_of(&answer)["code"], "origin_not_allowed");
+}
+
 // Finding: a token whose iat is in the future escaped revoke-by-sub.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
