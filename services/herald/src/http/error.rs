@@ -39,6 +39,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     OriginNotAllowed(String),
+    /// The request names a `Host` this answer is not given to.
+    #[error("{0}")]
+    HostNotAllowed(String),
     #[error("{}", store_detail(.0))]
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::NotFound(_) => "not_found",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::HostNotAllowed(_) => "forbidden",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
             ApiError::BadRequest(_) => "bad_request",
@@ -172,7 +176,7 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::OriginNotAllowed(_) | ApiError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

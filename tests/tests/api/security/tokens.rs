@@ -475,6 +475,52 @@ async fn a_token_without_a_subject_is_refused() {
     assert_eq!(response.status(), 401);
 }
 
+// Finding: /v1/dev/token answered any Host under --dev (DNS rebinding).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_token_is_offered_to_loopback_hosts_only() {
+    let app = spawn_with(Options::new(Backend::Sqlite).env("HERALD_DEV", "true")).await;
+    let port = app.port;
+    let ask = |host: String| {
+        let app = &app;
+        async move {
+            raw_exchange(
+                app,
+                &format!("GET /v1/dev/token HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            )
+            .await
+        }
+    };
+    for host in [
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        "LOCALHOST".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "127.8.9.10".to_owned(),
+        format!("[::1]:{port}"),
+        "[::1]".to_owned(),
+    ] {
+        let answer = ask(host.clone()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "Host {host}: {answer}");
+        assert!(body_of(&answer)["token"].is_string(), "{answer}");
+    }
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_owned(),
+        "localhost.attacker.example".to_owned(),
+        "127.0.0.1.attacker.example".to_owned(),
+        format!("10.0.0.1:{port}"),
+        "[::2]".to_owned(),
+        "[::ffff:127.0.0.1]".to_owned(),
+        "128.0.0.1".to_owned(),
+    ] {
+        let answer = ask(host.clone()).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "Host {host}: {answer}");
+        assert_eq!(body_of(&answer)["code"], "forbidden", "{answer}");
+        assert!(!answer.contains("\"token\""), "{answer}");
+    }
+}
+
 // Finding: an unknown `crit` JOSE header was accepted.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
