@@ -57,18 +57,21 @@ static INDEX_HTML: LazyLock<Asset> = LazyLock::new(|| {
 
 /// Registers the asset routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+    cfg.service(super::only(
         "/",
+        "GET",
         web::get().to(|req: HttpRequest| serve(req, &INDEX_HTML)),
-    )
-    .route(
+    ))
+    .service(super::only(
         "/client.js",
+        "GET",
         web::get().to(|req: HttpRequest| serve(req, &CLIENT_JS)),
-    )
-    .route(
+    ))
+    .service(super::only(
         "/client.d.ts",
+        "GET",
         web::get().to(|req: HttpRequest| serve(req, &CLIENT_DTS)),
-    );
+    ));
 }
 
 async fn serve(req: HttpRequest, asset: &'static Asset) -> HttpResponse {

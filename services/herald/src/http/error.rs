@@ -39,6 +39,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     OriginNotAllowed(String),
+    /// The path exists, but not for this method; `allow` lists the one it
+    /// serves.
+    #[error("{detail}")]
+    MethodNotAllowed { allow: &'static str, detail: String },
     /// The request names a `Host` this answer is not given to.
     #[error("{0}")]
     HostNotAllowed(String),
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::HostNotAllowed(_) => "forbidden",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
@@ -109,6 +114,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::NOT_FOUND => "Not found",
+            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             StatusCode::REQUEST_TIMEOUT => "Request timeout",
             StatusCode::TOO_MANY_REQUESTS => "Too many requests",
@@ -176,6 +182,7 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::OriginNotAllowed(_) | ApiError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -215,6 +222,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Auth(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

@@ -23,7 +23,7 @@ mod ws;
 
 use std::sync::Arc;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, Resource, Route, web};
 
 use crate::auth::OriginPolicy;
 use error::ApiError;
@@ -34,36 +34,68 @@ pub use extract::{
 
 /// Registers every route. The endpoints that act for a subscriber check the
 /// page's `Origin` first; those that pages reach with `fetch` or
-/// `EventSource` answer CORS for the allowed origins.
+/// `EventSource` answer CORS for the allowed origins. A method a path does
+/// not serve is `405` with `Allow`.
 pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
     move |cfg| {
-        let browser = |path: &str, route: actix_web::Route| {
-            web::resource(path)
-                .route(route)
+        let browser = |path: &str, allow: &'static str, route: Route| {
+            only(path, allow, route)
                 .wrap(origin::cors(origins.clone()))
                 .wrap(actix_web::middleware::from_fn(origin::enforce))
         };
-        cfg.route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(metrics::metrics))
-            .route("/openapi.json", web::get().to(openapi::openapi))
-            .route("/v1/admin/stats", web::get().to(admin::stats))
-            .route("/v1/dev/token", web::get().to(console::dev_token))
-            .route("/v1/publish", web::post().to(publish::publish))
-            .service(browser("/v1/tickets", web::post().to(auth::ticket)))
-            .route("/v1/admin/revoke", web::post().to(auth::revoke))
-            .service(browser("/v1/ack", web::post().to(ack::ack)))
-            .route("/v1/acks", web::get().to(ack::receipts))
-            .route("/v1/admin/acks", web::delete().to(ack::delete))
+        cfg.service(only("/healthz", "GET", web::get().to(health::healthz)))
+            .service(only("/readyz", "GET", web::get().to(health::readyz)))
+            .service(only("/metrics", "GET", web::get().to(metrics::metrics)))
+            .service(only(
+                "/openapi.json",
+                "GET",
+                web::get().to(openapi::openapi),
+            ))
+            .service(only("/v1/admin/stats", "GET", web::get().to(admin::stats)))
+            .service(only(
+                "/v1/dev/token",
+                "GET",
+                web::get().to(console::dev_token),
+            ))
+            .service(only(
+                "/v1/publish",
+                "POST",
+                web::post().to(publish::publish),
+            ))
+            .service(browser("/v1/tickets", "POST", web::post().to(auth::ticket)))
+            .service(only(
+                "/v1/admin/revoke",
+                "POST",
+                web::post().to(auth::revoke),
+            ))
+            .service(browser("/v1/ack", "POST", web::post().to(ack::ack)))
+            .service(only("/v1/acks", "GET", web::get().to(ack::receipts)))
+            .service(only(
+                "/v1/admin/acks",
+                "DELETE",
+                web::delete().to(ack::delete),
+            ))
             .service(
-                web::resource("/v1/ws")
-                    .route(web::get().to(ws::ws))
+                only("/v1/ws", "GET", web::get().to(ws::ws))
                     .wrap(actix_web::middleware::from_fn(origin::enforce)),
             )
-            .service(browser("/v1/sse", web::get().to(sse::sse)))
-            .service(browser("/v1/poll", web::get().to(poll::poll)))
+            .service(browser("/v1/sse", "GET", web::get().to(sse::sse)))
+            .service(browser("/v1/poll", "GET", web::get().to(poll::poll)))
             .configure(assets::routes);
     }
+}
+
+/// The resource at `path`, served by `route` (method `allow`); any other
+/// method is answered `405` with `Allow: {allow}`.
+pub(crate) fn only(path: &str, allow: &'static str, route: Route) -> Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move |req: HttpRequest| async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                allow,
+                detail: format!("{} serves {allow}, not {}", req.path(), req.method()),
+            })
+        }))
 }
 
 /// Answers unknown routes with a problem document.

@@ -539,3 +539,60 @@ async fn a_token_with_a_critical_header_herald_does_not_understand_is_refused() 
     let plain = jsonwebtoken::encode(&header, &claims("crit", 3600), &key).expect("signs");
     assert_eq!(publish(&app, &plain).await.0, 201);
 }
+
+// Finding: unsupported methods on known paths answered 404.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_path_does_not_serve_is_answered_405_with_allow() {
+    let app = spawn_app().await;
+    let cases = [
+        ("GET", "/v1/publish", "POST"),
+        ("PUT", "/v1/publish", "POST"),
+        ("DELETE", "/v1/ws", "GET"),
+        ("POST", "/v1/sse", "GET"),
+        ("PATCH", "/v1/poll", "GET"),
+        ("GET", "/v1/tickets", "POST"),
+        ("GET", "/v1/ack", "POST"),
+        ("POST", "/v1/acks", "GET"),
+        ("GET", "/v1/admin/acks", "DELETE"),
+        ("GET", "/v1/admin/revoke", "POST"),
+        ("DELETE", "/v1/admin/stats", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("POST", "/readyz", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("PUT", "/openapi.json", "GET"),
+        ("POST", "/v1/dev/token", "GET"),
+        ("POST", "/client.js", "GET"),
+        ("DELETE", "/", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let answer = raw_exchange(
+            &app,
+            &format!("{method} {path} HTTP/1.1\r\nHost: herald\r\nContent-Length: 0\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 405 "),
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(
+            header_value(&answer, "allow"),
+            Some(allow),
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(
+            header_value(&answer, "content-type"),
+            Some("application/problem+json"),
+            "{answer}"
+        );
+        assert_eq!(body_of(&answer)["code"], "method_not_allowed", "{answer}");
+    }
+    // A path that does not exist is still 404.
+    let answer = raw_exchange(
+        &app,
+        "DELETE /v1/nothing-here HTTP/1.1\r\nHost: herald\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert_healthy(&app).await;
+}
