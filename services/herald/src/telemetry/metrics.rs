@@ -180,6 +180,7 @@ pub fn install() {
         let meter = provider.meter("herald");
         observe(&meter);
         super::acks::observe(&meter);
+        super::push::observe(&meter);
         let histogram = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)

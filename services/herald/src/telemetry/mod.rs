@@ -17,6 +17,7 @@
 
 pub mod acks;
 pub mod metrics;
+pub mod push;
 pub mod trace;
 
 use std::io::IsTerminal;
