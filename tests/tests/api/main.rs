@@ -16,6 +16,7 @@ mod front;
 mod observability;
 mod openapi;
 mod publish;
+mod push;
 mod reliability;
 mod security;
 mod store;
