@@ -136,3 +136,25 @@ async fn fcm_errors_are_retried_honouring_retry_after_or_given_up_and_unregister
     let (_, listed) = devices(&app, &token).await;
     assert_eq!(listed["devices"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_gets_no_second_push_within_its_quiet_period() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let fcm = Fcm::start(dir.path()).await;
+    let app = node(&fcm, &[("HERALD_PUSH_QUIET_SECS", "2".into())]).await;
+    let token = app.token("hal", &["app.{sub}.>"], &[], 3600);
+    register(&app, &token, &fcm_device("fcm-quiet", &["app.hal.>"])).await;
+    // Two topics due at once: the second push waits out the quiet period.
+    app.publish(&unique_topic("app.hal"), json!({"n": 1})).await;
+    app.publish(&unique_topic("app.hal"), json!({"n": 1})).await;
+    let sends = fcm.wait_sends(2).await;
+    let gap = sends[1].at - sends[0].at;
+    assert!(
+        gap >= std::time::Duration::from_millis(1_900),
+        "the second push came {gap:?} after the first"
+    );
+    assert_ne!(
+        sends[0].json()["message"]["data"]["topic"],
+        sends[1].json()["message"]["data"]["topic"]
+    );
+}
