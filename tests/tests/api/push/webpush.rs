@@ -79,6 +79,12 @@ async fn events_nobody_acknowledged_reach_the_browser_as_one_encrypted_push_per_
     )
     .await;
     assert_eq!(counter(&app, "herald_push_collapsed_total").await, 2.0);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.get("herald_push_delay_seconds_count{platform=\"webpush\"}"),
+        1.0
+    );
+    assert!(metrics.get("herald_push_delay_seconds_sum{platform=\"webpush\"}") >= 1.0);
     assert_eq!(service.messages(&hash).await.len(), 1);
 }
 
