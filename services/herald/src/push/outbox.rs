@@ -188,20 +188,22 @@ impl Push {
                 self.settle(&c, &topic).await;
             }
             Outcome::Gone(reason) => {
-                crate::telemetry::push::pruned(platform.as_str());
                 tracing::info!(
                     platform = platform.as_str(),
                     reason,
                     "the push service says the device is gone; deleting it"
                 );
-                if let Err(e) = self.store.delete_device(&c.device_id, None).await {
-                    tracing::warn!(error = %e, "deleting a gone device failed; the next push will try again");
-                    self.release(
-                        &c,
-                        c.attempts,
-                        Duration::from_millis(self.settings.push_backoff_ms),
-                    )
-                    .await;
+                match self.store.delete_device(&c.device_id, None).await {
+                    Ok(_) => crate::telemetry::push::pruned(platform.as_str()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deleting a gone device failed; the next push will try again");
+                        self.release(
+                            &c,
+                            c.attempts,
+                            Duration::from_millis(self.settings.push_backoff_ms),
+                        )
+                        .await;
+                    }
                 }
             }
             Outcome::Retry { after, reason } => {

@@ -106,6 +106,11 @@ async fn two_nodes_on_one_postgres_send_each_push_exactly_once_between_them() {
         let sent = counter(&first, series).await + counter(&second, series).await;
         if sent >= expected as f64 {
             assert_eq!(sent, expected as f64);
+            eprintln!(
+                "pushes sent by each node: {} and {}",
+                counter(&first, series).await,
+                counter(&second, series).await
+            );
             break;
         }
         assert!(
