@@ -35,6 +35,12 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("{0}")]
     TooManyTopics(String),
+    /// A device registration that is not one (`POST /v1/devices`).
+    #[error("{0}")]
+    InvalidDevice(String),
+    /// A subject at its bound of devices.
+    #[error("{0}")]
+    TooManyDevices(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -80,6 +86,8 @@ impl ApiError {
             ApiError::InvalidCursor(_) => "invalid_cursor",
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::TooManyTopics(_) => "too_many_topics",
+            ApiError::InvalidDevice(_) => "invalid_device",
+            ApiError::TooManyDevices(_) => "too_many_devices",
             ApiError::NotFound(_) => "not_found",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
@@ -97,6 +105,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             StatusCode::REQUEST_TIMEOUT => "Request timeout",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
@@ -158,9 +167,11 @@ impl ResponseError for ApiError {
             | ApiError::InvalidCursor(_)
             | ApiError::InvalidParameter(_)
             | ApiError::TooManyTopics(_)
-            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadRequest(_)
+            | ApiError::InvalidDevice(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyDevices(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {

@@ -1,5 +1,5 @@
 //! HTTP routes: publish, subscribe (WebSocket, SSE, polling), tickets,
-//! revocation, health, metrics, node statistics, the embedded client and
+//! revocation, push devices, health, metrics, node statistics, the embedded client and
 //! console. Handlers are short: extract, call the core, map the result;
 //! they take the [`Node`](crate::node::Node), and nothing below this module
 //! knows about HTTP.
@@ -9,6 +9,7 @@ mod admin;
 mod assets;
 mod auth;
 pub mod console;
+mod devices;
 pub mod error;
 pub mod extract;
 pub mod front;
@@ -62,6 +63,7 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
             )
             .service(browser("/v1/sse", web::get().to(sse::sse)))
             .service(browser("/v1/poll", web::get().to(poll::poll)))
+            .configure(devices::routes(origins.clone()))
             .configure(assets::routes);
     }
 }

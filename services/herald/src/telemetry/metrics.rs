@@ -181,6 +181,7 @@ pub fn install() {
         observe(&meter);
         super::acks::observe(&meter);
         super::front::observe(&meter);
+        super::push::observe(&meter);
         let histogram = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
