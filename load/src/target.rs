@@ -358,6 +358,8 @@ pub struct Target {
     /// For the report.
     pub info: TargetInfo,
     locals: Vec<LocalHerald>,
+    /// Started nodes this run killed on purpose (`storm --kill-node`).
+    killed: Vec<usize>,
     // Holds the started server's SQLite file and log; removed on drop,
     // after `local` (fields drop in order).
     _dir: Option<tempfile::TempDir>,
@@ -435,6 +437,7 @@ impl Target {
                     },
                     node_urls,
                     locals,
+                    killed: Vec::new(),
                     _dir: Some(dir),
                 }
             }
@@ -469,6 +472,7 @@ impl Target {
                 base_url: base_urls[0].clone(),
                 node_urls: base_urls,
                 locals: Vec::new(),
+                killed: Vec::new(),
                 _dir: None,
             },
         };
@@ -515,7 +519,38 @@ impl Target {
 
     /// Whether every started server is still running (always true for `--url`).
     pub fn is_running(&mut self) -> bool {
-        self.locals.iter_mut().all(LocalHerald::is_running)
+        let killed = &self.killed;
+        self.locals
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !killed.contains(i))
+            .all(|(_, local)| local.is_running())
+    }
+
+    /// SIGKILLs started node `i` and reaps it; the other nodes go on.
+    /// Only nodes this tool started can be killed, and never the first
+    /// (publishers use it).
+    pub fn kill_node(&mut self, i: usize) -> anyhow::Result<()> {
+        if i == 0 || i >= self.locals.len() {
+            bail!(
+                "node {} cannot be killed: {} nodes were started here, and the first takes the publishes",
+                i + 1,
+                self.locals.len()
+            );
+        }
+        self.locals[i].kill();
+        self.killed.push(i);
+        Ok(())
+    }
+
+    /// The process ids of the nodes not killed (empty when not measured).
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.pids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.killed.contains(i))
+            .map(|(_, pid)| *pid)
+            .collect()
     }
 
     /// Stops the started servers; returns the lines of their logs (warnings

@@ -104,5 +104,57 @@ async fn fanout_and_storm_across_three_nodes_lose_nothing() {
         run.correctness.deliveries_expected
     );
     assert_eq!(report.failures(), 0);
+
+    // The same, but the storm is the last node's death: its clients move to
+    // the other subscriber node with their cursors, the others stay.
+    let database_url = pg.create_database().expect("a fresh database");
+    let killed = herald_load::Cli::try_parse_from([
+        "herald-load".as_ref(),
+        "storm".as_ref(),
+        "--kill-node".as_ref(),
+        "--nodes".as_ref(),
+        "3".as_ref(),
+        "--database-url".as_ref(),
+        database_url.as_str().as_ref(),
+        "--nats-url".as_ref(),
+        nats_url.as_str().as_ref(),
+        "--clients".as_ref(),
+        "20".as_ref(),
+        "--topics".as_ref(),
+        "4".as_ref(),
+        "--rate".as_ref(),
+        "50".as_ref(),
+        "--before-secs".as_ref(),
+        "1".as_ref(),
+        "--after-secs".as_ref(),
+        "2".as_ref(),
+        "--herald-bin".as_ref(),
+        bin.as_os_str(),
+    ])
+    .expect("the arguments are valid");
+    let report = herald_load::run(killed)
+        .await
+        .expect("storm --kill-node runs");
+    let Runs::Storm(runs) = &report.runs else {
+        panic!("storm reports storm runs");
+    };
+    let run = &runs[0];
+    assert_eq!(run.killed_node, Some(3));
+    assert_eq!(run.storm_clients, 10, "half the clients were on node 3");
+    assert_eq!(run.resumed, 10, "every client of the killed node resumed");
+    assert_eq!(run.not_resumed, 0);
+    assert_eq!(run.correctness.lost, 0, "lost events");
+    assert_eq!(run.correctness.duplicates, 0, "duplicated events");
+    assert_eq!(run.correctness.order_violations, 0, "events out of order");
+    assert_eq!(run.correctness.unfinished, 0);
+    assert_eq!(
+        run.correctness.deliveries,
+        run.correctness.deliveries_expected
+    );
+    assert!(
+        run.server_cpu_secs.is_some(),
+        "the survivors' CPU is counted"
+    );
+    assert_eq!(report.failures(), 0);
     drop((pg, nats));
 }

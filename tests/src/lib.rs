@@ -9,6 +9,7 @@
 //! - [`procs`]: ports, processes, watchdogs
 //! - [`otlp`]: a tiny OTLP/HTTP (JSON) span receiver
 //! - [`prom`]: a Prometheus text format parser
+//! - [`push`]: local stand-ins of the push services (Web Push, FCM, APNs)
 
 pub mod app;
 pub mod chaos;
@@ -18,3 +19,4 @@ pub mod otlp;
 pub mod pg;
 pub mod procs;
 pub mod prom;
+pub mod push;

@@ -24,6 +24,13 @@
 //! A client that the server closes later (a slow consumer, `4008`) or whose
 //! connection fails reconnects the same way; that is counted under
 //! `closed_after_storm`.
+//!
+//! With `--kill-node` the storm is a node's death instead: the last of
+//! three or more started nodes is SIGKILLed, and only its clients
+//! reconnect, each to one of the other nodes that hold clients, with its
+//! cursor. What is measured is how long until every one of them is resumed
+//! there, and whether anything was lost; the other clients stay connected
+//! throughout. The server's CPU figures then cover the surviving nodes.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -136,6 +143,12 @@ pub struct StormArgs {
     /// Seconds one publish may take before it counts as a `timeout` error.
     #[arg(long, env = "HERALD_LOAD_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
+    /// Instead of cutting every client at the storm, SIGKILL the last node:
+    /// its clients reconnect with their cursors to the other nodes that hold
+    /// clients. Needs `--nodes 3` or more started by this tool (the first
+    /// takes the publishes) and one `--clients` count.
+    #[arg(long, env = "HERALD_LOAD_KILL_NODE")]
+    pub kill_node: bool,
 }
 
 /// The checked settings of a `storm` invocation.
@@ -169,6 +182,8 @@ pub struct StormSettings {
     pub open_timeout_secs: u64,
     /// `--request-timeout-secs`.
     pub request_timeout_secs: u64,
+    /// `--kill-node`.
+    pub kill_node: bool,
 }
 
 impl Scenario for StormArgs {
@@ -211,6 +226,9 @@ impl Scenario for StormArgs {
             bail!("--data-bytes must be at most 61440");
         }
         check_connecting(self.open_concurrency, self.source_ips)?;
+        if self.kill_node && self.clients.len() != 1 {
+            bail!("--kill-node: one --clients count (the killed node stays dead)");
+        }
         Ok(StormSettings {
             clients: self.clients.clone(),
             topics: self.topics,
@@ -226,6 +244,7 @@ impl Scenario for StormArgs {
             connect_timeout_secs: self.connect_timeout_secs,
             open_timeout_secs: self.open_timeout_secs,
             request_timeout_secs: self.request_timeout_secs,
+            kill_node: self.kill_node,
         })
     }
 
@@ -247,6 +266,12 @@ impl Scenario for StormArgs {
 
     async fn run(settings: &StormSettings, target: &mut Target) -> anyhow::Result<Runs> {
         let endpoints = subscriber_endpoints(target).await?;
+        if settings.kill_node && (target.node_urls.len() < 3 || target.pids.is_empty()) {
+            bail!(
+                "--kill-node: start three nodes or more here (--nodes 3): the first takes the \
+                 publishes, the last is killed, the others take its clients"
+            );
+        }
         for &pid in &target.pids {
             let most = settings.clients.iter().copied().max().unwrap_or(0);
             check_server_fd_limit(pid, most + settings.publishers)?;
@@ -260,7 +285,7 @@ impl Scenario for StormArgs {
             let topics: Vec<String> = (0..settings.topics.min(clients))
                 .map(|i| format!("{TOPIC_PREFIX}.storm.{tag}.r{}.t{i}", runs.len()))
                 .collect();
-            runs.push(run_once(settings, target, &endpoints, clients, &topics).await?);
+            runs.push(run_once(settings, &mut *target, &endpoints, clients, &topics).await?);
             if !target.is_running() {
                 bail!("the server exited during the run with {clients} clients");
             }
@@ -274,6 +299,10 @@ impl Scenario for StormArgs {
 pub struct StormFigures {
     /// Herald nodes (publishes to the first, clients on the others).
     pub nodes: usize,
+    /// With `--kill-node`: the node killed (1-based), whose clients moved.
+    pub killed_node: Option<usize>,
+    /// Clients that had to resume: all of them, or those of the killed node.
+    pub storm_clients: usize,
     /// Clients (WebSocket connections).
     pub clients: usize,
     /// Topics they are spread over.
@@ -288,8 +317,9 @@ pub struct StormFigures {
     pub publish_errors: BTreeMap<String, u64>,
     /// Publishes answered per second.
     pub publish_events_per_sec: f64,
-    /// Clients that resumed (reconnected, subscribed, caught up with the
-    /// head announced at resubscription) within `--resume-timeout-secs`.
+    /// Of the storm's clients, those that resumed (reconnected, subscribed,
+    /// caught up with the head announced at resubscription) within
+    /// `--resume-timeout-secs`.
     pub resumed: u64,
     /// Clients that did not (must be 0).
     pub not_resumed: u64,
@@ -359,11 +389,14 @@ pub fn render(runs: &[StormFigures]) -> String {
     ]);
     for r in runs {
         table.row(vec![
-            r.nodes.to_string(),
+            match r.killed_node {
+                Some(node) => format!("{} (killed {node})", r.nodes),
+                None => r.nodes.to_string(),
+            },
             r.clients.to_string(),
             r.topics.to_string(),
             r.events.to_string(),
-            format!("{}/{}", r.resumed, r.clients),
+            format!("{}/{}", r.resumed, r.storm_clients),
             format!("{:.1}", r.reconnect_latency.p50_ms),
             format!("{:.1}", r.reconnect_latency.p99_ms),
             format!("{:.1}", r.resume_latency.p50_ms),
@@ -434,6 +467,8 @@ pub fn render(runs: &[StormFigures]) -> String {
 /// What every client task shares.
 struct Shared {
     endpoints: Vec<Endpoint>,
+    /// With `--kill-node`: the index in `endpoints` of the node killed.
+    victim: Option<usize>,
     topics: Vec<String>,
     connect_timeout: Duration,
     permits: Semaphore,
@@ -477,7 +512,21 @@ async fn client_task(
 ) -> Tally {
     let topic_index = index % shared.topics.len();
     let topic = shared.topics[topic_index].clone();
-    let endpoint = &shared.endpoints[index % shared.endpoints.len()];
+    let home = index % shared.endpoints.len();
+    let endpoint = &shared.endpoints[home];
+    // With a node to kill, only its clients move (to one of the others);
+    // the rest never leave.
+    let (moves, endpoint_after) = match shared.victim {
+        None => (true, endpoint),
+        Some(victim) if home == victim => {
+            let others = shared.endpoints.len() - 1;
+            (
+                true,
+                &shared.endpoints[(index / shared.endpoints.len()) % others],
+            )
+        }
+        Some(_) => (false, endpoint),
+    };
     let mut tally = Tally {
         topic: topic_index,
         ..Tally::default()
@@ -504,7 +553,9 @@ async fn client_task(
             return tally;
         }
     };
-    // Before the storm.
+    // Before the storm. With a node to kill, clients do not leave at the
+    // storm: those of the killed node are cut by its death.
+    let cut_at_storm = shared.victim.is_none();
     let storm_at = loop {
         let ended = match ws.as_mut() {
             Some(conn) => {
@@ -515,7 +566,7 @@ async fn client_task(
                     index,
                     &mut batch,
                     None,
-                    Some(&mut storm),
+                    cut_at_storm.then_some(&mut storm),
                 )
                 .await
             }
@@ -529,6 +580,10 @@ async fn client_task(
             Ended::End => {
                 shared.shards.record(index, &mut batch);
                 return tally;
+            }
+            // The killed node's death, once the storm has begun.
+            Ended::Closed(_) if !cut_at_storm && moves && storm.borrow().is_some() => {
+                break storm.borrow().unwrap_or_else(Instant::now);
             }
             Ended::Closed(why) => {
                 tally.closed_before.get_or_insert(why);
@@ -549,7 +604,13 @@ async fn client_task(
             let cursor = format!("{topic}:{}", tally.seqs.contiguous);
             let attempt = tokio::time::timeout(
                 shared.connect_timeout,
-                client::ws_subscribe_since(endpoint, source, &topic, Some(&cursor), WS_READ_BUFFER),
+                client::ws_subscribe_since(
+                    endpoint_after,
+                    source,
+                    &topic,
+                    Some(&cursor),
+                    WS_READ_BUFFER,
+                ),
             )
             .await
             .unwrap_or_else(|_| Err(OpenError("timeout".into())));
@@ -563,7 +624,7 @@ async fn client_task(
             }
         };
         let resubscribed = storm_at.elapsed();
-        let catch_up = if tally.resumed {
+        let catch_up = if tally.resumed || !moves {
             None
         } else if tally.seqs.contiguous >= head {
             tally.resumed = true;
@@ -657,6 +718,8 @@ fn micros(d: Duration) -> u64 {
 struct Opened {
     /// How many.
     count: usize,
+    /// How many the storm makes reconnect: all, or the killed node's.
+    storm_clients: usize,
     shared: Arc<Shared>,
     tasks: JoinSet<Tally>,
     /// Each client's (resubscribed, resumed) times after the storm.
@@ -702,15 +765,22 @@ struct Drained {
 /// what it measured.
 async fn run_once(
     settings: &StormSettings,
-    target: &Target,
+    target: &mut Target,
     endpoints: &[Endpoint],
     clients: usize,
     topics: &[String],
 ) -> anyhow::Result<StormFigures> {
-    let mut opened = open(settings, endpoints, clients, topics).await?;
-    let publishing = publish(settings, target, topics)?;
-    let storm = storm(settings, target, &publishing, &mut opened).await?;
-    let drained = drain_clients(settings, target, &mut opened.tasks, publishing, topics).await?;
+    // With a node to kill: the last one, and CPU is measured on the others
+    // from the start, so that every figure covers the same processes.
+    let victim = settings.kill_node.then(|| endpoints.len() - 1);
+    let measured: Vec<u32> = match victim {
+        Some(_) => target.pids[..target.pids.len() - 1].to_vec(),
+        None => target.pids.clone(),
+    };
+    let mut opened = open(settings, endpoints, victim, clients, topics).await?;
+    let publishing = publish(settings, target, &measured, topics)?;
+    let storm = storm(settings, target, &measured, &publishing, &mut opened).await?;
+    let drained = drain_clients(settings, &measured, &mut opened.tasks, publishing, topics).await?;
     measure(settings, target, topics, &opened, storm, drained)
 }
 
@@ -718,6 +788,7 @@ async fn run_once(
 async fn open(
     settings: &StormSettings,
     endpoints: &[Endpoint],
+    victim: Option<usize>,
     clients: usize,
     topics: &[String],
 ) -> anyhow::Result<Opened> {
@@ -727,6 +798,7 @@ async fn open(
     let (storm_tx, storm_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         endpoints: endpoints.to_vec(),
+        victim,
         topics: topics.to_vec(),
         connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
         permits: Semaphore::new(settings.open_concurrency),
@@ -752,8 +824,13 @@ async fn open(
         "clients",
     )
     .await?;
+    let storm_clients = match victim {
+        Some(v) => (0..clients).filter(|i| i % endpoints.len() == v).count(),
+        None => clients,
+    };
     Ok(Opened {
         count: clients,
+        storm_clients,
         shared,
         tasks,
         resumed: resumed_rx,
@@ -766,12 +843,13 @@ async fn open(
 fn publish(
     settings: &StormSettings,
     target: &Target,
+    pids: &[u32],
     topics: &[String],
 ) -> anyhow::Result<Publishing> {
     let authorization = authorization(target)?;
     let request_timeout = Duration::from_secs(settings.request_timeout_secs);
     let publish_secs = settings.before_secs + settings.after_secs;
-    let before = Sample::take(&target.pids)?;
+    let before = Sample::take(pids)?;
     let plan = Plan {
         topics: topics.to_vec(),
         rate: Rate::PerSec(settings.rate),
@@ -796,20 +874,25 @@ fn publish(
 /// connection at once, and waits until every one has resumed.
 async fn storm(
     settings: &StormSettings,
-    target: &Target,
+    target: &mut Target,
+    pids: &[u32],
     publishing: &Publishing,
     opened: &mut Opened,
 ) -> anyhow::Result<Storm> {
     let start = publishing.shared.start;
     tokio::time::sleep_until((start + Duration::from_secs(settings.before_secs)).into()).await;
-    let began = Sample::take(&target.pids)?;
+    let began = Sample::take(pids)?;
     let storm_at = began.at;
     let _ = opened.storm.send(Some(storm_at));
+    if settings.kill_node {
+        let last = target.node_urls.len() - 1;
+        target.kill_node(last)?;
+    }
     let resume_deadline = storm_at + Duration::from_secs(settings.resume_timeout_secs);
     let mut reconnect = latency_histogram();
     let mut resume = latency_histogram();
     let mut resumed = 0u64;
-    while resumed < opened.count as u64 {
+    while resumed < opened.storm_clients as u64 {
         match tokio::time::timeout_at(resume_deadline.into(), opened.resumed.recv()).await {
             Ok(Some((reconnected_after, resumed_after))) => {
                 reconnect.saturating_record(micros(reconnected_after));
@@ -819,7 +902,7 @@ async fn storm(
             Ok(None) | Err(_) => break,
         }
     }
-    let ended = Sample::take(&target.pids)?;
+    let ended = Sample::take(pids)?;
     Ok(Storm {
         began,
         ended,
@@ -833,7 +916,7 @@ async fn storm(
 /// waits for every client to have its own (at most `--drain-secs`).
 async fn drain_clients(
     settings: &StormSettings,
-    target: &Target,
+    pids: &[u32],
     tasks: &mut JoinSet<Tally>,
     publishing: Publishing,
     topics: &[String],
@@ -850,7 +933,7 @@ async fn drain_clients(
     let end_seqs = publish_ends(&end_client, &shared.url, &shared.authorization, topics).await?;
     let drain_deadline = Instant::now() + Duration::from_secs(settings.drain_secs);
     let (tallies, unfinished) = drain(tasks, drain_deadline, "client").await?;
-    let after = Sample::take(&target.pids)?;
+    let after = Sample::take(pids)?;
     tasks.shutdown().await;
     Ok(Drained {
         start: shared.start,
@@ -901,9 +984,11 @@ fn measure(
         .as_secs_f64()
         .max(1e-9);
     let clients = opened.count;
-    let not_resumed = clients as u64 - storm.resumed;
+    let not_resumed = (opened.storm_clients as u64).saturating_sub(storm.resumed);
     Ok(StormFigures {
         nodes: target.node_urls.len(),
+        killed_node: settings.kill_node.then_some(target.node_urls.len()),
+        storm_clients: opened.storm_clients,
         clients,
         topics: topics.len(),
         rate: settings.rate,

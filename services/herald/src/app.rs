@@ -25,8 +25,8 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     node: web::Data<Node>,
-    /// Kept for the life of the server.
-    _streams: Arc<Streams>,
+    /// The stream threads, stopped after the drain.
+    streams: Arc<Streams>,
 }
 
 impl Application {
@@ -78,8 +78,11 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let stream_build = build.clone();
-        let streams = Arc::new(Streams::start(threads, Box::new(stream_build)));
+        let make: http::front::MakeApplication = Arc::new(build.clone());
+        let streams = Streams::start(threads, make, node.hubs.clone())
+            .await
+            .context("starting the stream threads")?;
+        let streams = Arc::new(streams);
         let mut server = actix_server::Server::build()
             // The drain owns SIGTERM and SIGINT (see `crate::drain`).
             .disable_signals()
@@ -123,7 +126,7 @@ impl Application {
             server,
             port: addr.port(),
             node,
-            _streams: streams,
+            streams,
         })
     }
 
@@ -137,6 +140,9 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let result =
             crate::drain::serve(self.server, self.node.gate.clone(), &self.node.connections).await;
+        // In order: the HTTP workers have stopped; then the stream threads
+        // (their streams drained), then the node's own tasks.
+        self.streams.stop().await;
         self.node.stop();
         // Acknowledgments taken but not yet written go to the store now.
         self.node.env.acks.flush_all().await;

@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::app::Application;
 use crate::auth::token::now_secs;
 use crate::auth::{Claims, HeraldClaims, Minter};
-use crate::config::{Cli, Command, MigrateArgs, PublishArgs, ServeArgs, TokenArgs};
+use crate::config::{Cli, Command, KeyKind, MigrateArgs, PublishArgs, ServeArgs, TokenArgs};
 
 /// Entry point of the `herald` binary.
 pub fn main() -> anyhow::Result<()> {
@@ -19,6 +19,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args),
         Command::Publish(args) => runtime()?.block_on(publish(args)),
         Command::Subscribe(args) => runtime()?.block_on(crate::subscribe::run(args)),
+        Command::Keys(args) => {
+            keys(args.kind);
+            Ok(())
+        }
     }
 }
 
@@ -78,6 +82,17 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", minter.mint(&claims)?);
     Ok(())
+}
+
+fn keys(kind: KeyKind) {
+    match kind {
+        KeyKind::Vapid => {
+            let (private, public) = crate::push::webpush::generate_keys();
+            println!("HERALD_VAPID_PRIVATE_KEY={private}");
+            println!("# the public key (applicationServerKey; GET /v1/push/vapid serves it):");
+            println!("HERALD_VAPID_PUBLIC_KEY={public}");
+        }
+    }
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {

@@ -88,6 +88,23 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's events as JSON lines.
     Subscribe(SubscribeArgs),
+    /// Make keys.
+    Keys(KeysArgs),
+}
+
+/// `herald keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub kind: KeyKind,
+}
+
+/// Which keys `herald keys` makes.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyKind {
+    /// A new VAPID key pair for Web Push: the private key for
+    /// HERALD_VAPID_PRIVATE_KEY and the public key pages subscribe with.
+    Vapid,
 }
 
 /// A secret that never prints.
@@ -211,6 +228,8 @@ pub struct ServeArgs {
     pub keys: KeyArgs,
     #[command(flatten)]
     pub acks: AckArgs,
+    #[command(flatten)]
+    pub push: crate::push::PushArgs,
     /// Development mode: without a configured key, make a random one and print a ready admin token.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -425,6 +444,7 @@ impl ServeArgs {
             "HERALD_JWT_SECRET",
             "no token key is configured: set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY, or run with --dev",
         )?;
+        self.push.validate()?;
         Ok(())
     }
 

@@ -19,6 +19,8 @@
 //! - [`bus`]: carries committed events to every node's hubs (in-process, NATS)
 //! - [`publish`]: the publish pipeline: parse, authorize, group commit, then the bus
 //! - [`ack`]: acknowledgments: cumulative per subscriber and topic, coalesced per node and written to the store
+//! - [`push`]: push to offline devices: devices, the outbox and its
+//!   scheduler, Web Push, FCM and APNs
 //! - [`session`]: connections (WebSocket, SSE, polling): the session actor,
 //!   the catch-up machine, outbound queues, the node's gate
 //! - [`node`]: one node's parts, built in dependency order
@@ -44,6 +46,7 @@ pub mod http;
 pub mod hub;
 pub mod node;
 pub mod publish;
+pub mod push;
 pub mod session;
 pub mod store;
 pub mod subscribe;

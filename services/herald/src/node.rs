@@ -52,6 +52,8 @@ pub struct Node {
     pub gate: Arc<Gate>,
     /// Ticket settings.
     pub tickets: Tickets,
+    /// Push to offline devices (its scheduler runs when a provider is configured).
+    pub push: Arc<crate::push::Push>,
     pub settings: NodeSettings,
     /// The pruner and the revocation refresher; stopped with the node.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -98,6 +100,8 @@ impl Node {
             settings.acks.ack_max_pending,
         );
         let ack_flusher = acks.spawn_flusher();
+        let push = crate::push::Push::build(&settings.push, store.clone(), acks.clone())
+            .context("setting up push")?;
 
         let pacing = crate::hub::Pacing {
             lag_limit: Duration::from_millis(settings.pace_lag_ms),
@@ -160,6 +164,10 @@ impl Node {
         );
         let refresher =
             spawn_revocation_refresher(env.clone(), revocations_seen, settings.revocation_ttl_secs);
+        let mut tasks = vec![pruner, refresher, ack_flusher];
+        if push.enabled() {
+            tasks.push(push.spawn_scheduler());
+        }
 
         Ok(Node {
             store,
@@ -188,7 +196,8 @@ impl Node {
                 }),
                 revocation_ttl_secs: settings.revocation_ttl_secs,
             },
-            tasks: vec![pruner, refresher, ack_flusher],
+            push,
+            tasks,
         })
     }
 

@@ -17,6 +17,7 @@ mod observability;
 mod openapi;
 mod pacing;
 mod publish;
+mod push;
 mod raw;
 mod reliability;
 mod security;

@@ -245,6 +245,11 @@ async fn metrics_parse_and_move_as_clients_publish_subscribe_resume_and_disconne
         let named = metric_names(&text);
         assert!(!named.is_empty(), "{file} names no metric");
         for name in &named {
+            // Recorded only once a push is sent (this node has no push
+            // provider): the push tests check it is served (push::webpush).
+            if name.starts_with("herald_push_delay_seconds") {
+                continue;
+            }
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))

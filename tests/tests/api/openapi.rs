@@ -8,13 +8,15 @@ use herald_tests::app::spawn_app;
 use serde_json::Value;
 
 /// The `(METHOD, path)` pairs registered by the `routes` functions of
-/// services/herald/src/http/mod.rs and http/assets.rs: every path literal
-/// there, with the `web::METHOD()` that follows it.
+/// services/herald/src/http/mod.rs, http/assets.rs and http/devices.rs:
+/// every path literal there, with each `web::METHOD()` that follows it
+/// before the next path.
 fn registered_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     for source in [
         include_str!("../../../services/herald/src/http/mod.rs"),
         include_str!("../../../services/herald/src/http/assets.rs"),
+        include_str!("../../../services/herald/src/http/devices.rs"),
     ] {
         let start = source
             .find("pub fn routes(")
@@ -23,13 +25,19 @@ fn registered_routes() -> BTreeSet<(String, String)> {
         let body = &body[..body.find("\n}\n").expect("routes() ends")];
         for piece in body.split("\"/").skip(1) {
             let path = format!("/{}", piece.split('"').next().expect("a closed literal"));
-            let method = piece
+            let methods: Vec<&str> = piece
                 .split("web::")
                 .skip(1)
                 .filter_map(|rest| rest.split("()").next())
-                .find(|m| ["get", "post", "put", "delete", "patch"].contains(m))
-                .expect("a route names its method as web::METHOD()");
-            routes.insert((method.to_uppercase(), path));
+                .filter(|m| ["get", "post", "put", "delete", "patch"].contains(m))
+                .collect();
+            assert!(
+                !methods.is_empty(),
+                "a route names its method as web::METHOD()"
+            );
+            for method in methods {
+                routes.insert((method.to_uppercase(), path.clone()));
+            }
         }
     }
     assert!(routes.len() >= 14, "routes() was not read: {routes:?}");

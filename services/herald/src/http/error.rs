@@ -35,6 +35,12 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("{0}")]
     TooManyTopics(String),
+    /// A device registration that is not one (`POST /v1/devices`).
+    #[error("{0}")]
+    InvalidDevice(String),
+    /// A subject at its bound of devices.
+    #[error("{0}")]
+    TooManyDevices(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::InvalidCursor(_) => "invalid_cursor",
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::TooManyTopics(_) => "too_many_topics",
+            ApiError::InvalidDevice(_) => "invalid_device",
+            ApiError::TooManyDevices(_) => "too_many_devices",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
@@ -115,6 +123,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+            StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             StatusCode::REQUEST_TIMEOUT => "Request timeout",
             StatusCode::TOO_MANY_REQUESTS => "Too many requests",
@@ -177,10 +186,12 @@ impl ResponseError for ApiError {
             | ApiError::InvalidCursor(_)
             | ApiError::InvalidParameter(_)
             | ApiError::TooManyTopics(_)
-            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadRequest(_)
+            | ApiError::InvalidDevice(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyDevices(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::OriginNotAllowed(_) | ApiError::HostNotAllowed(_) => StatusCode::FORBIDDEN,

@@ -1,5 +1,5 @@
 //! HTTP routes: publish, subscribe (WebSocket, SSE, polling), tickets,
-//! revocation, health, metrics, node statistics, the embedded client and
+//! revocation, push devices, health, metrics, node statistics, the embedded client and
 //! console. Handlers are short: extract, call the core, map the result;
 //! they take the [`Node`](crate::node::Node), and nothing below this module
 //! knows about HTTP.
@@ -9,6 +9,7 @@ mod admin;
 mod assets;
 mod auth;
 pub mod console;
+mod devices;
 pub mod error;
 pub mod extract;
 pub mod front;
@@ -81,6 +82,7 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
             )
             .service(browser("/v1/sse", "GET", web::get().to(sse::sse)))
             .service(browser("/v1/poll", "GET", web::get().to(poll::poll)))
+            .configure(devices::routes(origins.clone()))
             .configure(assets::routes);
     }
 }
@@ -90,12 +92,18 @@ pub fn routes(origins: Arc<OriginPolicy>) -> impl Fn(&mut web::ServiceConfig) {
 pub(crate) fn only(path: &str, allow: &'static str, route: Route) -> Resource {
     web::resource(path)
         .route(route)
-        .default_service(web::to(move |req: HttpRequest| async move {
-            Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-                allow,
-                detail: format!("{} serves {allow}, not {}", req.path(), req.method()),
-            })
-        }))
+        .default_service(other_methods(allow))
+}
+
+/// The default service of a resource whose routes serve the methods
+/// `allow` (`GET` or `GET, POST`): `405` with `Allow: {allow}`.
+pub(crate) fn other_methods(allow: &'static str) -> Route {
+    web::to(move |req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+            allow,
+            detail: format!("{} serves {allow}, not {}", req.path(), req.method()),
+        })
+    })
 }
 
 /// Answers unknown routes with a problem document.

@@ -172,11 +172,35 @@ pub fn register(hubs: &Hubs, id: u64, topics: &[Topic], member: &Member) -> Read
     })
 }
 
+/// Starts this thread's hub now: a stream thread does before it takes its
+/// first connection.
+pub fn join_thread(hubs: &Hubs) {
+    ensure_hub(hubs);
+}
+
+/// This thread holds no more connections: its hub leaves the node's set,
+/// and its registry and hub go now, while the thread still runs (not when
+/// its thread-locals are destroyed).
+pub fn leave_thread(hubs: &Hubs) {
+    if let Some(flags) = FLAGS.with(|f| f.borrow_mut().take()) {
+        hubs.hubs
+            .write()
+            .retain(|(_, other)| !Arc::ptr_eq(other, &flags));
+    }
+    HUB.with(|h| h.borrow_mut().take());
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        let topics: Vec<Topic> = r.topics.keys().cloned().collect();
+        for topic in &topics {
+            r.forget(topic);
+        }
+        *r = Registry::default();
+    });
+}
+
 /// Removes connection `id` from `topics` on this thread's hub.
 pub fn unregister(id: u64, topics: &[Topic]) {
-    // A thread that is stopping drops its sessions while it destroys its
-    // thread-locals: the registry may be gone already, and with it the entries.
-    let _ = REGISTRY.try_with(|r| {
+    REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
         for topic in topics {
             if let Some(members) = r.topics.get_mut(topic) {

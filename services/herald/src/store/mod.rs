@@ -6,6 +6,8 @@
 //! commits; every transport resumes from it.
 
 pub mod acks;
+pub mod devices;
+pub mod outbox;
 mod plan;
 mod postgres;
 mod revocations;
@@ -18,6 +20,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use acks::{AckRow, AckWrite};
+pub use devices::{DeviceRecord, DeviceStore, Registered, Registration};
+pub use outbox::{Candidate, Claimed, Due, FeedRow, OutboxStore, Planner, Scheduled};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -129,9 +133,10 @@ pub enum StoreError {
     Url(String),
 }
 
-/// A durable per-topic event log.
+/// A durable per-topic event log (and, as [`DeviceStore`] and
+/// [`OutboxStore`], the devices and due pushes of push to offline devices).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DeviceStore + OutboxStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn kind(&self) -> &'static str;
 

@@ -23,7 +23,9 @@ use crate::topic::Topic;
 
 /// The Postgres store.
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
+    /// Whether commits write the push feed (`store::outbox`).
+    pub(super) push_feed: std::sync::atomic::AtomicBool,
 }
 
 impl PostgresStore {
@@ -35,7 +37,10 @@ impl PostgresStore {
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            push_feed: Default::default(),
+        })
     }
 }
 
@@ -150,6 +155,9 @@ impl Store for PostgresStore {
             .bind(&head_seqs)
             .execute(&mut *tx)
             .await?;
+            if self.push_feed.load(std::sync::atomic::Ordering::Relaxed) {
+                super::outbox::feed_postgres(&mut tx, &plan.rows, time_ms).await?;
+            }
         }
         tx.commit().await.map_err(commit_failed)?;
         Ok(plan.answers)

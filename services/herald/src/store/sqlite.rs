@@ -24,7 +24,9 @@ use crate::topic::Topic;
 
 /// The SQLite store.
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
+    /// Whether commits write the push feed (`store::outbox`).
+    pub(super) push_feed: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -43,7 +45,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            push_feed: Default::default(),
+        })
     }
 }
 
@@ -111,6 +116,9 @@ impl Store for SqliteStore {
             .bind(to_i64(*head))
             .execute(&mut *tx)
             .await?;
+        }
+        if self.push_feed.load(std::sync::atomic::Ordering::Relaxed) {
+            super::outbox::feed_sqlite(&mut tx, &plan.rows, time_ms).await?;
         }
         tx.commit().await?;
         Ok(plan.answers)

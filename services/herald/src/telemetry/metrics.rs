@@ -182,6 +182,7 @@ pub fn install() {
         super::acks::observe(&meter);
         super::front::observe(&meter);
         super::tickets::observe(&meter);
+        super::push::observe(&meter);
         let histogram = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)

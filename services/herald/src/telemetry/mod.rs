@@ -18,6 +18,7 @@
 pub mod acks;
 pub mod front;
 pub mod metrics;
+pub mod push;
 pub mod tickets;
 pub mod trace;
 

@@ -564,6 +564,11 @@ async fn a_method_a_path_does_not_serve_is_answered_405_with_allow() {
         ("POST", "/v1/dev/token", "GET"),
         ("POST", "/client.js", "GET"),
         ("DELETE", "/", "GET"),
+        ("PUT", "/v1/devices", "GET, POST"),
+        ("GET", "/v1/devices/some-device", "DELETE"),
+        ("POST", "/v1/admin/devices", "DELETE"),
+        ("POST", "/v1/push/vapid", "GET"),
+        ("POST", "/push-sw.js", "GET"),
     ];
     for (method, path, allow) in cases {
         let answer = raw_exchange(
