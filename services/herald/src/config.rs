@@ -508,7 +508,8 @@ pub struct TokenArgs {
     /// Whether the token is an administrator's.
     #[arg(long)]
     pub admin: bool,
-    /// Lifetime, in seconds.
+    /// Lifetime, in seconds (a server refuses tokens living longer than its
+    /// HERALD_JWT_MAX_LIFETIME_SECS, 30 days by default).
     #[arg(long, default_value_t = 3600)]
     pub ttl_secs: u64,
     /// A token id (`jti`), for revocation of this one token.
