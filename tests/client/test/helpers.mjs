@@ -129,8 +129,16 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
     mode,
     url: '',
     cuts: 0,
-    /** Stops forwarding on every open connection without closing it (a dead path). */
+    frozen: false,
+    /**
+     * Stops forwarding on every open connection without closing it (a dead
+     * path), and holds every connection opened until `thaw()` without
+     * forwarding it either: a request that went out on a fresh connection
+     * just before the freeze must not slip past it.
+     */
     freeze() {
+      proxy.frozen = true;
+      for (const s of sockets) s.pause();
       for (const [a, b] of pairs) {
         a.unpipe(b);
         b.unpipe(a);
@@ -138,6 +146,10 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
         b.pause();
       }
       pairs.length = 0;
+    },
+    /** New connections are forwarded again; those held by `freeze()` stay dead. */
+    thaw() {
+      proxy.frozen = false;
     },
     cut() {
       proxy.cuts++;
@@ -153,7 +165,9 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     client.on('error', () => {});
+    if (proxy.frozen) return client.pause();
     client.once('data', (head) => {
+      if (proxy.frozen) return client.pause();
       if (proxy.block && proxy.block.test(head.toString('latin1'))) {
         if (proxy.mode === 'refuse') client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
         return;

@@ -139,7 +139,11 @@ for (const { name, transport, options } of VARIANTS) {
       // Deadlines scaled down: heartbeat 1 s, a ping unanswered for 1 s.
       const h = new Herald(proxy.url, { ...FAST, heartbeat: 1000, pongTimeout: 1000, ...options, token: server.token });
       const states = [];
-      h.on('state', (s) => states.push(s));
+      h.on('state', (s) => {
+        states.push(s);
+        // The path stays dead until the client has noticed.
+        if (s === 'reconnecting') proxy.thaw();
+      });
       const got = collector();
       h.subscribe(topic, got.handler, { since: 0 });
       try {
