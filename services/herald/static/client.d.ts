@@ -119,6 +119,23 @@ export class Herald {
   close(): void;
   /** Acknowledges `event` and everything before it on its topic. */
   ack(event: { topic: string; seq: number }): void;
+  /**
+   * Registers this browser for Web Push to offline devices: subscribes
+   * `registration.pushManager` with the server's VAPID key and posts the
+   * subscription to `/v1/devices` for `topics` (within the token's
+   * subscribe grants; `{sub}` allowed). Rejects with a HeraldError
+   * (`push_unsupported`, `not_found` when the server has no Web Push,
+   * `forbidden`, `invalid_topic`, `too_many_devices`, ...).
+   */
+  registerPush(registration: ServiceWorkerRegistration, options: { topics: string[] }): Promise<PushDevice>;
+}
+
+/** A device registered for push (`POST /v1/devices`). */
+export interface PushDevice {
+  id: string;
+  platform: 'webpush' | 'fcm' | 'apns';
+  topics: string[];
+  created_at: string;
 }
 
 export default Herald;
