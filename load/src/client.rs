@@ -36,12 +36,37 @@ const MAX_SSE_HEAD: usize = 4096;
 /// A WebSocket over plain TCP.
 pub type WsStream = WebSocketStream<TcpStream>;
 
+/// How a stream's request reaches the server on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arrival {
+    /// The stream's request is the connection's first.
+    First,
+    /// A `GET /healthz` goes first on the same connection, and its answer
+    /// is read: the stream's request is the connection's second, as for a
+    /// browser that minted a ticket first or a proxy's pooled upstream
+    /// connection.
+    AfterRequest,
+}
+
+impl Arrival {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arrival::First => "first",
+            Arrival::AfterRequest => "after-request",
+        }
+    }
+}
+
 /// Where subscribers connect, with which token.
 #[derive(Clone)]
 pub struct Endpoint {
     /// The server's IPv4 loopback address.
     pub server: SocketAddrV4,
     token: Arc<str>,
+    /// How each stream's request arrives on its connection.
+    pub arrival: Arrival,
 }
 
 impl Endpoint {
@@ -68,8 +93,77 @@ impl Endpoint {
         Ok(Endpoint {
             server,
             token: token.expose().into(),
+            arrival: Arrival::First,
         })
     }
+
+    /// A connection from `source` ready for a stream's request: connected,
+    /// and with a first request answered when the arrival asks for one.
+    pub async fn open(&self, source: Ipv4Addr) -> Result<TcpStream, OpenError> {
+        let mut stream = connect_from(source, self.server).await?;
+        if self.arrival == Arrival::AfterRequest {
+            request_first(&mut stream, self.server).await?;
+        }
+        Ok(stream)
+    }
+}
+
+/// `GET /healthz` on `stream`, its whole answer read (head and a
+/// `content-length` body), the connection kept alive for the next request.
+async fn request_first(stream: &mut TcpStream, server: SocketAddrV4) -> Result<(), OpenError> {
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| OpenError::io("write", &e))?;
+    let mut buf = [0u8; MAX_SSE_HEAD];
+    let mut len = 0;
+    let end = loop {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| OpenError::io("read", &e))?;
+        if n == 0 {
+            return Err(OpenError::new("closed_after_first"));
+        }
+        len += n;
+        if let Some(at) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if len == buf.len() {
+            return Err(OpenError::new("bad_response"));
+        }
+    };
+    match status_code(&buf[..end]) {
+        Some(200) => {}
+        Some(code) => return Err(OpenError(format!("first_http_{code}"))),
+        None => return Err(OpenError::new("bad_response")),
+    }
+    let body = content_length(&buf[..end]).ok_or_else(|| OpenError::new("bad_response"))?;
+    let mut left = body.saturating_sub(len - end);
+    while left > 0 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| OpenError::io("read", &e))?;
+        if n == 0 {
+            return Err(OpenError::new("closed_after_first"));
+        }
+        left = left.saturating_sub(n);
+    }
+    Ok(())
+}
+
+/// The `content-length` of a response head.
+fn content_length(head: &[u8]) -> Option<usize> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// Source addresses 127.0.0.1 ..= 127.0.0.N, taken in turn.
@@ -153,7 +247,7 @@ pub async fn ws_subscribe_since(
     since: Option<&str>,
     read_buffer: usize,
 ) -> Result<(WsStream, u64), OpenError> {
-    let stream = connect_from(source, endpoint.server).await?;
+    let stream = endpoint.open(source).await?;
     let mut request = format!("ws://{}/v1/ws", endpoint.server)
         .into_client_request()
         .map_err(|_| OpenError::new("request"))?;
@@ -229,7 +323,7 @@ pub async fn sse_subscribe(
     source: Ipv4Addr,
     topic: &str,
 ) -> Result<TcpStream, OpenError> {
-    let mut stream = connect_from(source, endpoint.server).await?;
+    let mut stream = endpoint.open(source).await?;
     let request = format!(
         "GET /v1/sse?topic={topic}&access_token={} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
         endpoint.token, endpoint.server
@@ -313,6 +407,14 @@ mod tests {
         assert_eq!(head_of(frame, "a.b"), Some(25));
         assert_eq!(head_of(frame, "c"), Some(0));
         assert_eq!(head_of(frame, "d"), None);
+    }
+
+    #[test]
+    fn content_lengths_parse() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 15\r\n\r\n";
+        assert_eq!(content_length(head), Some(15));
+        assert_eq!(content_length(b"HTTP/1.1 200 OK\r\n\r\n"), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`client`]: subscriber connections (WebSocket, SSE) from chosen source addresses
 //! - [`machine`]: what the machine is, for the record
 //! - [`report`]: each run's figures, the human table and the JSON record
+//! - [`nginx`]: nginx as a reverse proxy with an upstream keep-alive pool (`conns --via-nginx`)
 //! - [`wire`]: byte-counting connections and a minimal HTTP/1.1 client (`poll-cost`)
 //! - [`plot`]: SVG plots of latency distributions and memory per connection
 //! - [`kit`]: what the scenarios share: publishing, subscribing, frames and
@@ -23,6 +24,7 @@ pub mod client;
 pub mod cpu;
 pub mod kit;
 pub mod machine;
+pub mod nginx;
 pub mod plot;
 pub mod proc;
 pub mod report;

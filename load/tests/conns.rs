@@ -84,3 +84,78 @@ async fn twenty_websockets_on_their_own_topics_open_and_stay() {
 async fn twenty_sse_streams_on_one_topic_open_and_stay() {
     twenty("sse", "shared").await;
 }
+
+/// Twenty `transport` streams that arrive as `arrival` (through nginx when
+/// `via_nginx`): (streams the server took as first requests, as later ones).
+async fn twenty_arriving(transport: &str, arrival: &str, via_nginx: bool) -> (u64, u64) {
+    let bin = common::herald_binary();
+    let mut args: Vec<std::ffi::OsString> = [
+        "herald-load",
+        "conns",
+        "--transport",
+        transport,
+        "--arrival",
+        arrival,
+        "--count",
+        "20",
+        "--hold-secs",
+        "1",
+        "--source-ips",
+        "4",
+        "--open-concurrency",
+        "4",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if via_nginx {
+        args.push("--via-nginx".into());
+    }
+    args.push("--herald-bin".into());
+    args.push(bin.into_os_string());
+    let cli = herald_load::Cli::try_parse_from(args).expect("the arguments are valid");
+    let report = herald_load::run(cli).await.expect("the scenario runs");
+    let Runs::Conns(runs) = &report.runs else {
+        panic!("conns reports conns runs");
+    };
+    let run = &runs[0];
+    assert_eq!(run.arrival, arrival);
+    assert_eq!(run.via_nginx, via_nginx);
+    assert!(run.all_held(), "errors: {:?}", run.errors);
+    (
+        run.server_streams_first
+            .expect("the started server's metrics are read"),
+        run.server_streams_later
+            .expect("the started server's metrics are read"),
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streams_after_a_request_reach_the_server_as_later_requests_of_their_connection() {
+    for transport in ["ws", "sse"] {
+        assert_eq!(
+            twenty_arriving(transport, "first", false).await,
+            (20, 0),
+            "{transport}"
+        );
+        assert_eq!(
+            twenty_arriving(transport, "after-request", false).await,
+            (0, 20),
+            "{transport}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn behind_nginx_streams_reuse_pooled_upstream_connections() {
+    for transport in ["ws", "sse"] {
+        let (first, later) = twenty_arriving(transport, "after-request", true).await;
+        assert_eq!(first + later, 20, "{transport}");
+        // Four at a time: at most the first four need a new upstream
+        // connection; the rest take one the pool kept after a /healthz.
+        assert!(
+            later >= 10,
+            "{transport}: {later} of 20 streams on reused upstream connections"
+        );
+    }
+}

@@ -3,6 +3,13 @@
 //! costs the server in memory (resident size before and after, per
 //! connection) and how fast it accepts them.
 //!
+//! `--arrival after-request` sends a `GET /healthz` first on each
+//! connection, so the stream is the connection's second request;
+//! `--via-nginx` puts nginx in front, with a pool of upstream keep-alive
+//! connections (see [`crate::nginx`]). The record gives how many streams
+//! the server took as a later request of their connection
+//! (`herald_streams_accepted_total{request="later"}`).
+//!
 //! Connections are opened `--open-concurrency` at a time, spread over source
 //! addresses 127.0.0.1 ..= 127.0.0.N (see [`crate::client`]). Once open, a
 //! connection is a task that only reads (a WebSocket answers the server's
@@ -23,9 +30,10 @@ use tokio::task::JoinSet;
 
 use super::Scenario;
 use crate::cli::OutputArgs;
-use crate::client::{self, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
+use crate::client::{self, Arrival, DEFAULT_SOURCE_IPS, Endpoint, OpenError, Sources};
 use crate::kit::checks::check_connecting;
 use crate::kit::fds::{SPARE_FDS, check_server_fd_limit};
+use crate::nginx::{DEFAULT_NGINX_BIN, Nginx};
 use crate::report::{Latency, Runs, Table, fmt_counts, fmt_opt, latency_histogram};
 use crate::target::{TOPIC_PREFIX, Target, TargetArgs};
 use crate::{cpu, proc};
@@ -100,6 +108,17 @@ pub struct ConnsArgs {
     /// Connections to open and hold.
     #[arg(long, env = "HERALD_LOAD_COUNT", default_value_t = DEFAULT_COUNT)]
     pub count: usize,
+    /// Whether each stream is the first request of its connection or comes
+    /// after a `GET /healthz` on it.
+    #[arg(long, env = "HERALD_LOAD_ARRIVAL", value_enum, default_value_t = Arrival::First)]
+    pub arrival: Arrival,
+    /// Connect through nginx (started here, upstream keep-alive pool) instead
+    /// of to the server directly.
+    #[arg(long, env = "HERALD_LOAD_VIA_NGINX")]
+    pub via_nginx: bool,
+    /// The nginx binary for `--via-nginx`.
+    #[arg(long, env = "HERALD_LOAD_NGINX_BIN", default_value = DEFAULT_NGINX_BIN)]
+    pub nginx_bin: std::path::PathBuf,
     /// Each connection on its own topic, or all on one.
     #[arg(long, env = "HERALD_LOAD_TOPICS_MODE", value_enum, default_value_t = TopicMode::Own)]
     pub topics: TopicMode,
@@ -127,6 +146,10 @@ pub struct ConnsArgs {
 pub struct ConnsSettings {
     pub transport: Transport,
     pub count: usize,
+    pub arrival: Arrival,
+    pub via_nginx: bool,
+    #[serde(skip)]
+    pub nginx_bin: std::path::PathBuf,
     pub topics: TopicMode,
     pub hold_secs: u64,
     pub open_concurrency: usize,
@@ -164,6 +187,9 @@ impl Scenario for ConnsArgs {
         Ok(ConnsSettings {
             transport: self.transport,
             count: self.count,
+            arrival: self.arrival,
+            via_nginx: self.via_nginx,
+            nginx_bin: self.nginx_bin.clone(),
             topics: self.topics,
             hold_secs: self.hold_secs,
             open_concurrency: self.open_concurrency,
@@ -197,6 +223,16 @@ pub struct ConnsFigures {
     pub transport: &'static str,
     /// `own` (one topic per connection) or `shared` (one topic).
     pub topics: &'static str,
+    /// `first` or `after-request` (see `--arrival`).
+    pub arrival: &'static str,
+    /// Whether the connections went through nginx.
+    pub via_nginx: bool,
+    /// Streams the server accepted as a later request of their connection
+    /// during the run (its `herald_streams_accepted_total{request="later"}`
+    /// before and after), when its metrics could be read.
+    pub server_streams_later: Option<u64>,
+    /// The same, as the first request of their connection.
+    pub server_streams_first: Option<u64>,
     /// Connections asked for.
     pub count: usize,
     /// Connections opened (subscribed).
@@ -248,6 +284,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn render(runs: &[ConnsFigures]) -> String {
     let mut table = Table::new(&[
         "transport",
+        "arrival",
         "topics",
         "opened",
         "failed",
@@ -267,6 +304,11 @@ pub fn render(runs: &[ConnsFigures]) -> String {
     for r in runs {
         table.row(vec![
             r.transport.to_owned(),
+            format!(
+                "{}{}",
+                r.arrival,
+                if r.via_nginx { " via nginx" } else { "" }
+            ),
             r.topics.to_owned(),
             format!("{}/{}", r.opened, r.count),
             r.failed.to_string(),
@@ -289,6 +331,13 @@ pub fn render(runs: &[ConnsFigures]) -> String {
         if !r.errors.is_empty() {
             notes.push(format!("failed to open: {}", fmt_counts(&r.errors)));
         }
+        notes.push(format!(
+            "streams the server took as the first / a later request of their connection: {} / {}",
+            r.server_streams_first
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            r.server_streams_later
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        ));
         notes.push(format!(
             "server RSS right after opening {} MiB; server fds {} -> {}",
             mib(r.server_rss_open),
@@ -373,11 +422,21 @@ struct Idle {
 }
 
 async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<ConnsFigures> {
-    let endpoint = Endpoint::resolve(&target.base_url, &target.token).await?;
+    let mut endpoint = Endpoint::resolve(&target.base_url, &target.token).await?;
+    endpoint.arrival = settings.arrival;
+    // Kept running until the run is measured.
+    let _nginx = if settings.via_nginx {
+        let nginx = Nginx::start(&settings.nginx_bin, endpoint.server)?;
+        endpoint.server = nginx.addr;
+        Some(nginx)
+    } else {
+        None
+    };
     if let Some(pid) = target.pid {
         check_server_fd_limit(pid, settings.count)?;
     }
     let sources = Sources::new(settings.source_ips)?;
+    let streams_before = streams_accepted(&target.base_url).await;
     let before = Usage::take(target.pid)?;
     let mut opening = open(settings, endpoint, &sources).await;
     let at_open = AtOpen {
@@ -387,8 +446,37 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
         machine: cpu::machine_busy()?,
         opening_secs: opening.start.elapsed().as_secs_f64().max(1e-9),
     };
+    let streams_after = streams_accepted(&target.base_url).await;
     let idle = hold(settings, target, &mut opening).await?;
-    Ok(measure(settings, &before, &opening, &at_open, &idle))
+    let mut figures = measure(settings, &before, &opening, &at_open, &idle);
+    if let (Some(b), Some(a)) = (streams_before, streams_after) {
+        figures.server_streams_first = Some(a.0.saturating_sub(b.0));
+        figures.server_streams_later = Some(a.1.saturating_sub(b.1));
+    }
+    Ok(figures)
+}
+
+/// The server's `herald_streams_accepted_total` for `request="first"` and
+/// `request="later"`, from its `/metrics`; `None` when they cannot be read
+/// (another server, metrics off).
+async fn streams_accepted(base_url: &str) -> Option<(u64, u64)> {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let read = |request: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("herald_streams_accepted_total{")
+                    && l.contains(&format!("request=\"{request}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum::<u64>()
+    };
+    Some((read("first"), read("later")))
 }
 
 /// Opens `--count` connections, `--open-concurrency` at a time, for at most
@@ -500,6 +588,10 @@ fn measure(
     ConnsFigures {
         transport: settings.transport.name(),
         topics: settings.topics.name(),
+        arrival: settings.arrival.name(),
+        via_nginx: settings.via_nginx,
+        server_streams_later: None,
+        server_streams_first: None,
         count: settings.count,
         opened,
         failed: opening.errors.values().sum(),
