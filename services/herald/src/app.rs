@@ -23,7 +23,6 @@ use crate::node::Node;
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
-    port: u16,
     node: web::Data<Node>,
     /// The stream threads, stopped after the drain.
     streams: Arc<Streams>,
@@ -124,15 +123,9 @@ impl Application {
         tracing::info!(%addr, "listening");
         Ok(Application {
             server,
-            port: addr.port(),
             node,
             streams,
         })
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Serves until the server stops: the first SIGTERM or SIGINT drains the

@@ -29,26 +29,31 @@
 //! - [`app`]: building and running the server
 //! - [`subscribe`]: `herald subscribe`, a resuming client for every transport
 //! - [`cli`]: the `herald` command line
+//!
+//! The crate's API is what its tests, the load generator and the fuzz
+//! targets use: [`auth`] (claims, minting), [`cli`], [`event`], [`store`],
+//! [`topic`], [`push`] (Web Push keys) and [`fuzzing`]. Every other module
+//! is `pub(crate)`.
 #![forbid(unsafe_code)]
 
-pub mod ack;
-pub mod app;
+pub(crate) mod ack;
+pub(crate) mod app;
 pub mod auth;
-pub mod bus;
+pub(crate) mod bus;
 pub mod cli;
-pub mod close;
-pub mod config;
-pub mod drain;
+pub(crate) mod close;
+pub(crate) mod config;
+pub(crate) mod drain;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
-pub mod hub;
-pub mod node;
-pub mod publish;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod node;
+pub(crate) mod publish;
 pub mod push;
-pub mod session;
+pub(crate) mod session;
 pub mod store;
-pub mod subscribe;
-pub mod telemetry;
+pub(crate) mod subscribe;
+pub(crate) mod telemetry;
 pub mod topic;

@@ -145,7 +145,7 @@ struct DeleteAllQuery {
 
 /// `DELETE /v1/admin/devices?sub=U` (admin token): every device of `U`.
 async fn delete_all(
-    Admin(_): Admin,
+    _: Admin,
     query: web::Query<DeleteAllQuery>,
     node: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {

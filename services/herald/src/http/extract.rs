@@ -240,9 +240,9 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     Ok(node.access.verify(token)?)
 }
 
-/// The caller, authenticated by its bearer token, which must be an
+/// Proof that the caller is authenticated by its bearer token, an
 /// administrator's (`403 forbidden` otherwise).
-pub struct Admin(pub Principal);
+pub struct Admin;
 
 impl FromRequest for Admin {
     type Error = ApiError;
@@ -251,7 +251,7 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(authenticate(req).and_then(|principal| {
             if principal.admin {
-                Ok(Admin(principal))
+                Ok(Admin)
             } else {
                 Err(AuthError::Forbidden(format!(
                     "{} {} needs an admin token",

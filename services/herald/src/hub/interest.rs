@@ -143,11 +143,13 @@ impl Interest {
     }
 
     /// How many topics have local subscribers.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.topics.lock().len()
     }
 
     /// Whether no topic has a local subscriber.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -485,6 +485,7 @@ impl Hubs {
 impl Hubs {
     /// The largest fan-out lag of any thread (zero for a thread with nothing
     /// left to handle).
+    #[cfg(test)]
     pub fn fanout_lag(&self) -> Duration {
         let lag_us = self
             .hubs

@@ -26,7 +26,7 @@ use crate::event::{NewEvent, format_time_ms};
 use crate::hub::Hubs;
 use crate::store::{Appended, StoreError};
 pub use committer::{Committer, CommitterSettings};
-pub use parse::{MAX_LABEL_BYTES, parse};
+pub use parse::parse;
 pub use receipt::{Published, Receipt};
 
 /// Publish limits.

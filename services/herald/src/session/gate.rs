@@ -58,11 +58,6 @@ impl Gate {
         Ok(Admission(self.clone()))
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
     /// Stops admitting connections.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);

@@ -27,6 +27,6 @@ pub mod subs;
 pub mod ws;
 
 pub use crate::close::CloseReason;
-pub use actor::{Close, Session, State, Transport};
+pub use actor::{Close, Session, Transport};
 pub use connections::Connections;
 pub use env::{Env, SessionSettings};

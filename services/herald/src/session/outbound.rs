@@ -133,16 +133,13 @@ impl<T> Outbound<T> {
     }
 
     /// Frames waiting.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shared.items.load(Ordering::Acquire)
     }
 
-    /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes waiting.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.shared.bytes.load(Ordering::Acquire)
     }

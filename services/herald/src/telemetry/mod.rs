@@ -45,11 +45,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported over OTLP.
-    pub fn exporting(&self) -> bool {
-        self.tracer.is_some()
-    }
-
     /// Exports the spans still buffered and stops the exporter. Call it
     /// outside any async runtime (the OTLP/HTTP client blocks).
     pub fn shutdown(self) {
