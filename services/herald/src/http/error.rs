@@ -175,7 +175,9 @@ impl From<Refused> for ApiError {
             Refused::Draining => ApiError::Draining {
                 retry_after_secs: 1,
             },
-            Refused::Full(_) => ApiError::Unavailable(refused.to_string()),
+            Refused::Full(_) | Refused::TooManyWaiting(_) => {
+                ApiError::Unavailable(refused.to_string())
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `GET /v1/ws`: the handshake, admission, credentials (or none: the first
-//! frame may carry them), the upgrade; the session does the rest
+//! `GET /v1/ws`: the handshake, credentials (or none: the first frame may
+//! carry them), admission, the upgrade; the session does the rest
 //! (`session::ws`). The front door's connection reads and writes the frames
 //! (`http::front::ws`): it is the one WebSocket implementation, and a
 //! request that did not come through it is refused, never upgraded.
@@ -21,8 +21,14 @@ pub async fn ws(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse,
         ));
     };
     let mut response = actix_http::ws::handshake(req.head()).map_err(refused_handshake)?;
-    let admission = node.gate.enter()?;
+    // Credentials first: a connection's place goes only to a client whose
+    // credentials hold. One that will send them in its first frame waits
+    // in the gate's smaller waiting room until it does.
     let principal = subscriber_credential(&req, &node).await?;
+    let admission = match principal {
+        Some(_) => node.gate.enter()?,
+        None => node.gate.wait()?,
+    };
     let (feed, messages) = Upgrade::input();
     let frames = crate::session::ws::start(messages, principal, node.env.clone(), admission);
     upgrade.attach(frames, feed, node.env.settings.max_frame_bytes);

@@ -11,7 +11,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::gate::Admission;
+use super::gate::{Admission, Refused};
 use super::outbound::{self, OutboundRx};
 use super::{CloseReason, Env, Session, Transport};
 use crate::auth::token::now_secs;
@@ -498,6 +498,16 @@ impl Session<Ws> {
                 return self.reply_error(e.code(), &[], &e.to_string(), ctx);
             }
         };
+        // The first credentials: the connection takes its place at the gate.
+        if self.admission.is_waiting() {
+            match self.admission.admit() {
+                Ok(()) => {}
+                Err(Refused::Draining) => return self.close(CloseReason::Draining, ctx),
+                Err(Refused::Full(_) | Refused::TooManyWaiting(_)) => {
+                    return self.close(CloseReason::Full, ctx);
+                }
+            }
+        }
         // A narrower token drops what it no longer allows.
         let dropped: Vec<Topic> = self
             .subs
