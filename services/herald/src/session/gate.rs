@@ -51,12 +51,12 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let count = if self.waiting {
-            &self.gate.waiting
+        if self.waiting {
+            self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+            crate::telemetry::metrics::waiting_auth(false);
         } else {
-            &self.gate.open
-        };
-        count.fetch_sub(1, Ordering::AcqRel);
+            self.gate.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -75,6 +75,7 @@ impl Admission {
         let gate = &self.gate;
         gate.take(&gate.open, gate.max, Refused::Full(gate.max))?;
         gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        crate::telemetry::metrics::waiting_auth(false);
         self.waiting = false;
         Ok(())
     }
@@ -110,7 +111,13 @@ impl Gate {
             &self.waiting,
             self.max_waiting,
             Refused::TooManyWaiting(self.max_waiting),
-        )?;
+        )
+        .inspect_err(|refused| {
+            if let Refused::TooManyWaiting(_) = refused {
+                crate::telemetry::metrics::waiting_auth_refused();
+            }
+        })?;
+        crate::telemetry::metrics::waiting_auth(true);
         Ok(Admission {
             gate: self.clone(),
             waiting: true,

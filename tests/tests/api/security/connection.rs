@@ -498,6 +498,9 @@ async fn sockets_that_never_authenticate_do_not_keep_a_subscriber_out_on_any_tra
     let answer = String::from_utf8_lossy(&got);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert_eq!(body_of(&answer)["code"], "unavailable", "{answer}");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.get("herald_ws_waiting_auth"), 41.0);
+    assert_eq!(metrics.get("herald_ws_waiting_auth_refused_total"), 1.0);
 
     // A waiting socket that authenticates takes a connection's place.
     let first = &mut waiting[0];
@@ -509,5 +512,6 @@ async fn sockets_that_never_authenticate_do_not_keep_a_subscriber_out_on_any_tra
         .expect("sent");
     let (got, _) = read_until(first, has_op("authenticated")).await;
     assert!(!json_frames(&got).is_empty());
+    assert_eq!(app.metrics().await.get("herald_ws_waiting_auth"), 40.0);
     drop(last);
 }
