@@ -648,7 +648,11 @@ async fn frames_and_messages_over_the_limit_close_with_1009_before_their_payload
             "{first:#x}"
         );
     }
-    let grown = rss_kib(&app).saturating_sub(before);
+    let after = rss_kib(&app);
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "herald's VmRSS: {before} KiB before, {after} KiB after three headers announcing 2^40 bytes, each followed by up to 8 MiB"
+    );
     assert!(grown < 16 * 1024, "the server grew {grown} KiB");
 
     // A message whose fragments together pass the limit.
