@@ -17,14 +17,23 @@ pub enum CloseReason {
     Forbidden,
     /// The node is going away.
     Draining,
-    /// The client broke the protocol.
+    /// The client broke Herald's protocol (no answer to pings).
     Protocol(String),
+    /// The client broke the WebSocket protocol (RFC 6455): the close code
+    /// (1002, 1007) and why. Counted as `protocol_error`.
+    Violation(u16, String),
     /// An inbound frame was over the limit.
     FrameTooLarge,
     /// The store could not be read.
     Unavailable,
     /// The client went away, or the session ended normally.
     Normal,
+    /// The client closed its WebSocket with this code (or none): the close
+    /// is answered with the same. Counted as `normal`.
+    ClientClosed(Option<u16>),
+    /// The node holds its maximum of connections (a WebSocket that
+    /// authenticated in-band found no place). Counted as `unavailable`.
+    Full,
 }
 
 /// Every code [`CloseReason::code`] gives, `normal` first.
@@ -50,16 +59,16 @@ impl CloseReason {
     /// The code's place in [`CODES`].
     pub fn index(&self) -> usize {
         match self {
-            CloseReason::Normal => 0,
+            CloseReason::Normal | CloseReason::ClientClosed(_) => 0,
             CloseReason::SlowConsumer => 1,
             CloseReason::TokenExpired => 2,
             CloseReason::Revoked => 3,
             CloseReason::Unauthorized(_) => 4,
             CloseReason::Forbidden => 5,
             CloseReason::Draining => 6,
-            CloseReason::Protocol(_) => 7,
+            CloseReason::Protocol(_) | CloseReason::Violation(..) => 7,
             CloseReason::FrameTooLarge => 8,
-            CloseReason::Unavailable => 9,
+            CloseReason::Unavailable | CloseReason::Full => 9,
         }
     }
 
@@ -71,12 +80,18 @@ impl CloseReason {
             }
             CloseReason::TokenExpired => "the token has expired".into(),
             CloseReason::Revoked => "the token has been revoked".into(),
-            CloseReason::Unauthorized(m) | CloseReason::Protocol(m) => m.clone(),
+            CloseReason::Unauthorized(m)
+            | CloseReason::Protocol(m)
+            | CloseReason::Violation(_, m) => m.clone(),
             CloseReason::Forbidden => "the token allows none of this connection's topics".into(),
             CloseReason::Draining => "this node is going away; reconnect".into(),
             CloseReason::FrameTooLarge => "frame too large".into(),
             CloseReason::Unavailable => "the store is unavailable; reconnect later".into(),
             CloseReason::Normal => "bye".into(),
+            CloseReason::ClientClosed(_) => String::new(),
+            CloseReason::Full => {
+                "this node holds its maximum of connections; retry on another node".into()
+            }
         }
     }
 }

@@ -55,6 +55,8 @@ pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
 /// needs no change to it.
 pub const DEFAULT_REVOCATION_TTL_SECS: u64 = 31 * 86_400;
 pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 10;
+/// WebSockets waiting for their `auth` frame, per node.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 5_000;
 pub const DEFAULT_AUTH_COOKIE: &str = "herald_token";
 pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 256;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -345,6 +347,12 @@ pub struct ServeArgs {
     /// Most WebSocket and SSE connections (and pending long polls) per node.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+    /// Most WebSockets per node waiting for their first `auth` frame (those
+    /// that gave no credentials in the upgrade request); they take a place
+    /// of `HERALD_MAX_CONNECTIONS` only once authenticated. Past it, an
+    /// upgrade without credentials is `503 unavailable`.
+    #[arg(long, env = "HERALD_MAX_UNAUTHENTICATED", default_value_t = DEFAULT_MAX_UNAUTHENTICATED, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_unauthenticated: usize,
     /// How long a WebSocket may take to send its first `auth` frame, in seconds.
     #[arg(long, env = "HERALD_AUTH_TIMEOUT_SECS", default_value_t = DEFAULT_AUTH_TIMEOUT_SECS)]
     pub auth_timeout_secs: u64,

@@ -82,7 +82,7 @@ fn answer(error: &ApiError) {
 /// A text frame from a WebSocket client (`/v1/ws`): decoded, then its topics,
 /// cursor and token parsed as the session does.
 pub fn ws_frame(data: &[u8]) {
-    // actix-ws hands text frames over as checked UTF-8.
+    // The decoder hands text messages over as checked UTF-8.
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -177,7 +177,11 @@ impl Node {
             env,
             bus,
             committer,
-            gate: Gate::new(settings.max_connections, settings.drain_secs),
+            gate: Gate::new(
+                settings.max_connections,
+                settings.max_unauthenticated,
+                settings.drain_secs,
+            ),
             tickets: Tickets::new(
                 Duration::from_secs(settings.ticket_secs),
                 settings.max_tickets,

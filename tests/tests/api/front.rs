@@ -79,10 +79,11 @@ async fn a_request_that_is_not_a_valid_upgrade_is_answered_with_a_problem_and_cl
             format!("GET /v1/ws?{query} HTTP/1.1\r\nHost: herald\r\n\r\n"),
             "400",
         ),
-        // A WebSocket version the server does not speak.
+        // A WebSocket version the server does not speak: 426 with the one
+        // it does (security::websocket checks the header).
         (
             upgrade(&query, "").replace("Version: 13", "Version: 8"),
-            "400",
+            "426",
         ),
         // No key.
         (

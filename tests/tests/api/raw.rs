@@ -126,3 +126,31 @@ pub fn json_frames(bytes: &[u8]) -> Vec<Value> {
 pub fn has_op(op: &'static str) -> impl Fn(&[u8]) -> bool {
     move |bytes| json_frames(bytes).iter().any(|f| f["op"] == op)
 }
+
+/// A client frame with any first byte (FIN, RSV bits, opcode), masked with
+/// `mask` or not, its length in the shortest form (7, 16 or 64 bits).
+pub fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    let mut frame = vec![first];
+    match payload.len() {
+        len if len < 126 => frame.push(masked | len as u8),
+        len => match u16::try_from(len) {
+            Ok(len) => {
+                frame.push(masked | 126);
+                frame.extend_from_slice(&len.to_be_bytes());
+            }
+            Err(_) => {
+                frame.push(masked | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        },
+    }
+    match mask {
+        Some(mask) => {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        None => frame.extend_from_slice(payload),
+    }
+    frame
+}

@@ -56,6 +56,14 @@ pub enum ApiError {
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
     Unavailable(String),
+    /// A WebSocket handshake in a version Herald does not speak (or none):
+    /// answered with the one it does.
+    #[error("{0}")]
+    UpgradeRequired(String),
+    /// A stream request that did not come through the front door's stream
+    /// path, which alone serves it.
+    #[error("{0}")]
+    NotServed(String),
     #[error("this node is draining; retry on another node")]
     Draining { retry_after_secs: u64 },
     /// Not a request HTTP/1.1 allows (the front door's parser refused it).
@@ -108,6 +116,8 @@ impl ApiError {
             ApiError::HostNotAllowed(_) => "forbidden",
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
+            ApiError::UpgradeRequired(_) => "upgrade_required",
+            ApiError::NotServed(_) => "not_served",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::HeadTooLarge(_) => "head_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
@@ -128,6 +138,8 @@ impl ApiError {
             StatusCode::REQUEST_TIMEOUT => "Request timeout",
             StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
+            StatusCode::UPGRADE_REQUIRED => "Upgrade required",
+            StatusCode::NOT_IMPLEMENTED => "Not implemented",
             _ => "Bad request",
         }
     }
@@ -163,7 +175,9 @@ impl From<Refused> for ApiError {
             Refused::Draining => ApiError::Draining {
                 retry_after_secs: 1,
             },
-            Refused::Full(_) => ApiError::Unavailable(refused.to_string()),
+            Refused::Full(_) | Refused::TooManyWaiting(_) => {
+                ApiError::Unavailable(refused.to_string())
+            }
         }
     }
 }
@@ -194,6 +208,8 @@ impl ResponseError for ApiError {
             ApiError::TooManyDevices(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
+            ApiError::NotServed(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::OriginNotAllowed(_) | ApiError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Unavailable(_) | ApiError::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -236,6 +252,10 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed { allow, .. } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::UpgradeRequired(_) => {
+                response.insert_header((header::SEC_WEBSOCKET_VERSION, "13"));
+                response.insert_header((header::UPGRADE, "websocket"));
             }
             _ => {}
         }

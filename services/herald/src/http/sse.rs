@@ -1,4 +1,4 @@
-//! `GET /v1/sse`: admission, credentials, topics and cursor (the
+//! `GET /v1/sse`: credentials, topics and cursor, admission (the
 //! `Last-Event-ID` an `EventSource` sends wins over `since`); the session
 //! streams the events (`session::sse`). A node that cannot take the stream
 //! never answers `503`: see [`come_back_later`].
@@ -15,11 +15,14 @@ use crate::topic::Cursor;
 
 /// `GET /v1/sse?topic=...&topic=...`
 pub async fn sse(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
-    let admission = match node.gate.enter() {
-        Ok(admission) => admission,
-        Err(Refused::Draining) => return Ok(come_back_later("draining")),
-        Err(Refused::Full(_)) => return Ok(come_back_later("full")),
-    };
+    // A full node says so before a ticket is spent on it; the place itself
+    // is taken once the credentials hold.
+    if node.gate.is_draining() {
+        return Ok(come_back_later("draining"));
+    }
+    if !node.gate.has_room() {
+        return Ok(come_back_later("full"));
+    }
     let query = match SubscribeQuery::parse(&req, &node, false).await {
         Ok(query) => query,
         // A ticket that could not be looked up: the store is away.
@@ -27,6 +30,11 @@ pub async fn sse(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse
             return Ok(come_back_later("unavailable"));
         }
         Err(refused) => return Err(refused),
+    };
+    let admission = match node.gate.enter() {
+        Ok(admission) => admission,
+        Err(Refused::Draining) => return Ok(come_back_later("draining")),
+        Err(Refused::Full(_) | Refused::TooManyWaiting(_)) => return Ok(come_back_later("full")),
     };
     let since = match req
         .headers()

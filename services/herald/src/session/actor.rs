@@ -67,7 +67,9 @@ pub struct Session<T: Transport> {
     pub events_sent: u64,
     /// The connection's span, open for its lifetime.
     pub span: tracing::Span,
-    _admission: Admission,
+    /// Its place at the gate: a connection's, or (a WebSocket waiting for
+    /// its `auth` frame) the waiting room's.
+    pub admission: Admission,
 }
 
 impl<T: Transport> Session<T> {
@@ -92,7 +94,7 @@ impl<T: Transport> Session<T> {
             state: State::Open,
             opened: Instant::now(),
             events_sent: 0,
-            _admission: admission,
+            admission,
         }
     }
 

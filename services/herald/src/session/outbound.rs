@@ -7,7 +7,6 @@
 //! frames as the socket accepts them.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -205,8 +204,9 @@ impl<T> Drop for Outbound<T> {
 impl<T> OutboundRx<T> {
     /// The next frame: the final one as soon as it is set, else the oldest
     /// queued. `None` once the final frame was taken or the actor is gone.
+    #[cfg(test)]
     pub async fn next(&mut self) -> Option<T> {
-        poll_fn(|cx| self.poll_next(cx)).await
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// [`next`](Self::next), for hand-written futures.
@@ -241,27 +241,6 @@ impl<T> OutboundRx<T> {
         }
         queue.waiting = Some(cx.waker().clone());
         Poll::Pending
-    }
-
-    /// Waits until the final frame is set, and takes it (`None` when the
-    /// actor went without one).
-    pub async fn last(&mut self) -> Option<T> {
-        poll_fn(|cx| {
-            let mut queue = self.shared.lock();
-            if queue.done {
-                return Poll::Ready(None);
-            }
-            if let Some(last) = queue.last.take() {
-                queue.done = true;
-                return Poll::Ready(Some(last));
-            }
-            if !queue.sender {
-                return Poll::Ready(None);
-            }
-            queue.waiting = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
     }
 }
 

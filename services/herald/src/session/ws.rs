@@ -5,31 +5,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::gate::Admission;
+use super::gate::{Admission, Refused};
 use super::outbound::{self, OutboundRx};
 use super::{CloseReason, Env, Session, Transport};
 use crate::auth::token::now_secs;
 use crate::auth::{Principal, TokenId};
 use crate::event::Encoded;
+use crate::http::front::ws::{Message, Received, code};
 use crate::topic::{Cursor, Topic};
-
-/// How long the writer tries to deliver a close frame to a client that is
-/// not reading before it drops the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A frame on its way to the client.
 pub enum WsFrame {
     Text(ByteString),
     Ping,
     Pong(Bytes),
-    Close(u16, String),
+    /// The last frame: its code (none for an empty close) and reason.
+    Close(Option<u16>, String),
 }
 
 /// The WebSocket transport: its budget of subscription frames, and what it
@@ -108,16 +105,22 @@ impl Transport for Ws {
 
     fn close(&self, reason: &CloseReason) -> WsFrame {
         let code = match reason {
-            CloseReason::SlowConsumer => 4008,
-            CloseReason::TokenExpired | CloseReason::Revoked | CloseReason::Unauthorized(_) => 4001,
-            CloseReason::Forbidden => 4003,
-            CloseReason::Draining => 1012,
-            CloseReason::Protocol(_) => 4400,
-            CloseReason::FrameTooLarge => 1009,
-            CloseReason::Unavailable => 1011,
-            CloseReason::Normal => 1000,
+            CloseReason::SlowConsumer => code::SLOW_CONSUMER,
+            CloseReason::TokenExpired | CloseReason::Revoked | CloseReason::Unauthorized(_) => {
+                code::UNAUTHORIZED
+            }
+            CloseReason::Forbidden => code::FORBIDDEN,
+            CloseReason::Draining => code::SERVICE_RESTART,
+            CloseReason::Protocol(_) => code::HERALD_PROTOCOL,
+            CloseReason::Violation(code, _) => *code,
+            CloseReason::FrameTooLarge => code::TOO_BIG,
+            CloseReason::Unavailable => code::INTERNAL_ERROR,
+            CloseReason::Full => code::TRY_AGAIN_LATER,
+            CloseReason::Normal => code::NORMAL,
+            // The client's close, answered with its own code.
+            CloseReason::ClientClosed(code) => return WsFrame::Close(*code, String::new()),
         };
-        WsFrame::Close(code, reason.message())
+        WsFrame::Close(Some(code), reason.message())
     }
 
     fn on_heartbeat(session: &mut Session<Ws>, ctx: &mut Context<Session<Ws>>) {
@@ -159,32 +162,12 @@ impl Transport for Ws {
     }
 }
 
-/// Starts the session of a WebSocket upgraded by actix-ws: `principal`
-/// when the request carried credentials, else it must send an `auth`
-/// frame within the auth timeout. A writer task takes the session's frames
-/// to actix-ws.
+/// Starts the session of a WebSocket: the connection decodes the client's
+/// frames into `messages` and takes the session's from the queue returned.
+/// `principal` when the request carried credentials, else the client must
+/// send an `auth` frame within the auth timeout.
 pub fn start(
-    ws: actix_ws::Session,
-    messages: actix_ws::MessageStream,
-    principal: Option<Principal>,
-    env: Arc<Env>,
-    admission: Admission,
-) {
-    let settings = &env.settings;
-    let messages = messages
-        .max_frame_size(settings.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(settings.max_frame_bytes);
-    let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
-    actix_rt::spawn(writer(ws, rx));
-    run(out, messages, principal, env, admission);
-}
-
-/// Starts the session of a WebSocket whose connection reads and writes
-/// frames itself: it decodes the client's into `messages`, and takes the
-/// session's from the queue returned.
-pub fn start_lean(
-    messages: impl Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
+    messages: impl Stream<Item = Received> + 'static,
     principal: Option<Principal>,
     env: Arc<Env>,
     admission: Admission,
@@ -196,7 +179,7 @@ pub fn start_lean(
 
 fn run(
     out: outbound::Outbound<WsFrame>,
-    messages: impl Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
+    messages: impl Stream<Item = Received> + 'static,
     principal: Option<Principal>,
     env: Arc<Env>,
     admission: Admission,
@@ -226,50 +209,6 @@ fn run(
         }
         session
     });
-}
-
-/// Writes queued frames to the socket as it accepts them. The final frame
-/// (a close) jumps the queue, even while a send is waiting on a client that
-/// stopped reading.
-async fn writer(mut ws: actix_ws::Session, mut rx: OutboundRx<WsFrame>) {
-    loop {
-        let frame = match rx.next().await {
-            Some(frame) => frame,
-            None => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-                return;
-            }
-        };
-        let sent = match frame {
-            WsFrame::Close(code, reason) => {
-                close(ws, code, reason).await;
-                return;
-            }
-            WsFrame::Text(text) => {
-                tokio::select! {
-                    biased;
-                    Some(WsFrame::Close(code, reason)) = rx.last() => {
-                        close(ws, code, reason).await;
-                        return;
-                    }
-                    sent = ws.text(text) => sent,
-                }
-            }
-            WsFrame::Ping => ws.ping(b"").await,
-            WsFrame::Pong(payload) => ws.pong(&payload).await,
-        };
-        if sent.is_err() {
-            return;
-        }
-    }
-}
-
-async fn close(ws: actix_ws::Session, code: u16, reason: String) {
-    let reason = actix_ws::CloseReason {
-        code: CloseCode::from(code),
-        description: Some(reason),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
 }
 
 /// What a client may send.
@@ -340,42 +279,35 @@ pub fn decode_frame(text: &str) -> Result<ClientOp, FrameError> {
     })
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session<Ws> {
-    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Received> for Session<Ws> {
+    fn handle(&mut self, msg: Received, ctx: &mut Self::Context) {
         self.transport.last_seen = Instant::now();
         match msg {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) if self.principal.is_none() => self.close(
+            Ok(Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(Message::Binary(_)) if self.principal.is_none() => self.close(
                 CloseReason::Unauthorized(
                     r#"the first frame must be {"op":"auth","token":"..."}"#.into(),
                 ),
                 ctx,
             ),
-            Ok(AggregatedMessage::Binary(_)) => self.reply_error(
+            Ok(Message::Binary(_)) => self.reply_error(
                 "invalid_frame",
                 &[],
                 "frames are JSON text; binary frames are not understood",
                 ctx,
             ),
-            Ok(AggregatedMessage::Ping(payload)) => {
+            Ok(Message::Ping(payload)) => {
                 self.send(WsFrame::Pong(payload), 0, ctx);
             }
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => {
-                self.gone(ctx);
-            }
-            Err(ProtocolError::Overflow) => self.close(CloseReason::FrameTooLarge, ctx),
-            // The aggregated stream reports a fragmented message over the limit this way.
-            Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
+            Ok(Message::Pong(_)) => {}
+            // Answered with the same code; the connection then waits for
+            // nothing more.
+            Ok(Message::Close(code)) => self.close(CloseReason::ClientClosed(code), ctx),
+            Err(violation) if violation.code == code::TOO_BIG => {
                 self.close(CloseReason::FrameTooLarge, ctx)
             }
-            // The socket broke (the client vanished without a close frame):
-            // it went away, which is a normal end, not a protocol error.
-            Err(ProtocolError::Io(_)) => {
-                self.gone(ctx);
-            }
-            Err(e) => self.close(
-                CloseReason::Protocol(format!("WebSocket protocol error: {e}")),
+            Err(violation) => self.close(
+                CloseReason::Violation(violation.code, violation.reason.into()),
                 ctx,
             ),
         }
@@ -566,6 +498,16 @@ impl Session<Ws> {
                 return self.reply_error(e.code(), &[], &e.to_string(), ctx);
             }
         };
+        // The first credentials: the connection takes its place at the gate.
+        if self.admission.is_waiting() {
+            match self.admission.admit() {
+                Ok(()) => {}
+                Err(Refused::Draining) => return self.close(CloseReason::Draining, ctx),
+                Err(Refused::Full(_) | Refused::TooManyWaiting(_)) => {
+                    return self.close(CloseReason::Full, ctx);
+                }
+            }
+        }
         // A narrower token drops what it no longer allows.
         let dropped: Vec<Topic> = self
             .subs

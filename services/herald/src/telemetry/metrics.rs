@@ -98,6 +98,8 @@ struct Counts {
     bus_slow_consumer_events: AtomicU64,
     store_commit_failures: AtomicU64,
     hub_overflows: AtomicU64,
+    waiting_auth: AtomicU64,
+    waiting_auth_refused: AtomicU64,
     publishes_paced: AtomicU64,
     publish_paced_ms: AtomicU64,
     queue_high_water_frames: AtomicU64,
@@ -125,6 +127,8 @@ static COUNTS: Counts = Counts {
     bus_slow_consumer_events: AtomicU64::new(0),
     store_commit_failures: AtomicU64::new(0),
     hub_overflows: AtomicU64::new(0),
+    waiting_auth: AtomicU64::new(0),
+    waiting_auth_refused: AtomicU64::new(0),
     publishes_paced: AtomicU64::new(0),
     publish_paced_ms: AtomicU64::new(0),
     queue_high_water_frames: AtomicU64::new(0),
@@ -356,6 +360,16 @@ fn observe(meter: &Meter) {
         "Group-commit transactions that failed",
         || COUNTS.store_commit_failures.load(Ordering::Relaxed),
     );
+    gauge(
+        "herald_ws_waiting_auth",
+        "WebSockets waiting for their auth frame (bounded by HERALD_MAX_UNAUTHENTICATED)",
+        || COUNTS.waiting_auth.load(Ordering::Relaxed),
+    );
+    single(
+        "herald_ws_waiting_auth_refused",
+        "WebSocket upgrades without credentials refused because HERALD_MAX_UNAUTHENTICATED were waiting",
+        || COUNTS.waiting_auth_refused.load(Ordering::Relaxed),
+    );
     single(
         "herald_hub_overflows",
         "Events a worker's hub could not take (its connections resync from the store)",
@@ -569,6 +583,21 @@ pub fn publish_paced(waited: Duration) {
 
 pub fn hub_overflow() {
     COUNTS.hub_overflows.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A WebSocket started (`true`) or stopped (`false`) waiting for its auth
+/// frame.
+pub fn waiting_auth(started: bool) {
+    if started {
+        COUNTS.waiting_auth.fetch_add(1, Ordering::Relaxed);
+    } else {
+        COUNTS.waiting_auth.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upgrade without credentials found the waiting room full.
+pub fn waiting_auth_refused() {
+    COUNTS.waiting_auth_refused.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A connection's outbound queue has held `frames` at once.

@@ -390,3 +390,128 @@ async fn a_keep_alive_connection_carries_chunked_and_sized_bodies_then_a_stream(
     let (got, _) = read_until(&mut stream, |b| count(b, b"data: ") >= 3).await;
     assert!(contains(&got, b"text/event-stream"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_authenticate_do_not_keep_a_subscriber_out_on_any_transport() {
+    let app = spawn_with(
+        Options::new(Backend::Sqlite)
+            .env("HERALD_MAX_CONNECTIONS", 20)
+            .env("HERALD_MAX_UNAUTHENTICATED", 41)
+            .env("HERALD_AUTH_TIMEOUT_SECS", 60),
+    )
+    .await;
+    let topic = unique_topic("crowd");
+    let token = app.token("u", &[&topic], &[], 600);
+    // Twice the connection limit of WebSockets that give no credentials
+    // and never send their `auth` frame.
+    let mut waiting = Vec::new();
+    for i in 0..40 {
+        let mut stream = connect(&app).await;
+        stream
+            .write_all(upgrade("", "").as_bytes())
+            .await
+            .expect("sent");
+        let (got, closed) = read_until(&mut stream, |b| contains(b, b"\r\n\r\n")).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 101 ") && !closed,
+            "socket {i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        waiting.push(stream);
+    }
+
+    // A subscriber is served on each transport: a WebSocket, an event
+    // stream, and a long poll (which holds a place while it waits).
+    let mut ws = app.ws_subscribed(&token, &[&topic], None).await;
+    let mut sse = app
+        .sse(
+            &format!("topic={topic}&since={topic}:0&access_token={token}"),
+            None,
+        )
+        .await;
+    let poll = {
+        let http = app.http.clone();
+        let url = format!(
+            "{}/v1/poll?topic={topic}&since={topic}:0&wait=20",
+            app.base_url
+        );
+        let token = token.clone();
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("the poll is answered");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    // The long poll is waiting once the node counts it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app
+        .metrics()
+        .await
+        .value(r#"herald_connections_open{transport="poll"}"#)
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long poll never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.publish(&topic, json!({"n": 1})).await;
+    let event = ws.next_event().await;
+    assert_eq!(event["data"], json!({"n": 1}));
+    let message = sse.next().await.expect("the stream is open");
+    assert_eq!(
+        message.json()["data"],
+        json!({"n": 1}),
+        "{:?}",
+        message.data
+    );
+    let (status, polled) = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("the poll answers in time")
+        .expect("the poll task ends");
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["events"][0]["data"], json!({"n": 1}), "{polled}");
+
+    // The waiting room has its own bound: past it, an upgrade without
+    // credentials is refused before the upgrade.
+    let mut last = connect(&app).await;
+    last.write_all(upgrade("", "").as_bytes())
+        .await
+        .expect("sent");
+    let (got, _) = read_until(&mut last, |b| contains(b, b"\r\n\r\n")).await;
+    assert!(got.starts_with(b"HTTP/1.1 101 "), "the 41st fits");
+    let mut over = connect(&app).await;
+    over.write_all(upgrade("", "").as_bytes())
+        .await
+        .expect("sent");
+    let (got, _) = read_until(&mut over, |b| contains(b, b"}")).await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert_eq!(body_of(&answer)["code"], "unavailable", "{answer}");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.get("herald_ws_waiting_auth"), 41.0);
+    assert_eq!(metrics.get("herald_ws_waiting_auth_refused_total"), 1.0);
+
+    // A waiting socket that authenticates takes a connection's place.
+    let first = &mut waiting[0];
+    first
+        .write_all(&client_text(
+            &json!({"op": "auth", "token": token}).to_string(),
+        ))
+        .await
+        .expect("sent");
+    let (got, _) = read_until(first, has_op("authenticated")).await;
+    assert!(!json_frames(&got).is_empty());
+    assert_eq!(app.metrics().await.get("herald_ws_waiting_auth"), 40.0);
+    drop(last);
+}

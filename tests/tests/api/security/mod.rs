@@ -4,3 +4,4 @@
 
 mod connection;
 mod tokens;
+mod websocket;
