@@ -27,6 +27,27 @@ pub mod subs;
 pub mod ws;
 
 pub use crate::close::CloseReason;
+use crate::topic;
 pub use actor::{Close, Session, State, Transport};
 pub use connections::Connections;
 pub use env::{Env, SessionSettings};
+
+/// The heads of freshly started topics as a cursor, and where each starts:
+/// its position in `since` (at most its head: beyond it is a reset to the
+/// head), else its head. What `subscribed` tells a client, so a live
+/// subscription has a position before its first event.
+pub fn starts(
+    heads: &[(topic::Topic, u64)],
+    since: &topic::Cursor,
+) -> (topic::Cursor, topic::Cursor) {
+    let mut head_cursor = topic::Cursor::new();
+    let mut start_cursor = topic::Cursor::new();
+    for (topic, head) in heads {
+        head_cursor.set(topic.clone(), *head);
+        start_cursor.set(
+            topic.clone(),
+            since.get(topic).map_or(*head, |s| s.min(*head)),
+        );
+    }
+    (head_cursor, start_cursor)
+}
