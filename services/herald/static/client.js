@@ -207,12 +207,12 @@ export class Herald {
     if (this._conn) this._conn.check(false);
     if (!this._ch || this._leader) return;
     const n = now();
-    if (n - this._seen < 10000) return;
+    if (n - this._seen < this._o.heartbeat) return;
     // A silent leader is asked; one that does not answer is frozen: take over.
     if (!this._pingAt) {
       this._pingAt = n;
       this._post({ t: 'ping' });
-    } else if (n - this._pingAt > 10000) this._lock(true);
+    } else if (n - this._pingAt > this._o.pongTimeout) this._lock(true);
   }
 
   /** The connection state. @returns {State} */
@@ -826,9 +826,11 @@ export class Herald {
             if (!set.size) this._subs.delete(t);
           }
       if (m.t === 'sub' && typeof m.topic === 'string') {
-        const s = new Subscription(this, m.topic, null, null, Number.isInteger(m.seq) ? m.seq : this._cur.get(m.topic));
+        const c = this._cur.get(m.topic);
+        const s = new Subscription(this, m.topic, null, null, Number.isInteger(m.seq) ? m.seq : c);
         s._r = m.id;
         this._add(s);
+        this._post({ t: 'seat', topic: m.topic, seq: c });
       }
       this._post({ t: 'state', s: this._state });
       this._later();
