@@ -1,6 +1,7 @@
 //! Server-Sent Events `/v1/sse`: one stream for several topics, each event's
 //! `id:` the connection's whole cursor, so an `EventSource` resumes every
-//! topic with the `Last-Event-ID` it sends by itself.
+//! topic with the `Last-Event-ID` it sends by itself. Before any event,
+//! `event: subscribed` says where each topic starts (its `id` that cursor).
 
 use std::sync::Arc;
 
