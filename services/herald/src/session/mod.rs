@@ -27,7 +27,6 @@ pub mod subs;
 pub mod ws;
 
 pub use crate::close::CloseReason;
-use crate::topic;
 pub use actor::{Close, Session, State, Transport};
 pub use connections::Connections;
 pub use env::{Env, SessionSettings};
@@ -37,11 +36,11 @@ pub use env::{Env, SessionSettings};
 /// head), else its head. What `subscribed` tells a client, so a live
 /// subscription has a position before its first event.
 pub fn starts(
-    heads: &[(topic::Topic, u64)],
-    since: &topic::Cursor,
-) -> (topic::Cursor, topic::Cursor) {
-    let mut head_cursor = topic::Cursor::new();
-    let mut start_cursor = topic::Cursor::new();
+    heads: &[(crate::topic::Topic, u64)],
+    since: &crate::topic::Cursor,
+) -> (crate::topic::Cursor, crate::topic::Cursor) {
+    let mut head_cursor = crate::topic::Cursor::new();
+    let mut start_cursor = crate::topic::Cursor::new();
     for (topic, head) in heads {
         head_cursor.set(topic.clone(), *head);
         start_cursor.set(
