@@ -30,10 +30,9 @@ const worked = new Map();
 /** An error the client reports through its `error` event. */
 export class HeraldError extends Error {
   /**
-   * @param {string} code machine-readable: the server's problem `code`, or
-   *   `token`, `handler`, `bad_frame`, `bad_response`, `network`
+   * @param {string} code the server's problem `code`, or the client's (client.d.ts)
    * @param {string} message
-   * @param {{status?: number, topics?: string[], cause?: unknown, retryAfter?: number}} [extra]
+   * @param {object} [extra] `status`, `topics`, `cause`, `retryAfter`
    */
   constructor(code, message, extra) {
     super(message);
@@ -202,7 +201,7 @@ export class Herald {
     }
   }
 
-  /** Checks the connection, or (a follower) the leader. */
+  /** Checks the connection, or the leader. */
   _tick() {
     if (this._conn) this._conn.check(false);
     if (!this._ch || this._leader) return;
@@ -381,8 +380,8 @@ export class Herald {
     if (!Number.isInteger(seq)) return;
     if (this._leader) {
       if (!this._held.has(topic)) return;
-      if (!this._cur.has(topic)) this._cur.set(topic, seq);
-      this._post({ t: 'seat', topic, seq });
+      // Once per connection and topic: SSE ids repeat it.
+      if (!this._cur.has(topic)) this._cur.set(topic, seq), this._post({ t: 'seat', topic, seq });
     }
     for (const s of this._subs.get(topic) || []) if (s.seq === undefined) s.seq = seq;
   }
