@@ -272,6 +272,8 @@ pub struct SseClient {
     pub retry: Option<u64>,
     /// The last `id:` seen (what an EventSource would send as Last-Event-ID).
     pub last_id: String,
+    /// The `event: subscribed` messages seen (kept here, not returned by `next`).
+    pub subscribed: Vec<SseMessage>,
 }
 
 impl SseClient {
@@ -283,6 +285,7 @@ impl SseClient {
             comments: Vec::new(),
             retry: None,
             last_id: String::new(),
+            subscribed: Vec::new(),
         }
     }
 
@@ -345,6 +348,10 @@ impl SseClient {
                         message.data.push_str(v);
                         has_data = true;
                     }
+                }
+                if has_data && message.event == "subscribed" {
+                    self.subscribed.push(message);
+                    continue;
                 }
                 if has_data {
                     return Ok(Block::Message(message));

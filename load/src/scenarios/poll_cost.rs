@@ -626,7 +626,12 @@ async fn sse_consumer(shared: &Shared, index: usize, tally: &mut Tally, batch: &
             let mut data = String::new();
             for line in text.lines() {
                 if let Some(k) = line.strip_prefix("event: ") {
-                    kind = if k == "reset" { "reset" } else { "other" };
+                    kind = match k {
+                        "reset" => "reset",
+                        // Where the stream starts: nothing to count.
+                        "subscribed" => "subscribed",
+                        _ => "other",
+                    };
                 } else if let Some(d) = line.strip_prefix("data: ") {
                     data.push_str(d);
                 }

@@ -54,8 +54,10 @@ export interface HeraldOptions {
   pollLimit?: number;
   /** Stop long polling while the tab is hidden. Default true. */
   pauseWhenHidden?: boolean;
-  /** Share one connection among the tabs of the origin (a string separates groups). Default true. */
+  /** Share one connection among the tabs of the origin with the same user (token `sub`), or the group this string names. Default true. */
   share?: boolean | string;
+  /** After a fallback from WebSocket, try it again in the background after this many ms (doubling after each failure). Default 30000. */
+  upgradeAfter?: number;
   /** Keep each topic's position so that a reload resumes. Default false. */
   persist?: false | 'session' | 'local' | CursorStorage;
   /**
@@ -93,7 +95,7 @@ export class HeraldError extends Error {
 
 export class Subscription {
   readonly topic: string;
-  /** The seq of the last event delivered to this subscription. */
+  /** The seq of the last event delivered to this subscription; for a live one, the topic's position once the server told it. */
   readonly seq: number | undefined;
   /** False once unsubscribed or stopped by the server. */
   readonly active: boolean;

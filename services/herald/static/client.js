@@ -5,46 +5,34 @@
  *
  * A dependency-free ES module, served by every Herald node at `/client.js`
  * (typings at `/client.d.ts`). See docs/API.md, "Browser client".
- *
- * ```js
- * import { Herald } from '/client.js';
- * const h = new Herald('https://herald.example.com', { getToken: () => fetchToken() });
- * const s = h.subscribe('orders.42', (event) => console.log(event.seq, event.data));
- * h.on('state', (state) => console.log(state));
- * s.unsubscribe();
- * h.close();
- * ```
  * @module herald
  */
 
-/** @typedef {'websocket' | 'sse' | 'poll'} Transport */
-/** @typedef {'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed'} State */
-/**
- * @typedef {object} HeraldEvent
- * @property {string} topic
- * @property {number} seq per topic, gapless, from 1
- * @property {string} id the publisher's idempotency key or a server-made id
- * @property {string} [type]
- * @property {string} time RFC 3339 commit time
- * @property {unknown} data
- */
+/** @typedef {import('./client').Transport} Transport */
+/** @typedef {import('./client').State} State */
+/** @typedef {import('./client').HeraldEvent} HeraldEvent */
 
 const g = globalThis;
 const ALL = ['websocket', 'sse', 'poll'];
 const TOPIC = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
 const AUTH_CODES = ['unauthorized', 'token_expired', 'revoked'];
+/** What follower tabs post. */
+const FOLLOWER = ['sub', 'unsub', 'bye', 'ping'];
 const now = () => Date.now();
 const rand = (ms) => Math.random() * ms;
+/** Longer delays overflow setTimeout, which then fires at once. */
+const MAX_MS = 2 ** 31 - 1;
+/** setTimeout for computed delays. */
+const after = (fn, ms) => setTimeout(fn, Math.min(MAX_MS, Math.max(0, ms) || 0));
 /** Transports that worked, per origin, for this page's life. */
 const worked = new Map();
 
 /** An error the client reports through its `error` event. */
 export class HeraldError extends Error {
   /**
-   * @param {string} code machine-readable: the server's problem `code`, or
-   *   `token`, `handler`, `bad_frame`, `bad_response`, `network`
+   * @param {string} code the server's problem `code`, or the client's (client.d.ts)
    * @param {string} message
-   * @param {{status?: number, topics?: string[], cause?: unknown, retryAfter?: number}} [extra]
+   * @param {object} [extra] `status`, `topics`, `cause`, `retryAfter`
    */
   constructor(code, message, extra) {
     super(message);
@@ -76,16 +64,18 @@ function parseCursor(text) {
   return m;
 }
 
-/** The `exp` claim of a JWT, if it can be read. @param {string} token */
-function jwtExp(token) {
+/** The claims of a JWT, if they can be read. @param {string} token */
+function claims(token) {
   try {
     const b = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const exp = JSON.parse(g.atob(b + '==='.slice((b.length + 3) % 4))).exp;
-    return Number.isFinite(exp) ? exp : 0;
+    return JSON.parse(g.atob(b + '==='.slice((b.length + 3) % 4))) || {};
   } catch {
-    return 0;
+    return {};
   }
 }
+
+/** The `exp` claim of a JWT (0: none). @param {string} token */
+const jwtExp = (token) => +claims(token).exp || 0;
 
 /** A non-2xx answer as a HeraldError. @param {Response} res */
 async function problem(res) {
@@ -102,11 +92,11 @@ async function problem(res) {
 
 /** A subscription: what `subscribe` returns. */
 export class Subscription {
-  /** @param {Herald} h @param {string} topic @param {Function | null} fn @param {object} o @param {number} [seq] */
+  /** @param {Herald} h @param {string} topic @param {Function | null} fn */
   constructor(h, topic, fn, o, seq) {
     /** The topic. */
     this.topic = topic;
-    /** The seq of the last event this subscription has seen (undefined: none yet, live only). @type {number | undefined} */
+    /** The seq of the last event seen (undefined: live, position not known yet). @type {number | undefined} */
     this.seq = seq;
     /** False once unsubscribed, or stopped by the server (`forbidden`). */
     this.active = true;
@@ -149,6 +139,7 @@ export class Herald {
       pauseWhenHidden: true,
       share: true,
       persist: false,
+      upgradeAfter: 30000,
       ...options,
     });
     url = String(url || '').replace(/\/+$/, '');
@@ -177,7 +168,7 @@ export class Herald {
     this._l = { state: new Set(), reset: new Set(), error: new Set() };
     /** @type {State} */
     this._state = 'connecting';
-    this._tries = 0;
+    this._tries = this._probes = 0;
     this._conn = null;
     this._un = [];
     const sess = storage('sessionStorage');
@@ -197,11 +188,30 @@ export class Herald {
     on(g.document, 'visibilitychange', () => this._hidden() || this._poke());
     on(g.window, 'online', () => this._poke());
     on(g.window, 'offline', () => this._conn && this._conn.check(true));
-    this._iv = setInterval(() => this._conn && this._conn.check(false), Math.min(5000, o.heartbeat / 4));
+    this._iv = setInterval(() => this._tick(), Math.min(5000, o.heartbeat / 4) || 5000);
     this._leader = true;
     const BC = g.BroadcastChannel;
     const locks = g.navigator && g.navigator.locks;
-    if (o.share && BC && locks && locks.request) this._share(BC, locks);
+    if (o.share && BC && locks && locks.request) {
+      // Tabs share with tabs of the same user (token `sub`) or named group only.
+      const go = (t) => this._closed || this._share(BC, locks, typeof o.share === 'string' ? o.share : '@' + (claims(t).sub || ''));
+      this._leader = false;
+      if (typeof o.share === 'string' || !o.getToken) go(o.token);
+      else this._token().then(go, () => ((this._leader = true), this._later()));
+    }
+  }
+
+  /** Checks the connection, or the leader. */
+  _tick() {
+    if (this._conn) this._conn.check(false);
+    if (!this._ch || this._leader) return;
+    const n = now();
+    if (n - this._seen < this._o.heartbeat) return;
+    // A silent leader is asked; one that does not answer is frozen: take over.
+    if (!this._pingAt) {
+      this._pingAt = n;
+      this._post({ t: 'ping' });
+    } else if (n - this._pingAt > this._o.pongTimeout) this._lock(true);
   }
 
   /** The connection state. @returns {State} */
@@ -214,12 +224,7 @@ export class Herald {
     return this._conn ? this._conn.kind : undefined;
   }
 
-  /**
-   * Listens to `state`, `reset` or `error`.
-   * @param {'state' | 'reset' | 'error'} name
-   * @param {Function} fn
-   * @returns {() => void} removes the listener
-   */
+  /** Listens to `state`, `reset` or `error`; returns a function that removes the listener. */
   on(name, fn) {
     const set = this._l[name];
     if (!set) throw new TypeError('herald: no event ' + name);
@@ -229,12 +234,11 @@ export class Herald {
 
   /**
    * Delivers every event of `topic` to `handler`, once each and in order.
+   * `since`: the seq already seen (0: everything retained), or a cursor
+   * text; without it, the persisted position if any, else live events only.
    * @param {string} topic
    * @param {(event: HeraldEvent) => void} handler
-   * @param {{since?: number | string, onReset?: Function, onError?: Function}} [options]
-   *   `since`: the seq already seen (0: everything retained), or a cursor
-   *   text; without it, the persisted position if any, else live events only.
-   * @returns {Subscription}
+   * @param {import('./client').SubscribeOptions} [options]
    */
   subscribe(topic, handler, options = {}) {
     if (typeof topic !== 'string' || topic.length > 255 || !TOPIC.test(topic))
@@ -263,6 +267,7 @@ export class Herald {
     clearInterval(this._iv);
     clearTimeout(this._timer);
     clearTimeout(this._refreshT);
+    clearTimeout(this._probeT);
     if (this._conn) this._conn.close();
     this._conn = null;
     for (const f of this._un) f();
@@ -346,7 +351,7 @@ export class Herald {
   }
 
   _deliver(e) {
-    let seen = false;
+    let ran = false;
     for (const s of this._subs.get(e.topic) || []) {
       if (s.seq !== undefined && e.seq <= s.seq) continue;
       if (s.seq !== undefined && e.seq > s.seq + 1) {
@@ -356,19 +361,20 @@ export class Herald {
         continue;
       }
       s.seq = e.seq;
-      seen = true;
       if (s._fn)
         try {
+          ran = true;
           s._fn(e);
         } catch (x) {
           this._err('handler', 'a handler of ' + e.topic + ' threw: ' + x, { topics: [e.topic], cause: x });
         }
     }
-    if (seen && this._store)
+    if (ran && this._store)
       try {
         this._store.setItem(this._key(e.topic), String(e.seq));
       } catch {}
-    if (seen && this._o.ack === 'auto') this.ack(e);
+    // Other tabs acknowledge their own.
+    if (ran && this._o.ack === 'auto') this.ack(e);
   }
 
   /**
@@ -396,10 +402,14 @@ export class Herald {
     if (!this._gapT) this._gapT = setTimeout(() => ((this._gapT = 0), this._sync()), 1000);
   }
 
-  /** Per topic, the highest seq seen by the connection. */
+  /** Where the connection stands in `topic`: live subscriptions start there. */
   _seat(topic, seq) {
-    if (!this._held.has(topic) || !Number.isInteger(seq)) return;
-    if (!this._cur.has(topic)) this._cur.set(topic, seq);
+    if (!Number.isInteger(seq)) return;
+    if (this._leader) {
+      if (!this._held.has(topic)) return;
+      // Once per connection and topic: SSE ids repeat it.
+      if (!this._cur.has(topic)) this._cur.set(topic, seq), this._post({ t: 'seat', topic, seq });
+    }
     for (const s of this._subs.get(topic) || []) if (s.seq === undefined) s.seq = seq;
   }
 
@@ -509,7 +519,8 @@ export class Herald {
     clearTimeout(this._refreshT);
     if (!exp || !this._o.getToken || this._closed) return;
     const left = exp * 1000 - now();
-    this._refreshT = setTimeout(() => this._refresh(), Math.max(1000, left - Math.min(60000, left / 2)));
+    const wait = Math.max(1000, left - Math.min(60000, left / 2));
+    this._refreshT = after(() => (wait > MAX_MS ? this._expires(exp) : this._refresh()), wait);
   }
 
   /** A fresh token, handed to the connection (in-band `auth`, or a new ticket). */
@@ -572,7 +583,7 @@ export class Herald {
   /** What to do after a failed HTTP request or a network error. */
   _how(e, opened) {
     const s = e && e.status;
-    // An answer that is not Herald's (a proxy refusing the request) before the transport worked: try the next one.
+    // Not Herald's answer (a proxy refusing) before the transport worked: try the next one.
     if (s && e.alien && !opened) return { fallback: true };
     if (!s) {
       if (e instanceof HeraldError) {
@@ -622,7 +633,7 @@ export class Herald {
     for (const [t, p] of want) {
       if (!this._held.has(t)) add.push(t);
       else if (p !== undefined && !(this._cur.get(t) <= p)) {
-        // Someone needs older events than the connection has passed: resubscribe from there.
+        // Someone needs older events: resubscribe from there.
         del.push(t);
         add.push(t);
       }
@@ -646,8 +657,7 @@ export class Herald {
     clearTimeout(this._timer);
     this._timer = 0;
     if (this._closed || !this._leader || this._conn) return;
-    if (g.navigator && g.navigator.onLine === false) return this._setState('offline');
-    if (this._state === 'offline') this._setState('reconnecting');
+    // Even if navigator.onLine is false: it lies behind VPNs, in WebViews.
     this._held.clear();
     this._cur.clear();
     const kind = this._order[this._ti];
@@ -662,11 +672,52 @@ export class Herald {
     this._misses = 0;
     this._openAt = now();
     this._ti0 = this._ti;
-    worked.set(this._memKey, c.kind);
-    try {
-      this._mem && this._mem.setItem(this._memKey, c.kind);
-    } catch {}
+    // Only refusals are remembered, not timeouts (a slow network).
+    if (!this._slow) {
+      worked.set(this._memKey, c.kind);
+      try {
+        this._mem && this._mem.setItem(this._memKey, c.kind);
+      } catch {}
+    }
+    this._slow = false;
+    this._upgrade(c);
     this._setState('open');
+  }
+
+  /** After a fallback, tries the WebSocket again later. */
+  _upgrade(c) {
+    clearTimeout(this._probeT);
+    if (this._ti && this._order[0] === 'websocket')
+      this._probeT = after(() => this._probe(c), this._o.upgradeAfter * 2 ** Math.min(6, this._probes));
+  }
+
+  /** Moves to a WebSocket if one gets through now. */
+  async _probe(c) {
+    let sock;
+    let t;
+    const end = (ok) => {
+      clearTimeout(t);
+      if (sock) (sock.onopen = sock.onmessage = sock.onclose = null), sock.close();
+      sock = null;
+      if (c !== this._conn || this._closed) return;
+      if (!ok) return this._probes++, this._upgrade(c);
+      this._probes = 0;
+      this._ti = this._ti0 = 0;
+      c.close();
+      this._conn = null;
+      this._connect();
+    };
+    try {
+      const token = this._auth ? await this._token() : null;
+      if (c !== this._conn) return;
+      sock = new this._WS(this.url.replace(/^http/, 'ws') + '/v1/ws');
+      t = after(() => end(false), this._o.openTimeout);
+      sock.onopen = () => sock.send(JSON.stringify(token ? { op: 'auth', token } : { op: 'ping' }));
+      sock.onmessage = () => end(true);
+      sock.onclose = () => end(false);
+    } catch {
+      end(false);
+    }
   }
 
   /**
@@ -684,13 +735,15 @@ export class Herald {
     if (this._openAt && now() - this._openAt >= o.stableAfter) this._tries = 0;
     this._openAt = 0;
     let delay;
-    // A transport that worked here before failing to open is a node refusing (draining, full), not a proxy: retry it a few times first.
+    // A transport that worked here before is a node refusing (draining, full), not a proxy: retry it first.
     if (how.fallback && this._order[this._ti] === this._proven && this._misses++ < 3) how = {};
     if (how.fallback && this._ti < this._order.length - 1) {
       this._ti++;
+      this._slow ||= !!how.slow;
       delay = 0;
     } else {
       this._ti = this._ti0;
+      this._slow = false;
       if (how.fallback) this._err('network', 'no transport could connect to ' + this.url);
       if (how.auth) {
         this._tok = this._o.getToken ? null : this._tok;
@@ -701,7 +754,7 @@ export class Herald {
       delay = how.prompt ? rand(o.minDelay * 2) : how.after ? how.after + rand(o.minDelay) : backoff;
     }
     this._setState(g.navigator && g.navigator.onLine === false ? 'offline' : 'reconnecting');
-    this._timer = setTimeout(() => this._connect(), delay);
+    this._timer = after(() => this._connect(), delay);
   }
 
   /** Check the connection now (tab visible again, back online). */
@@ -712,27 +765,14 @@ export class Herald {
 
   // ---- tab sharing ----
 
-  _share(BC, locks) {
-    const name = 'herald:' + this.url + (typeof this._o.share === 'string' ? ':' + this._o.share : '');
-    this._leader = false;
+  _share(BC, locks, key) {
+    const name = (this._name = 'herald:' + this.url + ':' + key);
+    this._locks = locks;
     this._id = Math.random().toString(36).slice(2);
     this._ch = new BC(name);
     this._ch.onmessage = (m) => this._msg(m.data);
-    this._ac = new AbortController();
-    locks
-      .request(name, { signal: this._ac.signal }, () =>
-        this._closed
-          ? 0
-          : new Promise((release) => {
-              this._release = release;
-              this._leader = true;
-              // The state mirrored from the previous leader no longer holds.
-              if (this._state === 'open') this._setState('reconnecting');
-              this._post({ t: 'lead' });
-              this._later();
-            }),
-      )
-      .catch(() => {});
+    this._lock();
+    this._announce();
     const w = g.window;
     const hide = () => this._leader || this._post({ t: 'bye' });
     const show = (e) => e.persisted && this._leader === false && this._announce();
@@ -743,9 +783,47 @@ export class Herald {
     }
   }
 
+  /** Asks for the leader's lock (`steal`: from a frozen leader). */
+  _lock(steal) {
+    if (this._ac) this._ac.abort();
+    const ac = (this._ac = new AbortController());
+    this._pingAt = 0;
+    this._seen = now();
+    this._locks
+      .request(this._name, steal ? { steal } : { signal: ac.signal }, () =>
+        this._closed || ac !== this._ac
+          ? 0
+          : new Promise((release) => {
+              this._release = release;
+              this._leader = true;
+              // The state mirrored from the previous leader no longer holds.
+              if (this._state === 'open') this._setState('reconnecting');
+              this._post({ t: 'lead' });
+              this._later();
+            }),
+      )
+      .catch(() => ac === this._ac && this._leader && this._demote());
+  }
+
+  /** Another tab took the lead (this one froze). */
+  _demote() {
+    this._leader = false;
+    clearTimeout(this._timer);
+    this._timer = 0;
+    if (this._conn) this._conn.close();
+    this._conn = null;
+    if (this._release) this._release();
+    for (const [t, set] of this._subs) {
+      for (const s of set) if (!s._fn) set.delete(s);
+      if (!set.size) this._subs.delete(t);
+    }
+    this._lock();
+    this._announce();
+  }
+
   _post(m) {
     if (!this._ch || (m.t !== 'bye' && this._closed)) return;
-    if (!this._leader && !['sub', 'unsub', 'bye'].includes(m.t)) return;
+    if (!this._leader && !FOLLOWER.includes(m.t)) return;
     m.id = this._id;
     try {
       this._ch.postMessage(m);
@@ -763,7 +841,9 @@ export class Herald {
   _msg(m) {
     if (!m || typeof m !== 'object' || this._closed) return;
     if (this._leader) {
-      if (m.t !== 'sub' && m.t !== 'unsub' && m.t !== 'bye') return;
+      if (m.t === 'lead') return this._demote();
+      if (m.t === 'ping') return this._post({ t: 'state', s: this._state });
+      if (!FOLLOWER.includes(m.t)) return;
       // A follower's needs are held as handler-less subscriptions.
       for (const [t, set] of this._subs)
         for (const s of set)
@@ -772,15 +852,21 @@ export class Herald {
             if (!set.size) this._subs.delete(t);
           }
       if (m.t === 'sub' && typeof m.topic === 'string') {
-        const s = new Subscription(this, m.topic, null, null, Number.isInteger(m.seq) ? m.seq : this._cur.get(m.topic));
+        const c = this._cur.get(m.topic);
+        const s = new Subscription(this, m.topic, null, null, Number.isInteger(m.seq) ? m.seq : c);
         s._r = m.id;
         this._add(s);
+        this._post({ t: 'seat', topic: m.topic, seq: c });
       }
       this._post({ t: 'state', s: this._state });
       this._later();
       return;
     }
+    if (FOLLOWER.includes(m.t)) return;
+    this._seen = now();
+    this._pingAt = 0;
     if (m.t === 'lead') this._announce();
+    else if (m.t === 'seat') this._seat(m.topic, m.seq);
     else if (m.t === 'state') this._setState(m.s);
     else if (m.t === 'ev') this._deliver(m.e);
     else if (m.t === 'reset') this._reset(m.topic, m.from, m.sent);
@@ -788,7 +874,7 @@ export class Herald {
   }
 }
 
-// ---- transports: each returns {kind, ready, apply(add, del), check(force), close(), auth?(token)} ----
+// ---- transports: {kind, ready, apply(add, del), check(force), close(), auth?(token)} ----
 
 /** WebSocket: in-band auth, subscribe frames, `ping` frames for liveness. */
 function ws(h) {
@@ -835,7 +921,7 @@ function ws(h) {
     } else if (c.ready && (force || n - last > o.heartbeat)) {
       pingAt = n;
       send({ op: 'ping' });
-      if (force) setTimeout(() => !dead && c.check(false), o.pongTimeout + 50);
+      if (force) after(() => !dead && c.check(false), o.pongTimeout + 50);
     }
   };
   const frame = (f) => {
@@ -845,8 +931,8 @@ function ws(h) {
         return h._event(e);
       }
       case 'subscribed':
-        // Resuming from acknowledged positions, the heads are not where a topic starts.
-        if (!o.ack) for (const [t, s] of parseCursor(f.heads)) h._seat(t, s);
+        // Where each topic starts (with resume=ack the heads are not).
+        if (f.cursor || !o.ack) for (const [t, s] of parseCursor(f.cursor || f.heads)) h._seat(t, s);
         return;
       case 'reset':
         return h._reset(f.topic, f.from);
@@ -873,7 +959,7 @@ function ws(h) {
       h._err('network', 'cannot open a WebSocket: ' + e);
       return fail({ fallback: true });
     }
-    timer = setTimeout(() => fail({ fallback: !opened }), o.openTimeout);
+    timer = after(() => fail({ fallback: !opened, slow: true }), o.openTimeout);
     sock.onopen = () => {
       if (token) send({ op: 'auth', token });
       c.ready = true;
@@ -895,6 +981,8 @@ function ws(h) {
       }
       frame(f);
     };
+    // Refused (Node then reports no close); a slow network times out.
+    sock.onerror = () => opened || fail({ fallback: true });
     sock.onclose = (e) => {
       const code = e.code;
       const why = e.reason || 'closed with ' + code;
@@ -902,14 +990,14 @@ function ws(h) {
       if (code === 4001) return fail({ auth: new HeraldError('unauthorized', why) });
       if (code === 4003) h._stop([...h._held.keys()], new HeraldError('forbidden', why));
       else if (code === 4400 || code === 1009 || code === 1011) h._err(code === 1011 ? 'unavailable' : 'protocol', why);
-      // Closed before any frame, not by Herald: what a proxy that blocks WebSockets does.
+      // Closed before any frame, not by Herald: a proxy blocking WebSockets.
       fail({ fallback: !opened && code < 4000 && ![1009, 1011, 1012, 1013].includes(code) });
     };
   })();
   return c;
 }
 
-/** Server-Sent Events: EventSource with a ticket or the cookie; fetch streaming where EventSource is missing. */
+/** Server-Sent Events: EventSource (a ticket or the cookie), else fetch streaming. */
 function sse(h) {
   const o = h._o;
   const c = { kind: 'sse', ready: true };
@@ -971,7 +1059,7 @@ function sse(h) {
     const since = h._since(topics, true);
     if (since) url += '&since=' + encodeURIComponent(since);
     if (o.ack) url += '&resume=ack';
-    timer = setTimeout(() => fail({ fallback: !opened }), o.openTimeout);
+    timer = after(() => fail({ fallback: !opened, slow: true }), o.openTimeout);
     try {
       if (h._ES) {
         if (h._auth) {
@@ -982,13 +1070,13 @@ function sse(h) {
         const s = (es = new h._ES(url, { withCredentials: !h._auth }));
         s.onopen = up;
         s.onmessage = (m) => msg('message', m.data, m.lastEventId);
-        s.addEventListener('reset', (m) => msg('reset', m.data, m.lastEventId));
+        for (const k of ['reset', 'subscribed']) s.addEventListener(k, (m) => msg(k, m.data, m.lastEventId));
         s.addEventListener('drain', (m) => msg('drain', m.data));
         s.addEventListener('error', async (m) => {
           if (m.data !== undefined) return msg('error', m.data);
-          // The connection failed; EventSource would retry the same URL (a used ticket): we do it ourselves.
+          // Failed; EventSource would retry with a used ticket: we retry ourselves.
           if (opened) return fail({});
-          // EventSource hides the status: ask a poll whether Herald refuses these topics or credentials.
+          // EventSource hides the status: a poll tells whether Herald refuses.
           stop();
           const mine = gen;
           let how = { fallback: true };
@@ -1071,7 +1159,7 @@ function sse(h) {
   return c;
 }
 
-/** Long polling: stateless requests from the connection's cursor; paused while the tab is hidden. */
+/** Long polling from the connection's cursor; paused while the tab is hidden. */
 function poll(h) {
   const o = h._o;
   const c = { kind: 'poll', ready: true };
@@ -1097,7 +1185,7 @@ function poll(h) {
     if (opened && h._hidden()) return (paused = true);
     const wait = quick ? 0 : o.pollWait;
     const a = (ac = new AbortController());
-    timer = setTimeout(() => a.abort(), wait * 1000 + o.openTimeout);
+    timer = after(() => a.abort(), wait * 1000 + o.openTimeout);
     let b;
     try {
       b = await h._poll(wait, a.signal, true);

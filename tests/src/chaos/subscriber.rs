@@ -505,6 +505,8 @@ async fn sse_session(
         match message.event.as_str() {
             "message" => state.event(&data),
             "reset" => state.reset(&data),
+            // Where the stream starts; events carry the cursor from then on.
+            "subscribed" => continue,
             "drain" => return End::Ended("sse drain".into()),
             "error" => {
                 let code = data["code"].as_str().unwrap_or("?").to_owned();

@@ -88,3 +88,78 @@ async fn assets_are_served_with_their_types_a_strong_etag_and_304_on_revalidatio
     tags.dedup();
     assert_eq!(tags.len(), 3, "each file has its own tag");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_and_its_typings_are_importable_from_any_origin_and_gzipped_when_accepted() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    for (path, file) in [("/client.js", CLIENT_JS), ("/client.d.ts", CLIENT_DTS)] {
+        let url = format!("{}{path}", app.base_url);
+        let gzipped = app
+            .http
+            .get(&url)
+            .header("Origin", "http://elsewhere.example")
+            .header("Accept-Encoding", "br;q=1.0, gzip;q=0.8")
+            .send()
+            .await
+            .expect("the asset answers");
+        assert_eq!(gzipped.status(), 200, "{path}");
+        assert_eq!(
+            header(&gzipped, "access-control-allow-origin"),
+            "*",
+            "{path}"
+        );
+        assert_eq!(
+            header(&gzipped, "access-control-allow-credentials"),
+            "",
+            "{path}"
+        );
+        assert_eq!(header(&gzipped, "content-encoding"), "gzip", "{path}");
+        assert_eq!(header(&gzipped, "vary"), "Accept-Encoding", "{path}");
+        let gzip_tag = header(&gzipped, "etag");
+        let bytes = gzipped.bytes().await.expect("the asset has a body");
+        assert!(
+            bytes.len() < file.len() / 2,
+            "{path}: compressed, {} bytes",
+            bytes.len()
+        );
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .expect("the body is gzip");
+        assert_eq!(text, file, "{path}: the file, compressed");
+
+        // Revalidating the compressed answer with its tag: 304.
+        let again = app
+            .http
+            .get(&url)
+            .header("Accept-Encoding", "gzip")
+            .header("If-None-Match", &gzip_tag)
+            .send()
+            .await
+            .expect("the asset answers");
+        assert_eq!(again.status(), 304, "{path}");
+
+        // gzip refused (q=0), or no Accept-Encoding: the plain bytes, still for any origin.
+        for accept in [Some("gzip;q=0, identity"), None] {
+            let mut request = app.http.get(&url);
+            if let Some(accept) = accept {
+                request = request.header("Accept-Encoding", accept);
+            }
+            let plain = request.send().await.expect("the asset answers");
+            assert_eq!(header(&plain, "content-encoding"), "", "{path} {accept:?}");
+            assert_eq!(header(&plain, "access-control-allow-origin"), "*", "{path}");
+            assert_eq!(header(&plain, "vary"), "Accept-Encoding", "{path}");
+            assert_ne!(
+                header(&plain, "etag"),
+                gzip_tag,
+                "{path}: each representation its tag"
+            );
+            assert_eq!(
+                plain.text().await.expect("a body"),
+                file,
+                "{path} {accept:?}"
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 crate::on_both_stores!(
     websocket_delivers_live_events_of_several_topics_in_order,
     sse_delivers_live_events_of_several_topics_with_the_whole_cursor_as_id,
+    sse_says_where_each_topic_starts_before_any_event_so_a_live_stream_resumes_without_loss,
     websocket_resume_delivers_exactly_the_missed_events_including_those_published_during_replay,
     sse_resume_from_last_event_id_delivers_exactly_the_missed_events,
     poll_resume_from_the_returned_cursor_delivers_exactly_the_missed_events,
@@ -85,6 +86,74 @@ async fn sse_delivers_live_events_of_several_topics_with_the_whole_cursor_as_id(
     assert_eq!(second.json()["topic"], b.as_str());
     assert_eq!(second.json()["seq"], 2);
     assert!(second.id.contains(&format!("{b}:2")) && second.id.contains(&format!("{a}:1")));
+}
+
+async fn sse_says_where_each_topic_starts_before_any_event_so_a_live_stream_resumes_without_loss(
+    backend: Backend,
+) {
+    let app = spawn_with(Options::new(backend)).await;
+    let (live, from_start) = (unique_topic("sse"), unique_topic("sse"));
+    app.publish(&live, json!(1)).await;
+    app.publish(&live, json!(2)).await;
+    app.publish(&from_start, json!(1)).await;
+    let token = app.root_token();
+    let mut sse = app
+        .sse(
+            &format!("topic={live}&topic={from_start}&since={from_start}:0&access_token={token}"),
+            None,
+        )
+        .await;
+    let replayed = sse.next().await.expect("the replayed event");
+    assert_eq!(replayed.json()["topic"], from_start.as_str());
+    assert_eq!(replayed.json()["seq"], 1);
+    let [subscribed] = &sse.subscribed.clone()[..] else {
+        panic!(
+            "one subscribed message before the first event: {:?}",
+            sse.subscribed
+        );
+    };
+    let cursor = |a: u64, b: u64| {
+        let mut parts = [format!("{live}:{a}"), format!("{from_start}:{b}")];
+        parts.sort();
+        parts.join(",")
+    };
+    // The live topic starts at its head, the other at its `since`.
+    assert_eq!(subscribed.id, cursor(2, 0));
+    let data = subscribed.json();
+    assert_eq!(data["cursor"], cursor(2, 0).as_str());
+    assert_eq!(data["heads"], cursor(2, 1).as_str());
+    let mut topics: Vec<&str> = data["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    topics.sort();
+    let mut expected = [live.as_str(), from_start.as_str()];
+    expected.sort();
+    assert_eq!(topics, expected);
+    drop(sse);
+
+    // Down before any live event: what is published meanwhile comes with the start id.
+    app.publish(&live, json!(3)).await;
+    let mut again = app
+        .sse(
+            &format!("topic={live}&topic={from_start}&access_token={token}"),
+            Some(&subscribed.id),
+        )
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = again.next().await.expect("an event");
+        got.push((
+            m.json()["topic"].as_str().unwrap_or_default().to_owned(),
+            seq(&m.json()),
+        ));
+    }
+    got.sort();
+    let mut want = vec![(live.clone(), 3), (from_start.clone(), 1)];
+    want.sort();
+    assert_eq!(got, want);
 }
 
 async fn websocket_resume_delivers_exactly_the_missed_events_including_those_published_during_replay(

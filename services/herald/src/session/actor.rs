@@ -38,8 +38,9 @@ pub trait Transport: Unpin + Sized + 'static {
     fn close(&self, reason: &CloseReason) -> Self::Frame;
     /// Transport-specific reaction to a heartbeat tick (after the common checks).
     fn on_heartbeat(session: &mut Session<Self>, ctx: &mut Context<Session<Self>>);
-    /// Transport-specific reaction to a topic's subscription being confirmed.
-    fn on_started(session: &mut Session<Self>, heads: Vec<(Topic, u64)>);
+    /// Transport-specific reaction to topics' subscriptions being confirmed:
+    /// each topic's head, and `since`, the positions the client asked for.
+    fn on_started(session: &mut Session<Self>, heads: Vec<(Topic, u64)>, since: &Cursor);
     /// The first subscriptions are in place (`true`), or could not be set up.
     fn on_subscribed(&mut self, _ok: bool) {}
     /// The transport's name, for logs and metrics.
@@ -173,7 +174,7 @@ impl<T: Transport> Session<T> {
                             .filter(|((t, _), g)| session.subs.is_current(t, **g))
                             .map(|(h, _)| h.clone())
                             .collect();
-                        T::on_started(session, started.clone());
+                        T::on_started(session, started.clone(), &since);
                         for ((topic, head), generation) in heads.into_iter().zip(generations) {
                             let (actions, read) =
                                 session

@@ -30,3 +30,23 @@ pub use crate::close::CloseReason;
 pub use actor::{Close, Session, Transport};
 pub use connections::Connections;
 pub use env::{Env, SessionSettings};
+
+/// The heads of freshly started topics as a cursor, and where each starts:
+/// its position in `since` (at most its head: beyond it is a reset to the
+/// head), else its head. What `subscribed` tells a client, so a live
+/// subscription has a position before its first event.
+pub fn starts(
+    heads: &[(crate::topic::Topic, u64)],
+    since: &crate::topic::Cursor,
+) -> (crate::topic::Cursor, crate::topic::Cursor) {
+    let mut head_cursor = crate::topic::Cursor::new();
+    let mut start_cursor = crate::topic::Cursor::new();
+    for (topic, head) in heads {
+        head_cursor.set(topic.clone(), *head);
+        start_cursor.set(
+            topic.clone(),
+            since.get(topic).map_or(*head, |s| s.min(*head)),
+        );
+    }
+    (head_cursor, start_cursor)
+}

@@ -1,6 +1,7 @@
 //! Server-Sent Events `/v1/sse`: one stream for several topics, each event's
 //! `id:` the connection's whole cursor, so an `EventSource` resumes every
-//! topic with the `Last-Event-ID` it sends by itself.
+//! topic with the `Last-Event-ID` it sends by itself. Before any event,
+//! `event: subscribed` says where each topic starts (its `id` that cursor).
 
 use std::sync::Arc;
 
@@ -76,7 +77,22 @@ impl Transport for Sse {
 
     fn on_heartbeat(_: &mut Session<Sse>, _: &mut Context<Session<Sse>>) {}
 
-    fn on_started(_: &mut Session<Sse>, _: Vec<(Topic, u64)>) {}
+    fn on_started(session: &mut Session<Sse>, heads: Vec<(Topic, u64)>, since: &Cursor) {
+        if heads.is_empty() {
+            return;
+        }
+        let topics: Vec<&Topic> = heads.iter().map(|(t, _)| t).collect();
+        let (heads, starts) = super::starts(&heads, since);
+        // The id is where each topic starts, so a live subscription knows
+        // its position before any event (and an `EventSource` resumes from
+        // it after a cut).
+        let (frame, size) = frame(format!(
+            "id: {starts}\nevent: subscribed\ndata: {}\n\n",
+            json!({"topics": topics, "heads": heads.to_string(), "cursor": starts.to_string()})
+        ));
+        // A full queue here is already being handled as a slow consumer.
+        let _ = session.out.push(frame, size);
+    }
 
     fn on_subscribed(&mut self, ok: bool) {
         if let Some(ready) = self.ready.take() {

@@ -145,17 +145,15 @@ impl Transport for Ws {
         }
     }
 
-    fn on_started(session: &mut Session<Ws>, heads: Vec<(Topic, u64)>) {
+    fn on_started(session: &mut Session<Ws>, heads: Vec<(Topic, u64)>, since: &Cursor) {
         if heads.is_empty() {
             return;
         }
         let topics: Vec<&Topic> = heads.iter().map(|(t, _)| t).collect();
-        let mut cursor = Cursor::new();
-        for (topic, head) in &heads {
-            cursor.set(topic.clone(), *head);
-        }
+        let (heads, starts) = super::starts(&heads, since);
         let (frame, size) = text(json!({
-            "op": "subscribed", "topics": topics, "heads": cursor.to_string()
+            "op": "subscribed", "topics": topics, "heads": heads.to_string(),
+            "cursor": starts.to_string()
         }));
         // A full queue here is already being handled as a slow consumer.
         let _ = session.out.push(frame, size);

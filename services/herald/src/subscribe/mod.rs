@@ -835,6 +835,8 @@ async fn sse(f: &mut Follower, client: &Client, resuming: bool) -> Result<Infall
                 f.reset(&event.data)?;
                 f.adopt(&event.id);
             }
+            // Where each topic starts: a reconnect resumes from there.
+            "subscribed" => f.adopt_heads(&event.id),
             "drain" => return Err(End::retry("the server is draining")),
             "error" => {
                 let error: ErrorEvent = serde_json::from_str(&event.data).with_context(|| {
