@@ -1,10 +1,7 @@
 /**
- * Herald client: subscribe to Herald topics from a browser, React Native or
- * Node, over WebSocket, Server-Sent Events or long polling, and resume after
- * any disconnect without losing or repeating an event.
- *
- * A dependency-free ES module, served by every Herald node at `/client.js`
- * (typings at `/client.d.ts`). See docs/API.md, "Browser client".
+ * Herald client (browser, React Native, Node): WebSocket, SSE or long
+ * polling, resuming after any disconnect with nothing lost or repeated.
+ * Served at `/client.js`, typings at `/client.d.ts`; see docs/API.md.
  * @module herald
  */
 
@@ -282,31 +279,9 @@ export class Herald {
     this._setState('closed');
   }
 
-  /**
-   * Registers this browser for push to offline devices (Web Push): the
-   * server's VAPID key, a subscription of `registration.pushManager` (one
-   * made with another key is replaced), posted to `/v1/devices` for
-   * `topics`. Resolves to the device (`{id, platform, topics, created_at}`).
-   * @param {ServiceWorkerRegistration} registration
-   * @param {{ topics: string[] }} options
-   */
-  async registerPush(registration, { topics } = {}) {
-    const pm = registration && registration.pushManager;
-    if (!pm) throw new HeraldError('push_unsupported', 'no Push API here (registration.pushManager)');
-    let res = await this._fetch(this.url + '/v1/push/vapid');
-    if (!res.ok) throw await problem(res);
-    const k = String((await res.json()).public_key).replace(/-/g, '+').replace(/_/g, '/');
-    const key = Uint8Array.from(g.atob(k + '==='.slice((k.length + 3) % 4)), (c) => c.charCodeAt(0));
-    let sub = await pm.getSubscription();
-    const had = sub && sub.options && sub.options.applicationServerKey;
-    if (sub && !(had && String(new Uint8Array(had)) === String(key))) sub = (await sub.unsubscribe(), null);
-    sub ||= await pm.subscribe({ userVisibleOnly: true, applicationServerKey: key });
-    const init = await this._init();
-    init.headers['Content-Type'] = 'application/json';
-    const body = JSON.stringify({ platform: 'webpush', subscription: sub.toJSON(), topics });
-    res = await this._fetch(this.url + '/v1/devices', { ...init, method: 'POST', body });
-    if (!res.ok) throw await problem(res);
-    return res.json();
+  /** Web Push for this browser: see client-push.js (loaded on first use). */
+  async registerPush(registration, options) {
+    return (await import('./client-push.js')).registerPush(this, registration, options, problem);
   }
 
   // ---- subscriptions and delivery ----

@@ -1,5 +1,6 @@
 //! The files a browser loads from Herald itself: `GET /client.js` (the
-//! browser client), `GET /client.d.ts` (its typings) and `GET /` (the web
+//! browser client), `GET /client-push.js` (its Web Push part, which
+//! `registerPush` imports on first use), `GET /client.d.ts` (its typings) and `GET /` (the web
 //! console). They are built into the binary, so every node serves the same
 //! bytes; each answer carries a strong `ETag` (a hash of the bytes, computed
 //! once) and `Cache-Control: no-cache`, so browsers revalidate and get `304
@@ -82,6 +83,12 @@ static CLIENT_JS: LazyLock<Asset> = LazyLock::new(|| {
         "text/javascript; charset=utf-8",
     )
 });
+static CLIENT_PUSH_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::shared(
+        include_bytes!("../../static/client-push.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
 static CLIENT_DTS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::shared(
         include_bytes!("../../static/client.d.ts"),
@@ -99,6 +106,7 @@ static INDEX_HTML: LazyLock<Asset> = LazyLock::new(|| {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // Compressed once, as the routes are set up, not on a first request.
     LazyLock::force(&CLIENT_JS);
+    LazyLock::force(&CLIENT_PUSH_JS);
     LazyLock::force(&CLIENT_DTS);
     cfg.service(super::only(
         "/",
@@ -109,6 +117,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/client.js",
         "GET",
         web::get().to(|req: HttpRequest| serve(req, &CLIENT_JS)),
+    ))
+    .service(super::only(
+        "/client-push.js",
+        "GET",
+        web::get().to(|req: HttpRequest| serve(req, &CLIENT_PUSH_JS)),
     ))
     .service(super::only(
         "/client.d.ts",
