@@ -8,7 +8,9 @@ use clap::Parser;
 use crate::app::Application;
 use crate::auth::token::now_secs;
 use crate::auth::{Claims, HeraldClaims, Minter};
-use crate::config::{Cli, Command, KeyKind, MigrateArgs, PublishArgs, ServeArgs, TokenArgs};
+use crate::config::{
+    Cli, Command, KeyKind, LogFormat, MigrateArgs, PublishArgs, ServeArgs, TokenArgs,
+};
 
 /// Entry point of the `herald` binary.
 pub fn main() -> anyhow::Result<()> {
@@ -37,7 +39,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .log_topic
         .as_deref()
         .and_then(|t| crate::topic::Topic::parse(t).ok());
-    let telemetry = crate::telemetry::init(args.log_format, log_topic);
+    // A developer's terminal, or its piped output: lines a person reads.
+    let log_format = match args.log_format {
+        LogFormat::Auto if args.dev => LogFormat::Text,
+        format => format,
+    };
+    let telemetry = crate::telemetry::init(log_format, log_topic);
     let result = actix_rt::System::new().block_on(async move {
         let app = Application::build(args).await?;
         app.run().await?;

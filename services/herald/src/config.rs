@@ -377,7 +377,8 @@ pub struct ServeArgs {
     /// HTTP worker threads; 0: one per core.
     #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Log format.
+    /// Log format (`auto`: JSON when standard error is not a terminal, text
+    /// when it is, and always text with `--dev`).
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// A topic whose every event is logged at each stage (committed, bus,

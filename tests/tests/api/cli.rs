@@ -106,3 +106,46 @@ fn serve_refuses_to_start_without_a_key_and_says_why() {
         "{stderr}"
     );
 }
+
+/// The first log line `herald serve --dev` writes to a piped standard error
+/// (the `listening` line), with `env` set.
+async fn dev_log_line(env: &[(&str, &str)]) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(binary())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("HERALD_DATABASE_URL", "sqlite::memory:")
+        .env("RUST_LOG", "info")
+        .env_remove("HERALD_LOG_FORMAT")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald serve starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("stderr reads") {
+            if line.contains("listening") {
+                return line;
+            }
+        }
+        panic!("herald exited before logging that it listens");
+    })
+    .await
+    .expect("herald logs that it listens within 30 s");
+    let _ = child.kill().await;
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_logs_lines_a_person_reads_even_when_piped_and_json_when_asked() {
+    let text = dev_log_line(&[]).await;
+    assert!(
+        !text.trim_start().starts_with('{') && text.contains("INFO"),
+        "--dev logs text: {text}"
+    );
+    let json = dev_log_line(&[("HERALD_LOG_FORMAT", "json")]).await;
+    let parsed: Value = serde_json::from_str(&json).expect("HERALD_LOG_FORMAT=json logs JSON");
+    assert_eq!(parsed["level"], "INFO", "{json}");
+}
