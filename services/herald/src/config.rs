@@ -34,9 +34,12 @@ pub const DEFAULT_REQUEST_BODY_TIMEOUT_SECS: u64 = 30;
 /// finish writing over a slow link and read its answer; nginx lingers up
 /// to 30 s, at most 5 s between reads.
 pub const DEFAULT_LINGER_SECS: u64 = 5;
-/// Fan-out lag past which publishes wait: well above a healthy node's few
-/// milliseconds, well below what fills a connection's queue.
-pub const DEFAULT_PACE_LAG_MS: u64 = 50;
+/// Fan-out lag past which publishes wait: above a healthy node's few
+/// milliseconds, and low enough that eight saturating publishers are held
+/// back before the connections' queues fill (at 50 ms, 655 to 820 of 1,000
+/// subscribers were closed as slow consumers; at 20 ms none: see
+/// docs/BENCHMARKS.md, "One connection path").
+pub const DEFAULT_PACE_LAG_MS: u64 = 20;
 /// Longest a publish waits for fan-out to catch up.
 pub const DEFAULT_PACE_MAX_WAIT_MS: u64 = 5_000;
 /// How many `subscribe` and `unsubscribe` frames a WebSocket may send per

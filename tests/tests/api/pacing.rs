@@ -12,6 +12,10 @@ use serde_json::json;
 
 use crate::cluster::{next_seqs, wait_ready};
 
+/// The pacing limit of these tests: far above what scheduling on a busy
+/// test machine adds to fan-out, far below the skew and the slow commit.
+const PACE_LAG_MS: u64 = 500;
+
 /// libfaketime, from Debian's `faketime` package (scripts/setup installs it).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -37,9 +41,12 @@ async fn a_node_whose_clock_runs_ahead_of_its_peer_is_never_paced_by_the_skew() 
         .create_database()
         .expect("the private Postgres makes databases");
     let node = |extra: &[(&str, &str)]| {
+        // A limit far above what a busy test machine's scheduling adds, and
+        // far below the 3 s skew: only a lag read from the skew trips it.
         let mut options = Options::new(Backend::Url(database_url.clone()))
             .env("HERALD_NATS_URL", nats.url())
-            .env("HERALD_HEARTBEAT_SECS", 1);
+            .env("HERALD_HEARTBEAT_SECS", 1)
+            .env("HERALD_PACE_LAG_MS", PACE_LAG_MS);
         for (key, value) in extra {
             options = options.env(key, value);
         }
@@ -153,7 +160,11 @@ async fn a_slow_commit_is_not_counted_as_fan_out_lag() {
     let database_url = herald_tests::pg::shared()
         .create_database()
         .expect("the private Postgres makes databases");
-    let app = spawn_with(Options::new(Backend::Url(database_url.clone()))).await;
+    // Far below the 1.5 s commit: a commit counted as lag trips it.
+    let app = spawn_with(
+        Options::new(Backend::Url(database_url.clone())).env("HERALD_PACE_LAG_MS", PACE_LAG_MS),
+    )
+    .await;
     let slow = unique_topic("slow");
     let other = unique_topic("other");
     app.publish(&slow, json!("first")).await;
