@@ -78,6 +78,17 @@ export class Cluster {
   }
 
   /** GET /v1/admin/stats of node `node`. */
+  /** The acknowledged seq of `sub` on `topic`, from the node's receipts (`GET /v1/acks`). */
+  async acked(topic, sub, node = 0) {
+    const query = `topic=${encodeURIComponent(topic)}&sub=${encodeURIComponent(sub)}`;
+    const response = await fetch(`${this.url(node)}/v1/acks?${query}`, {
+      headers: { authorization: `Bearer ${this.rootToken}` },
+      signal: AbortSignal.timeout(10000),
+    });
+    if (response.status !== 200) throw new Error(`GET /v1/acks answered ${response.status}`);
+    return (await response.json()).acks[0]?.seq;
+  }
+
   async stats(node = 0) {
     const response = await fetch(`${this.url(node)}/v1/admin/stats`, {
       headers: { authorization: `Bearer ${this.rootToken}` },

@@ -23,16 +23,6 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** The acknowledged seq of `sub` on `topic`, from the node's receipts. */
-async function acked(topic, sub) {
-  const response = await fetch(`${cluster.url(0)}/v1/acks?topic=${encodeURIComponent(topic)}&sub=${encodeURIComponent(sub)}`, {
-    headers: { authorization: `Bearer ${cluster.rootToken}` },
-    signal: AbortSignal.timeout(10000),
-  });
-  assert.equal(response.status, 200);
-  return (await response.json()).acks[0]?.seq;
-}
-
 for (const transport of ['websocket', 'sse', 'poll']) {
   test(`${transport}: ack 'auto' lets a second device resume after what the first processed`, async () => {
     const topic = uniqueTopic(`acks-${transport}`);
@@ -46,14 +36,14 @@ for (const transport of ['websocket', 'sse', 'poll']) {
       const first = await openClient(firstDevice, `${cluster.url(0)}/healthz`, cluster.url(0), options);
       await subscribe(first.page, topic, 0);
       assert.deepEqual(await waitForEvents(first.page, topic, 5), range(1, 5));
-      await until(`${sub} acknowledged 5`, async () => (await acked(topic, sub)) === 5);
+      await until(`${sub} acknowledged 5`, async () => (await cluster.acked(topic, sub)) === 5);
       await first.page.close();
 
       for (const n of range(6, 10)) await cluster.publish(topic, { n });
       const second = await openClient(secondDevice, `${cluster.url(0)}/healthz`, cluster.url(0), options);
       await subscribe(second.page, topic, undefined);
       assert.deepEqual(await waitForEvents(second.page, topic, 5), range(6, 10));
-      await until(`${sub} acknowledged 10`, async () => (await acked(topic, sub)) === 10);
+      await until(`${sub} acknowledged 10`, async () => (await cluster.acked(topic, sub)) === 10);
       const log = await clientLog(second.page);
       assert.deepEqual(log.events[topic], range(6, 10));
       assert.deepEqual(log.errors, []);

@@ -23,16 +23,6 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** The acknowledged seq of `sub` on `topic`, from the node's receipts. */
-async function acked(topic, sub) {
-  const response = await fetch(`${cluster.url(0)}/v1/acks?topic=${encodeURIComponent(topic)}&sub=${encodeURIComponent(sub)}`, {
-    headers: { authorization: `Bearer ${cluster.rootToken}` },
-    signal: AbortSignal.timeout(10000),
-  });
-  assert.equal(response.status, 200);
-  return (await response.json()).acks[0]?.seq;
-}
-
 test("two users' tabs in one browser each get their own permitted topic", async () => {
   const [aliceTopic, bobTopic] = [uniqueTopic('alice'), uniqueTopic('bob')];
   await cluster.publish(aliceTopic, { n: 1 });
@@ -80,11 +70,11 @@ test("a leader tab with ack 'auto' does not acknowledge what only a manual-ack t
     // The leader's own event is acknowledged (after the other one was delivered, in the same or a later batch).
     await cluster.publish(own, { n: 1 });
     assert.deepEqual(await waitForEvents(leader.page, own, 1), [1]);
-    await until(`${sub} acknowledged ${own}`, async () => (await acked(own, sub)) === 1);
-    assert.equal(await acked(theirs, sub), undefined, 'nobody acknowledged the manual tab\'s event');
+    await until(`${sub} acknowledged ${own}`, async () => (await cluster.acked(own, sub)) === 1);
+    assert.equal(await cluster.acked(theirs, sub), undefined, 'nobody acknowledged the manual tab\'s event');
     // The manual tab acknowledges it itself.
     await follower.page.evaluate((t) => window.h.ack({ topic: t, seq: 1 }), theirs);
-    await until(`${sub} acknowledged ${theirs}`, async () => (await acked(theirs, sub)) === 1);
+    await until(`${sub} acknowledged ${theirs}`, async () => (await cluster.acked(theirs, sub)) === 1);
   } finally {
     await context.close();
   }
