@@ -15,6 +15,7 @@ crate::on_both_stores!(
     retention_by_age_prunes_old_events_but_never_restarts_seqs,
     an_id_is_reusable_once_its_event_left_retention,
     revocations_are_read_incrementally_in_commit_order,
+    heads_asked_by_many_callers_at_once_answer_each_its_own_in_order,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -237,4 +238,43 @@ async fn revocations_are_read_incrementally_in_commit_order(backend: Backend) {
         .expect("read");
     assert_eq!(names(&ahead), vec![("sub:c".to_owned(), 3_000)]);
     assert_eq!(ahead.last_change, fresh.last_change);
+}
+
+async fn heads_asked_by_many_callers_at_once_answer_each_its_own_in_order(backend: Backend) {
+    let (store, _dir) = open(backend).await;
+    // Topic i holds i events; one more topic was never written.
+    let topics: Vec<Topic> = (0..12)
+        .map(|i| Topic::parse(&unique_topic(&format!("heads{i}"))).expect("valid"))
+        .collect();
+    for (i, topic) in topics.iter().enumerate() {
+        let ids: Vec<String> = (0..i).map(|n| format!("e{n}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if !ids.is_empty() {
+            append(&*store, topic, &ids, now_ms()).await;
+        }
+    }
+    // 600 callers together (more than one statement's worth of topics),
+    // each asking for a different selection, some with a topic twice.
+    let callers: Vec<_> = (0..600usize)
+        .map(|c| {
+            let store = store.clone();
+            let asked: Vec<Topic> = (0..1 + c % 5)
+                .map(|k| topics[(c * 7 + k * 5) % topics.len()].clone())
+                .chain(std::iter::once(topics[c % topics.len()].clone()))
+                .collect();
+            tokio::spawn(async move {
+                let heads = store.heads(&asked).await.expect("heads");
+                (asked, heads)
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (asked, heads) = caller.await.expect("the caller ran");
+        let expected: Vec<u64> = asked
+            .iter()
+            .map(|t| topics.iter().position(|x| x == t).expect("one of them") as u64)
+            .collect();
+        assert_eq!(heads, expected, "{asked:?}");
+    }
+    assert_eq!(store.heads(&[]).await.expect("heads"), Vec::<u64>::new());
 }

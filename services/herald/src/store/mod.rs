@@ -12,6 +12,7 @@ mod plan;
 mod postgres;
 mod revocations;
 mod sqlite;
+mod sqlite_heads;
 mod tickets;
 
 use std::sync::Arc;

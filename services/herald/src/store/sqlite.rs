@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 
 use super::plan::{plan, topics};
 use super::revocations::{self, Dialect};
+use super::sqlite_heads::Heads;
 use super::tickets;
 use super::{Appended, Read, RevocationChanges, Store, StoreError, to_i64, to_u64};
 use crate::auth::RevocationKind;
@@ -27,6 +28,8 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// Whether commits write the push feed (`store::outbox`).
     pub(super) push_feed: std::sync::atomic::AtomicBool,
+    /// Topic heads, read for many callers at once.
+    heads: Heads,
 }
 
 impl SqliteStore {
@@ -46,6 +49,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(SqliteStore {
+            heads: Heads::new(pool.clone()),
             pool,
             push_feed: Default::default(),
         })
@@ -159,16 +163,7 @@ impl Store for SqliteStore {
     }
 
     async fn heads(&self, topics: &[Topic]) -> Result<Vec<u64>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let mut heads = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
-                .bind(topic.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-            heads.push(to_u64(head.unwrap_or(0)));
-        }
-        Ok(heads)
+        self.heads.read(topics).await
     }
 
     async fn prune(
