@@ -436,8 +436,13 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
         check_server_fd_limit(pid, settings.count)?;
     }
     let sources = Sources::new(settings.source_ips)?;
-    let streams_before = streams_accepted(&target.base_url).await;
+    if let Some(pid) = target.pid {
+        settle_fds(pid).await;
+    }
     let before = Usage::take(target.pid)?;
+    // After the server's open files are counted: its socket for this
+    // request is not one of the run's.
+    let streams_before = streams_accepted(&target.base_url).await;
     let mut opening = open(settings, endpoint, &sources).await;
     let at_open = AtOpen {
         server_rss: target.pid.map(proc::rss_bytes).transpose()?,
@@ -456,11 +461,30 @@ async fn run_once(settings: &ConnsSettings, target: &Target) -> anyhow::Result<C
     Ok(figures)
 }
 
+/// Waits (at most a second) until the server's open files stop changing:
+/// the sockets of the requests that checked it was ready are closed by then,
+/// so they are not counted before the run and missing after it.
+async fn settle_fds(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut last = proc::open_fds(pid);
+    let mut same = 0;
+    while same < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = proc::open_fds(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+}
+
 /// The server's `herald_streams_accepted_total` for `request="first"` and
 /// `request="later"`, from its `/metrics`; `None` when they cannot be read
 /// (another server, metrics off).
 async fn streams_accepted(base_url: &str) -> Option<(u64, u64)> {
-    let text = reqwest::get(format!("{base_url}/metrics"))
+    // Closed once answered, so the server holds no socket for it after.
+    let text = reqwest::Client::new()
+        .get(format!("{base_url}/metrics"))
+        .header(reqwest::header::CONNECTION, "close")
+        .send()
         .await
         .ok()?
         .text()
