@@ -77,6 +77,13 @@ for (const transport of ['', 'sse', 'poll']) {
       assert.equal(cells[2], '1');
       assert.match(cells[3], /^-?\d+ ms$/, 'the latency is shown');
       assert.equal(cells[4], '{"hello":"console"}');
+      // The frame log shows the event as this transport carried it.
+      const via = { '': 'ws', sse: 'sse', poll: 'http' }[transport];
+      const carried = page.locator(`#frames tr[data-dir="in"]:has(td:text-is("${via}"))`, { hasText: '"hello":"console"' });
+      await carried.first().waitFor({ timeout: 10000 });
+      const frame = await carried.first().locator('td.frame').textContent();
+      assert.match(frame, { '': /^\{"op":"event",/, sse: /^id: [^\n]+:1\ndata: \{/, poll: /^200 GET \/v1\/poll\n\{"/ }[transport]);
+      assert.ok(frame.includes(`"topic":"${topic}","seq":1`), frame);
 
       await page.click('#drop-button');
       await page.waitForFunction(() => Number(document.getElementById('reconnects').textContent) >= 1, null, { timeout: 10000 });
