@@ -206,7 +206,7 @@ test('the token decoder shows the --dev token\'s subject and expiry, says it doe
   }
 });
 
-test('the node statistics render with the --dev admin token, and a token that is not admin is told so', async () => {
+test('the node statistics render with the --dev admin token, and a token that is not admin is told so, for them and for receipts', async () => {
   const topic = uniqueTopic('console.stats');
   const { context, page, record } = await openDevConsole();
   try {
@@ -223,6 +223,11 @@ test('the node statistics render with the --dev admin token, and a token that is
     await page.click('#stats-refresh');
     await page.waitForSelector('#stats-message[data-kind="error"]:has-text("not an admin token")', { timeout: 10000 });
     assert.equal(await page.locator('#stats-out').isHidden(), true);
+    // Nor may it read receipts of a topic it may not publish on.
+    await page.fill('#receipts-topic', topic);
+    await page.click('#receipts-refresh');
+    await page.waitForSelector('#receipts-message[data-kind="error"]:has-text("may not read the receipts")', { timeout: 10000 });
+    assert.equal(await page.locator('#receipts-out').isHidden(), true);
     assert.deepEqual(record.errors, []);
   } finally {
     await context.close();
