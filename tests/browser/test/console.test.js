@@ -233,3 +233,23 @@ test('the node statistics render with the --dev admin token, and a token that is
     await context.close();
   }
 });
+
+test('the frame log keeps the last 500 frames, newest first', async () => {
+  const topic = uniqueTopic('console.bound');
+  const { context, page, record } = await openDevConsole();
+  try {
+    await connect(page, topic);
+    const total = 520;
+    for (let i = 1; i <= total; i += 1) await devCluster.publish(topic, { i });
+    await page.waitForFunction((n) => Number(document.getElementById('count').textContent) === n, total, { timeout: 30000 });
+    await page.waitForSelector('#frames-status:has-text("500 frames kept")', { timeout: 5000 });
+    assert.equal(await page.locator('#frames tr').count(), 500);
+    const newest = JSON.parse(await page.locator('#frames tr td.frame').first().textContent());
+    assert.equal(newest.seq, total);
+    const oldest = JSON.parse(await page.locator('#frames tr td.frame').last().textContent());
+    assert.equal(oldest.seq, total - 499, 'the 500 newest frames, all events by now');
+    assert.deepEqual(record.errors, []);
+  } finally {
+    await context.close();
+  }
+});
