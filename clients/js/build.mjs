@@ -32,9 +32,13 @@ await Promise.all([
   build({ ...common, format: 'esm', minify: true, outfile: here('dist/herald.min.js').pathname }),
 ]);
 
-// The typings are the served ones, plus VERSION.
+// The typings are the served ones, plus VERSION; the same text for both
+// formats (index.d.cts: CommonJS has the default export as `.default`, as
+// the CommonJS build does).
 const types = readFileSync(new URL('client.d.ts', STATIC), 'utf8').replace(
   /^\/\/ Typings of Herald's client.*\n/,
   `// Typings of @herald/client ${version} (from services/herald/static/client.d.ts).\n`,
 );
-writeFileSync(here('dist/index.d.ts'), `${types}\n/** This package's version. */\nexport declare const VERSION: string;\n`);
+const typings = `${types}\n/** This package's version. */\nexport declare const VERSION: string;\n`;
+writeFileSync(here('dist/index.d.ts'), typings);
+writeFileSync(here('dist/index.d.cts'), typings);
