@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ROOT, startHerald, uniqueTopic } from '../../client/test/helpers.mjs';
+import { ROOT, publish, startHerald, uniqueTopic, until } from '../../client/test/helpers.mjs';
 
 const run = promisify(execFile);
 const HERE = fileURLToPath(new URL('..', import.meta.url));
@@ -199,5 +199,36 @@ h.subscribe('page.updates', (e) => (document.title = e.data + ' ' + VERSION));
   const js = readFileSync(join(outDir, 'assets', assets[0]), 'utf8');
   for (const needle of ['HeraldError', '/v1/', 'push_unsupported', version]) {
     assert.ok(js.includes(needle), `the bundle holds ${needle}`);
+  }
+});
+
+test('the React Native foreground pattern of docs/API.md (a new client with the same persist object) resumes with nothing lost or repeated', async () => {
+  const { Herald } = await import(join(scratch, 'node_modules/@herald/client/dist/index.mjs'));
+  const topic = uniqueTopic('rn');
+  // As the docs' example: positions in a Map that outlives each client.
+  const positions = new Map();
+  const persist = { getItem: (k) => positions.get(k) ?? null, setItem: (k, v) => positions.set(k, v) };
+  const seqs = [];
+  const connect = () => {
+    const h = new Herald(server.url, { token: server.token, persist });
+    h.subscribe(topic, (event) => seqs.push(event.seq));
+    return h;
+  };
+  let h = connect();
+  try {
+    await until(() => h.state === 'open', 10_000, 'the first client opens');
+    await publish(server, topic, ['one']);
+    await until(() => seqs.length === 1, 10_000, () => `the first event, got ${seqs}`);
+    // The app goes to the background: the client is closed (or the OS cuts it).
+    h.close();
+    await publish(server, topic, ['two', 'three']);
+    // Back in the foreground: a new client, the same subscription without since.
+    h = connect();
+    await until(() => seqs.length >= 3, 10_000, () => `the events published while away, got ${seqs}`);
+    await publish(server, topic, ['four']);
+    await until(() => seqs.length >= 4, 10_000, () => `the live event, got ${seqs}`);
+    assert.deepEqual(seqs, [1, 2, 3, 4]);
+  } finally {
+    h.close();
   }
 });
