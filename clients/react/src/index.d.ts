@@ -5,11 +5,14 @@ import type { Herald, HeraldEvent, State } from '@herald/client';
 /** How many of a topic's latest events useTopic keeps unless told. */
 export declare const DEFAULT_LIMIT: number;
 
-/** Provides `client` to the tree below; does not close it. */
-export declare function HeraldProvider(props: { client: Herald; children?: ReactNode }): ReactNode;
+/**
+ * Provides `client` to the tree below (null until it is made, as during
+ * server rendering); does not close it.
+ */
+export declare function HeraldProvider(props: { client: Herald | null; children?: ReactNode }): ReactNode;
 
-/** The Herald of the nearest HeraldProvider; throws without one. */
-export declare function useHerald(): Herald;
+/** The Herald of the nearest HeraldProvider, or null while it has none; throws without a provider. */
+export declare function useHerald(): Herald | null;
 
 export interface TopicOptions {
   /** The seq already seen (0: everything retained) or a cursor; unset: live. */
@@ -20,6 +23,6 @@ export interface TopicOptions {
 
 /**
  * Subscribes to `topic` while mounted; the latest events, oldest first, and
- * the connection state (`'connecting'` during server rendering).
+ * the connection state (`'connecting'` while the provider has no client).
  */
 export declare function useTopic<T = unknown>(topic: string, options?: TopicOptions): { events: HeraldEvent<T>[]; state: State };

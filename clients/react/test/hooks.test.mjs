@@ -3,7 +3,7 @@
 // they render as events and state change, and what they release.
 import { afterEach, describe, expect, test } from 'vitest';
 import { act, cleanup, render, screen } from '@testing-library/react';
-import { createElement as h, StrictMode } from 'react';
+import { createElement as h, StrictMode, useEffect, useState } from 'react';
 import { HeraldProvider, useHerald, useTopic } from '../src/index.js';
 
 afterEach(cleanup);
@@ -121,6 +121,47 @@ describe('useTopic', () => {
   });
 });
 
+describe('a provider whose client is made later (in an effect, as with Next.js)', () => {
+  test('renders connecting with no events and no subscription until the client exists', () => {
+    const client = new FakeHerald();
+    const { rerender } = mount(null, { topic: 'a', since: 0 });
+    expect(shown('state')).toBe('connecting');
+    expect(shown('events')).toBe('');
+    rerender(h(HeraldProvider, { client }, h(Feed, { topic: 'a', since: 0 })));
+    expect(client.active('a').map((s) => s.options)).toEqual([{ since: 0 }]);
+    client.setState('open');
+    client.deliver('a', 1, 'x');
+    expect(shown('state')).toBe('open');
+    expect(shown('events')).toBe('1:x');
+  });
+
+  test('a client made and closed by an effect is subscribed once and released on unmount, under StrictMode', () => {
+    const made = [];
+    function Providers({ children }) {
+      const [client, setClient] = useState(null);
+      useEffect(() => {
+        const c = new FakeHerald();
+        c.closed = false;
+        c.close = () => (c.closed = true);
+        made.push(c);
+        setClient(c);
+        return () => c.close();
+      }, []);
+      return h(HeraldProvider, { client }, children);
+    }
+    const { unmount } = render(h(StrictMode, null, h(Providers, null, h(Feed, { topic: 'a' }))));
+    const open = made.filter((c) => !c.closed);
+    expect(open).toHaveLength(1);
+    expect(open[0].active('a')).toHaveLength(1);
+    expect(made.flatMap((c) => (c.closed ? c.active('a') : []))).toHaveLength(0);
+    open[0].deliver('a', 1, 'x');
+    expect(shown('events')).toBe('1:x');
+    unmount();
+    expect(open[0].closed).toBe(true);
+    expect(open[0].active('a')).toHaveLength(0);
+  });
+});
+
 describe('useHerald', () => {
   test('answers the provided client', () => {
     const client = new FakeHerald();
@@ -128,6 +169,13 @@ describe('useHerald', () => {
     const Probe = () => ((seen = useHerald()), null);
     render(h(HeraldProvider, { client }, h(Probe)));
     expect(seen).toBe(client);
+  });
+
+  test('answers null while the provider has no client', () => {
+    let seen;
+    const Probe = () => ((seen = useHerald()), null);
+    render(h(HeraldProvider, { client: null }, h(Probe)));
+    expect(seen).toBeNull();
   });
 
   test('throws without a provider', () => {
