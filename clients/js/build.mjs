@@ -27,7 +27,7 @@ const common = {
   // can call it too.
   platform: 'neutral',
   target: 'es2020',
-  banner: { js: `/*! @herald/client ${version} | MIT */` },
+  banner: { js: `/*! @herald/client ${version} | Apache-2.0 */` },
   legalComments: 'none',
   logLevel: 'warning',
 };
