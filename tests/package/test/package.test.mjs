@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ROOT, publish, startHerald, uniqueTopic, until } from '../../client/test/helpers.mjs';
+import { ROOT, publish, startHerald, uniqueTopic, until, withTimeout } from '../../client/test/helpers.mjs';
 
 const run = promisify(execFile);
 const HERE = fileURLToPath(new URL('..', import.meta.url));
@@ -21,6 +21,8 @@ const { version } = JSON.parse(readFileSync(join(PACKAGE, 'package.json'), 'utf8
 const STEP_TIMEOUT_MS = 60_000;
 /** A live script's own deadline, under STEP_TIMEOUT_MS. */
 const LIVE_TIMEOUT_MS = 15_000;
+/** Each test, and the set-up (pack, install, start the server), at most. */
+const TEST = { timeout: 90_000 };
 
 let scratch;
 let server;
@@ -39,7 +41,7 @@ before(async () => {
     timeout: STEP_TIMEOUT_MS,
   });
   server = await startHerald();
-});
+}, TEST);
 
 after(async () => {
   await server?.stop();
@@ -102,7 +104,7 @@ async function live(file, source) {
   return out;
 }
 
-test('import from @herald/client (ESM) gives a Herald that subscribes and receives a published event', async () => {
+test('import from @herald/client (ESM) gives a Herald that subscribes and receives a published event', TEST, async () => {
   const out = await live(
     'live.mjs',
     `import { Herald, HeraldError, VERSION } from '@herald/client';
@@ -112,7 +114,7 @@ ${LIVE}`,
   assert.match(out.resolved, /node_modules\/@herald\/client\/dist\/index\.mjs$/);
 });
 
-test('require(@herald/client) (CommonJS) gives a Herald that subscribes and receives a published event', async () => {
+test('require(@herald/client) (CommonJS) gives a Herald that subscribes and receives a published event', TEST, async () => {
   const out = await live(
     'live.cjs',
     `const { Herald, HeraldError, VERSION } = require('@herald/client');
@@ -124,7 +126,7 @@ ${LIVE}`,
   assert.match(out.resolved, /node_modules\/@herald\/client\/dist\/index\.cjs$/);
 });
 
-test('registerPush loads its module in the CommonJS build (bundled in) and reports a missing PushManager', async () => {
+test('registerPush loads its module in the CommonJS build (bundled in) and reports a missing PushManager', TEST, async () => {
   writeFileSync(
     join(scratch, 'push.cjs'),
     `const { Herald } = require('@herald/client');
@@ -139,7 +141,7 @@ h.registerPush({}, { topics: ['a'] }).then(
   assert.equal(stdout.trim(), 'HeraldError push_unsupported');
 });
 
-test('the packed files are the builds, the typings and the readme, nothing else', async () => {
+test('the packed files are the builds, the typings and the readme, nothing else', TEST, async () => {
   const dir = join(scratch, 'node_modules/@herald/client');
   assert.deepEqual(readdirSync(join(dir, 'dist')).sort(), ['herald.min.js', 'index.cjs', 'index.d.cts', 'index.d.ts', 'index.mjs']);
   assert.deepEqual(readdirSync(dir).sort(), ['README.md', 'dist', 'package.json']);
@@ -148,7 +150,7 @@ test('the packed files are the builds, the typings and the readme, nothing else'
   assert.equal(typeof min.Herald, 'function');
 });
 
-test('tsc resolves the typings from ESM and CommonJS files (module nodenext)', async () => {
+test('tsc resolves the typings from ESM and CommonJS files (module nodenext)', TEST, async () => {
   const body = `
 const h: Herald = new Herald('https://herald.example.com', { token: 't' });
 const v: string = VERSION;
@@ -182,7 +184,7 @@ export { v, s, e };
   assert.equal(out, '', out);
 });
 
-test('Vite bundles a page that imports @herald/client, and the output holds the client', async () => {
+test('Vite bundles a page that imports @herald/client, and the output holds the client', TEST, async () => {
   const { build } = await import('vite');
   writeFileSync(join(scratch, 'index.html'), '<!doctype html><title>t</title><script type="module" src="./main.js"></script>\n');
   writeFileSync(
@@ -193,7 +195,11 @@ h.subscribe('page.updates', (e) => (document.title = e.data + ' ' + VERSION));
 `,
   );
   const outDir = join(scratch, 'vite-dist');
-  await build({ root: scratch, configFile: false, logLevel: 'silent', build: { outDir, emptyOutDir: true } });
+  await withTimeout(
+    build({ root: scratch, configFile: false, logLevel: 'silent', build: { outDir, emptyOutDir: true } }),
+    STEP_TIMEOUT_MS,
+    'vite build',
+  );
   const assets = readdirSync(join(outDir, 'assets')).filter((f) => f.endsWith('.js'));
   assert.equal(assets.length, 1, `one script, got ${assets}`);
   const js = readFileSync(join(outDir, 'assets', assets[0]), 'utf8');
@@ -202,7 +208,7 @@ h.subscribe('page.updates', (e) => (document.title = e.data + ' ' + VERSION));
   }
 });
 
-test('the React Native foreground pattern of docs/API.md (a new client with the same persist object) resumes with nothing lost or repeated', async () => {
+test('the React Native foreground pattern of docs/API.md (a new client with the same persist object) resumes with nothing lost or repeated', TEST, async () => {
   const { Herald } = await import(join(scratch, 'node_modules/@herald/client/dist/index.mjs'));
   const topic = uniqueTopic('rn');
   // As the docs' example: positions in a Map that outlives each client.
