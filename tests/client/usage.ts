@@ -1,5 +1,7 @@
 // Uses the typed API of /client.js the way an application would; `tsc --noEmit` must accept it.
-import Default, { Herald, HeraldError, type HeraldEvent, type State, type Subscription } from '../../services/herald/static/client.js';
+import Default, { Herald, HeraldError, VERSION, type HeraldEvent, type State, type Subscription } from '../../services/herald/static/client.js';
+
+const version: string = VERSION;
 
 interface Order {
   id: number;

@@ -1,5 +1,8 @@
 // Typings of Herald's client, served at /client.d.ts next to /client.js.
 
+/** The client's version (the npm package @herald/client has the same). */
+export const VERSION: string;
+
 export type Transport = 'websocket' | 'sse' | 'poll';
 
 export type State = 'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed';

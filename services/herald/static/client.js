@@ -23,6 +23,7 @@ const MAX_MS = 2 ** 31 - 1;
 const after = (fn, ms) => setTimeout(fn, Math.min(MAX_MS, Math.max(0, ms) || 0));
 /** Transports that worked, per origin, for this page's life. */
 const worked = new Map();
+export const VERSION = '0.1.0';
 
 /** An error the client reports through its `error` event. */
 export class HeraldError extends Error {

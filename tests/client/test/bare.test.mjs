@@ -11,7 +11,7 @@ for (const name of ['WebSocket', 'EventSource', 'BroadcastChannel', 'navigator',
   delete globalThis[name];
   assert.equal(globalThis[name], undefined, `${name} is absent`);
 }
-const { Herald, default: DefaultHerald } = await import('../../../services/herald/static/client.js');
+const { Herald, default: DefaultHerald, VERSION } = await import('../../../services/herald/static/client.js');
 
 const FAST = { minDelay: 50, maxDelay: 500, openTimeout: 3000 };
 let server;
@@ -22,6 +22,12 @@ after(() => server?.stop());
 
 test('Herald is the default export too', () => {
   assert.equal(DefaultHerald, Herald);
+});
+
+test('VERSION is the npm package\'s version', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const pkg = JSON.parse(await readFile(new URL('../../../clients/js/package.json', import.meta.url), 'utf8'));
+  assert.equal(VERSION, pkg.version);
 });
 
 test('without WebSocket the client picks SSE and delivers every event in order', async () => {
