@@ -138,21 +138,14 @@ impl Provider for Apns {
             .json(&Self::payload(message))
             .send()
             .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                return Outcome::Retry {
-                    after: None,
-                    reason: format!("APNs did not answer: {e}"),
-                };
-            }
+        let super::Refusal {
+            status,
+            headers,
+            text,
+        } = match super::read_answer(answer, "APNs").await {
+            Ok(refusal) => refusal,
+            Err(outcome) => return outcome,
         };
-        let status = answer.status();
-        if status.is_success() {
-            return Outcome::Sent;
-        }
-        let headers = answer.headers().clone();
-        let text = answer.text().await.unwrap_or_default();
         let why = reason(&text);
         if status == reqwest::StatusCode::GONE
             || matches!(

@@ -234,21 +234,14 @@ impl Provider for Fcm {
             .json(&self.body(target.address, message))
             .send()
             .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                return Outcome::Retry {
-                    after: None,
-                    reason: format!("FCM did not answer: {e}"),
-                };
-            }
+        let super::Refusal {
+            status,
+            headers,
+            text,
+        } = match super::read_answer(answer, "FCM").await {
+            Ok(refusal) => refusal,
+            Err(outcome) => return outcome,
         };
-        let status = answer.status();
-        if status.is_success() {
-            return Outcome::Sent;
-        }
-        let headers = answer.headers().clone();
-        let text = answer.text().await.unwrap_or_default();
         if unregistered(&text) {
             return Outcome::Gone(format!("{status}: UNREGISTERED"));
         }

@@ -189,6 +189,37 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(wait.min(Duration::from_secs(3_600)))
 }
 
+/// A provider's refusal of a push: its status, headers and body.
+pub struct Refusal {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+/// Reads what `service` answered a push: the outcome when nothing is left
+/// to decide (no answer: retried; a success: sent), else the refusal, for
+/// the provider to tell a gone device from a retry.
+pub async fn read_answer(
+    answer: reqwest::Result<reqwest::Response>,
+    service: &str,
+) -> Result<Refusal, Outcome> {
+    let answer = answer.map_err(|e| Outcome::Retry {
+        after: None,
+        reason: format!("{service} did not answer: {e}"),
+    })?;
+    let status = answer.status();
+    if status.is_success() {
+        return Err(Outcome::Sent);
+    }
+    let headers = answer.headers().clone();
+    let text = answer.text().await.unwrap_or_default();
+    Ok(Refusal {
+        status,
+        headers,
+        text,
+    })
+}
+
 /// The outcome of an answer that is not a success and not a platform's own
 /// "gone": `429` and `5xx` are retried, honouring `Retry-After`; `401` and
 /// `403` too (credentials may be renewed or fixed); anything else is refused

@@ -185,21 +185,14 @@ impl Provider for WebPush {
             .body(encrypted)
             .send()
             .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                return Outcome::Retry {
-                    after: None,
-                    reason: format!("the push service did not answer: {e}"),
-                };
-            }
+        let super::Refusal {
+            status,
+            headers,
+            text,
+        } = match super::read_answer(answer, "the push service").await {
+            Ok(refusal) => refusal,
+            Err(outcome) => return outcome,
         };
-        let status = answer.status();
-        if status.is_success() {
-            return Outcome::Sent;
-        }
-        let headers = answer.headers().clone();
-        let text = answer.text().await.unwrap_or_default();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Outcome::Gone(format!("{status}: the subscription is gone"));
         }

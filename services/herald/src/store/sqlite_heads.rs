@@ -64,12 +64,9 @@ impl Heads {
         match answered.await {
             Ok(result) => result,
             // The runtime that ran the read stopped: read alone.
-            Err(_) => read_all(&self.pool, topics).await.map(|heads| {
-                topics
-                    .iter()
-                    .map(|t| heads.get(t.as_str()).copied().unwrap_or(0))
-                    .collect()
-            }),
+            Err(_) => read_all(&self.pool, topics)
+                .await
+                .map(|heads| pick(&heads, topics)),
         }
     }
 
@@ -90,10 +87,7 @@ impl Heads {
             let read = read_all(&self.pool, &all).await;
             for (topics, answer) in batch {
                 let result = match &read {
-                    Ok(heads) => Ok(topics
-                        .iter()
-                        .map(|t| heads.get(t.as_str()).copied().unwrap_or(0))
-                        .collect()),
+                    Ok(heads) => Ok(pick(heads, &topics)),
                     // One failure for every caller of the read.
                     Err(e) => Err(StoreError::Unavailable(sqlx::Error::Protocol(format!(
                         "reading topic heads: {e}"
@@ -104,6 +98,15 @@ impl Heads {
             }
         }
     }
+}
+
+/// The head of each of `topics`, in order, from what was read (0 for a
+/// topic never written).
+fn pick(heads: &HashMap<String, u64>, topics: &[Topic]) -> Vec<u64> {
+    topics
+        .iter()
+        .map(|t| heads.get(t.as_str()).copied().unwrap_or(0))
+        .collect()
 }
 
 /// The heads of `topics` that were ever written, by name.
