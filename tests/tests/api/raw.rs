@@ -35,6 +35,21 @@ pub async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) ->
     (got, false)
 }
 
+/// Whether `bytes` hold one whole HTTP answer: its head and as much body as
+/// its `Content-Length` says.
+pub fn whole_answer(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    bytes.len() >= end + 4 + length
+}
+
 pub async fn assert_healthy(app: &TestApp) {
     let status = app
         .http

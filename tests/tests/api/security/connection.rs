@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::raw::{
     WAIT, assert_healthy, client_text, connect, contains, count, has_op, json_frames, read_until,
-    server_frames, upgrade,
+    server_frames, upgrade, whole_answer,
 };
 
 /// The server's resident memory, in KiB.
@@ -28,19 +28,7 @@ fn rss_kib(app: &TestApp) -> u64 {
 /// The answer to one request (head and body) on a kept-alive connection.
 async fn exchange(stream: &mut TcpStream, request: &str) -> String {
     stream.write_all(request.as_bytes()).await.expect("sent");
-    let (got, closed) = read_until(stream, |b| {
-        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        b.len() >= end + 4 + length
-    })
-    .await;
+    let (got, closed) = read_until(stream, whole_answer).await;
     assert!(!closed, "the connection stays open");
     String::from_utf8(got).expect("a textual answer")
 }

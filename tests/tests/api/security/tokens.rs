@@ -16,7 +16,7 @@ use herald_tests::app::{
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::raw::{WAIT, assert_healthy, connect, read_until};
+use crate::raw::{WAIT, assert_healthy, connect, read_until, whole_answer};
 
 /// How long a server that should refuse its settings may take to exit.
 const START_LIMIT: Duration = Duration::from_secs(20);
@@ -93,19 +93,7 @@ async fn raw_exchange(app: &TestApp, request: &str) -> String {
         .write_all(request.as_bytes())
         .await
         .expect("the request is sent");
-    let (got, _) = read_until(&mut stream, |b| {
-        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        b.len() >= end + 4 + length
-    })
-    .await;
+    let (got, _) = read_until(&mut stream, whole_answer).await;
     String::from_utf8(got).expect("a textual answer")
 }
 
