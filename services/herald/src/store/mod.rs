@@ -12,7 +12,7 @@ mod plan;
 mod postgres;
 mod revocations;
 mod sqlite;
-mod sqlite_heads;
+mod sqlite_reads;
 mod tickets;
 
 use std::sync::Arc;

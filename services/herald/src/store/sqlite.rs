@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 
 use super::plan::{plan, topics};
 use super::revocations::{self, Dialect};
-use super::sqlite_heads::Heads;
+use super::sqlite_reads::Reads;
 use super::tickets;
 use super::{Appended, Read, RevocationChanges, Store, StoreError, to_i64, to_u64};
 use crate::auth::RevocationKind;
@@ -28,8 +28,8 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// Whether commits write the push feed (`store::outbox`).
     pub(super) push_feed: std::sync::atomic::AtomicBool,
-    /// Topic heads, read for many callers at once.
-    heads: Heads,
+    /// Heads and replays, read for many callers at once.
+    reads: Reads,
 }
 
 impl SqliteStore {
@@ -49,7 +49,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(SqliteStore {
-            heads: Heads::new(pool.clone()),
+            reads: Reads::new(pool.clone()),
             pool,
             push_feed: Default::default(),
         })
@@ -134,36 +134,11 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Read, StoreError> {
-        // One read transaction: the head and the events come from one snapshot.
-        let mut tx = self.pool.begin().await?;
-        let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
-            .bind(topic.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let head = to_u64(head.unwrap_or(0));
-        let mut events = Vec::new();
-        if head > after && limit > 0 {
-            let rows = sqlx::query(
-                "SELECT seq, id, type, time_ms, data FROM events \
-                 WHERE topic = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            )
-            .bind(topic.as_str())
-            .bind(to_i64(after))
-            .bind(to_i64(head))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-            events.reserve(rows.len());
-            for row in rows {
-                events.push(event_from_row(topic, &row)?);
-            }
-        }
-        tx.commit().await?;
-        Ok(Read { events, head })
+        self.reads.since(topic, after, limit).await
     }
 
     async fn heads(&self, topics: &[Topic]) -> Result<Vec<u64>, StoreError> {
-        self.heads.read(topics).await
+        self.reads.heads(topics).await
     }
 
     async fn prune(
@@ -273,7 +248,10 @@ impl Store for SqliteStore {
     }
 }
 
-fn event_from_row(topic: &Topic, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+pub(super) fn event_from_row(
+    topic: &Topic,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<Event, StoreError> {
     let data: String = row.try_get(4)?;
     Ok(Event {
         topic: topic.clone(),
