@@ -16,7 +16,6 @@ crate::on_both_stores!(
     an_id_is_reusable_once_its_event_left_retention,
     revocations_are_read_incrementally_in_commit_order,
     heads_asked_by_many_callers_at_once_answer_each_its_own_in_order,
-    replays_asked_by_many_callers_at_once_answer_each_its_own,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -278,71 +277,4 @@ async fn heads_asked_by_many_callers_at_once_answer_each_its_own_in_order(backen
         assert_eq!(heads, expected, "{asked:?}");
     }
     assert_eq!(store.heads(&[]).await.expect("heads"), Vec::<u64>::new());
-}
-
-async fn replays_asked_by_many_callers_at_once_answer_each_its_own(backend: Backend) {
-    let (store, _dir) = open(backend).await;
-    // Topic i holds 3 * i events; one more topic was never written.
-    let topics: Vec<Topic> = (0..8)
-        .map(|i| Topic::parse(&unique_topic(&format!("replay{i}"))).expect("valid"))
-        .collect();
-    for (i, topic) in topics.iter().enumerate() {
-        let ids: Vec<String> = (0..3 * i).map(|n| format!("e{n}")).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        if !ids.is_empty() {
-            append(&*store, topic, &ids, now_ms()).await;
-        }
-    }
-    // 600 callers together, replays and heads mixed: many ask the very
-    // same replay (clients of a topic resuming from one seq), others differ
-    // in the seq or the limit, some are past the head or ask for nothing.
-    enum Asked {
-        Replay(usize, u64, usize),
-        Heads(Vec<usize>),
-    }
-    let callers: Vec<_> = (0..600usize)
-        .map(|c| {
-            let store = store.clone();
-            let topics = topics.clone();
-            let asked = if c % 5 == 4 {
-                Asked::Heads(vec![c % 8, (c / 8) % 8])
-            } else {
-                Asked::Replay(c % 8, (c % 7) as u64 * 2, [0, 1, 4, 100][c % 4])
-            };
-            tokio::spawn(async move {
-                match &asked {
-                    Asked::Replay(t, after, limit) => {
-                        let read = store
-                            .read_since(&topics[*t], *after, *limit)
-                            .await
-                            .expect("read");
-                        let seqs: Vec<u64> = read.events.iter().map(|e| e.seq).collect();
-                        assert!(read.events.iter().all(|e| e.topic == topics[*t]));
-                        (asked, seqs, vec![read.head])
-                    }
-                    Asked::Heads(ts) => {
-                        let asked_topics: Vec<Topic> =
-                            ts.iter().map(|t| topics[*t].clone()).collect();
-                        let heads = store.heads(&asked_topics).await.expect("heads");
-                        (asked, Vec::new(), heads)
-                    }
-                }
-            })
-        })
-        .collect();
-    for caller in callers {
-        let (asked, seqs, heads) = caller.await.expect("the caller ran");
-        match asked {
-            Asked::Replay(t, after, limit) => {
-                let head = 3 * t as u64;
-                let expected: Vec<u64> = (after + 1..=head).take(limit).collect();
-                assert_eq!(seqs, expected, "topic {t} after {after} limit {limit}");
-                assert_eq!(heads, vec![head], "topic {t}");
-            }
-            Asked::Heads(ts) => {
-                let expected: Vec<u64> = ts.iter().map(|t| 3 * *t as u64).collect();
-                assert_eq!(heads, expected);
-            }
-        }
-    }
 }

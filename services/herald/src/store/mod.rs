@@ -12,7 +12,7 @@ mod plan;
 mod postgres;
 mod revocations;
 mod sqlite;
-mod sqlite_reads;
+mod sqlite_heads;
 mod tickets;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 
 use super::plan::{plan, topics};
 use super::revocations::{self, Dialect};
-use super::sqlite_reads::Reads;
+use super::sqlite_heads::Heads;
 use super::tickets;
 use super::{Appended, Read, RevocationChanges, Store, StoreError, to_i64, to_u64};
 use crate::auth::RevocationKind;
@@ -28,8 +28,8 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// Whether commits write the push feed (`store::outbox`).
     pub(super) push_feed: std::sync::atomic::AtomicBool,
-    /// Heads and replays, read for many callers at once.
-    reads: Reads,
+    /// Topic heads, read for many callers at once.
+    heads: Heads,
 }
 
 impl SqliteStore {
@@ -49,7 +49,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(SqliteStore {
-            reads: Reads::new(pool.clone()),
+            heads: Heads::new(pool.clone()),
             pool,
             push_feed: Default::default(),
         })
@@ -134,11 +134,36 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Read, StoreError> {
-        self.reads.since(topic, after, limit).await
+        // One read transaction: the head and the events come from one snapshot.
+        let mut tx = self.pool.begin().await?;
+        let head: Option<i64> = sqlx::query_scalar("SELECT head FROM topics WHERE topic = ?")
+            .bind(topic.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = to_u64(head.unwrap_or(0));
+        let mut events = Vec::new();
+        if head > after && limit > 0 {
+            let rows = sqlx::query(
+                "SELECT seq, id, type, time_ms, data FROM events \
+                 WHERE topic = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            )
+            .bind(topic.as_str())
+            .bind(to_i64(after))
+            .bind(to_i64(head))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            events.reserve(rows.len());
+            for row in rows {
+                events.push(event_from_row(topic, &row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(Read { events, head })
     }
 
     async fn heads(&self, topics: &[Topic]) -> Result<Vec<u64>, StoreError> {
-        self.reads.heads(topics).await
+        self.heads.read(topics).await
     }
 
     async fn prune(
@@ -248,10 +273,7 @@ impl Store for SqliteStore {
     }
 }
 
-pub(super) fn event_from_row(
-    topic: &Topic,
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<Event, StoreError> {
+fn event_from_row(topic: &Topic, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
     let data: String = row.try_get(4)?;
     Ok(Event {
         topic: topic.clone(),
