@@ -1,6 +1,7 @@
 //! Publishers keep pace with fan-out, and nothing else paces them: not a
 //! peer whose wall clock disagrees, not a slow commit. Eight publishers
-//! saturating a node lose nothing.
+//! saturating a node lose nothing; subscribers that stop reading never pace
+//! anyone.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -230,4 +231,45 @@ async fn eight_publishers_saturating_a_node_lose_nothing() {
         metrics.get("herald_slow_consumer_closes_total{transport=\"ws\"}"),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_stop_reading_never_pace_publishers() {
+    // Queues large enough that the stalled subscribers stay connected
+    // throughout, holding old events; a limit far below how long they hold
+    // them, far above a busy machine's scheduling.
+    let app = spawn_with(
+        Options::new(Backend::Sqlite)
+            .env("HERALD_PACE_LAG_MS", 250)
+            .env("HERALD_QUEUE_EVENTS", 4_096)
+            .env("HERALD_QUEUE_BYTES", 64 * 1024 * 1024),
+    )
+    .await;
+    let topic = unique_topic("stalled");
+    // Far more than a node would call stragglers on each of its stream
+    // threads, and every member of the topic: they read nothing, so their
+    // sockets stall.
+    let stalled = subscribers(&app, &topic, 40).await;
+    // 19 MB to each: more than the kernel's socket buffers on both ends hold.
+    let payload = "x".repeat(48 * 1024);
+    for n in 0..400 {
+        app.publish(&topic, json!({"n": n, "pad": payload})).await;
+    }
+    // Long after the oldest of them was received, more publishes.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    for n in 400..410 {
+        app.publish(&topic, json!({"n": n, "pad": payload})).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.get(PACED),
+        0.0,
+        "publishers were paced by clients that do not read"
+    );
+    assert_eq!(
+        metrics.get("herald_slow_consumer_closes_total{transport=\"ws\"}"),
+        0.0,
+        "the stalled subscribers stayed (their queues hold what they did not read)"
+    );
+    drop(stalled);
 }

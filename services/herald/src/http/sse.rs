@@ -55,7 +55,13 @@ pub async fn sse(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse
     )
     .await;
     match opened {
-        Some(stream) => Ok(stream_response().streaming(stream)),
+        Some((stream, stall)) => {
+            let mut response = stream_response().streaming(stream);
+            // For the writer (`http::front::lean`): a stalled socket is the
+            // client's, not the node's.
+            response.extensions_mut().insert(stall);
+            Ok(response)
+        }
         None => Ok(come_back_later("unavailable")),
     }
 }

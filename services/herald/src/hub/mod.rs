@@ -17,13 +17,19 @@
 //! the node receives a topic's events from other nodes only while it has a
 //! local subscriber of that topic.
 //!
-//! Each hub also keeps books of what waits for its thread ([`Ledger`]), from
-//! which publishers are paced ([`Hubs::pace`]): on this node's monotonic
-//! clock, from when the node received each event.
+//! Each hub also keeps books of the events it handed to its members
+//! ([`Books`]), from which publishers are paced ([`Hubs::pace`]): an event
+//! stays on the books until enough of its members have written it to their
+//! sockets (or dropped it), and a thread is behind while its oldest event
+//! on the books was received longer ago than the limit, on this node's
+//! monotonic clock. "Enough": all but fewer than [`STRAGGLERS`] members, or
+//! a quarter of those it was handed to, so that one slow client (whose own
+//! queue bounds it) never holds every publisher back, while a node that
+//! cannot write to most of its clients in time does.
 
 pub mod interest;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -39,6 +45,11 @@ pub use interest::{Change, Changes, Follow, Interest, Ready};
 
 /// Events waiting for one hub before the bus gives up on it and resyncs it.
 const HUB_MAILBOX: usize = 65_536;
+
+/// Members that may still hold an event (not yet written to their socket)
+/// without keeping it on its thread's books, with fewer than a quarter of
+/// those it was handed to: slow clients, not a slow node.
+pub const STRAGGLERS: u32 = 8;
 
 /// A committed event for a connection.
 #[derive(Message, Clone)]
@@ -66,50 +77,78 @@ pub struct Member {
     pub ledger: Ledger,
 }
 
-/// A member's deliveries not yet handled, on its thread's books: the hub
-/// adds each event it hands the member, the member takes each one off as it
-/// handles it ([`Ledger::handled`]). A member that ends with events still
-/// in its mailbox takes them off when its last handle goes, so a thread's
-/// count never keeps events nobody will handle.
+/// A member's deliveries in its mailbox, each with its [`Ticket`] on the
+/// thread's books: the hub adds one as it hands the member an event, the
+/// member takes it ([`Ledger::take`]) as it handles that event. A member
+/// that ends with events still in its mailbox gives their tickets back when
+/// its last handle goes.
 #[derive(Clone)]
 pub struct Ledger(Rc<LedgerInner>);
 
 struct LedgerInner {
-    queued: Cell<u64>,
-    flags: Arc<HubFlags>,
+    waiting: RefCell<std::collections::VecDeque<Ticket>>,
 }
 
 impl Ledger {
     /// A ledger on this thread's books (starting the thread's hub if need be).
     pub fn new(hubs: &Hubs) -> Ledger {
+        ensure_hub(hubs);
         Ledger(Rc::new(LedgerInner {
-            queued: Cell::new(0),
-            flags: ensure_hub(hubs),
+            waiting: RefCell::default(),
         }))
     }
 
-    /// The member handled `event` now: one fewer on the books, and the
-    /// thread's fan-out lag is how long the event waited since this node
-    /// received it (this node's monotonic clock).
-    pub fn handled(&self, event: &Encoded) {
-        let inner = &*self.0;
-        inner.queued.set(inner.queued.get().saturating_sub(1));
-        inner.flags.in_flight.fetch_sub(1, Ordering::AcqRel);
-        inner.flags.measured(event.received.elapsed());
+    /// The ticket of the event the member handles now (the oldest it was
+    /// handed): it keeps the event on the books until it is dropped, when
+    /// the event is written to the socket or not sent at all.
+    pub fn take(&self) -> Option<Ticket> {
+        let mut waiting = self.0.waiting.borrow_mut();
+        let ticket = waiting.pop_front();
+        if waiting.is_empty() && waiting.capacity() > 4 {
+            // Give the ring back while the connection is quiet.
+            *waiting = std::collections::VecDeque::new();
+        }
+        ticket
     }
 
-    fn handed(&self) {
-        self.0.queued.set(self.0.queued.get() + 1);
+    fn handed(&self, ticket: Ticket) {
+        self.0.waiting.borrow_mut().push_back(ticket);
     }
 }
 
-impl Drop for LedgerInner {
+/// One member's hold on one event of its thread's books: dropped once the
+/// member wrote the event to its socket, or will not. Events handed to
+/// fewer than [`STRAGGLERS`] members are not booked (their tickets hold
+/// nothing).
+pub struct Ticket(Option<(Arc<HubFlags>, u64)>);
+
+impl Drop for Ticket {
     fn drop(&mut self) {
-        let left = self.queued.replace(0);
-        if left > 0 {
-            self.flags.in_flight.fetch_sub(left, Ordering::AcqRel);
-            self.flags.measured(Duration::ZERO);
+        if let Some((flags, number)) = &self.0 {
+            flags.done(*number);
         }
+    }
+}
+
+/// A thread's books: the events its hub handed to members, oldest first,
+/// from the oldest still held by enough of them.
+struct Books {
+    /// The number of `entries[0]`.
+    first: u64,
+    entries: std::collections::VecDeque<Entry>,
+}
+
+/// One event on the books.
+struct Entry {
+    received: std::time::Instant,
+    handed: u32,
+    left: u32,
+}
+
+impl Entry {
+    /// Whether enough members still hold the event to keep it on the books.
+    fn held(&self) -> bool {
+        self.left >= STRAGGLERS && u64::from(self.left) * 4 >= u64::from(self.handed)
     }
 }
 
@@ -240,59 +279,127 @@ fn ensure_hub(hubs: &Hubs) -> Arc<HubFlags> {
 /// What every hub shares about pacing: the lag past which publishers
 /// wait, and the signal that a thread caught up.
 struct Pace {
-    lag_limit_us: u64,
+    lag_limit: Duration,
     longest: Duration,
     caught_up: tokio::sync::Notify,
+    /// Where the books' clock starts.
+    origin: std::time::Instant,
+}
+
+impl Pace {
+    /// `at` in microseconds after the origin (0 before it).
+    fn since_origin(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(NONE - 1)
+    }
 }
 
 /// One thread's hub, as the bus and publishers see it.
 struct HubFlags {
     /// Set when the bus could not hand this hub an event.
     lost: AtomicBool,
-    /// Events handed to the hub's mailbox, and taken from it.
-    handed: AtomicU64,
-    taken: AtomicU64,
-    /// Deliveries the hub handed to its members and they have not handled.
-    in_flight: AtomicU64,
-    /// The thread's fan-out lag, in microseconds: while it has events to
-    /// handle, how long the last one it handled had waited since this node
-    /// received it; 0 when it has none.
-    lag_us: AtomicU64,
+    /// The events on the books.
+    books: parking_lot::Mutex<Books>,
+    /// When the oldest event on the books was received, in microseconds
+    /// after [`Pace::origin`]; [`NONE`] when the books are empty.
+    oldest_us: AtomicU64,
     pace: Arc<Pace>,
 }
+
+/// `oldest_us` of empty books.
+const NONE: u64 = u64::MAX;
 
 impl HubFlags {
     fn new(pace: Arc<Pace>) -> HubFlags {
         HubFlags {
             lost: AtomicBool::new(false),
-            handed: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            lag_us: AtomicU64::new(0),
+            books: parking_lot::Mutex::new(Books {
+                first: 0,
+                entries: std::collections::VecDeque::new(),
+            }),
+            oldest_us: AtomicU64::new(NONE),
             pace,
         }
     }
 
-    /// Whether events wait for this thread: in the hub's mailbox, or in its
-    /// members'.
-    fn busy(&self) -> bool {
-        self.handed.load(Ordering::Acquire) != self.taken.load(Ordering::Acquire)
-            || self.in_flight.load(Ordering::Acquire) > 0
+    /// Books an event about to be handed to `members` members, received at
+    /// `received`: its number, for the members' tickets; `None` for fewer
+    /// members than could ever hold it on the books.
+    fn open(&self, received: std::time::Instant, members: usize) -> Option<u64> {
+        let members = u32::try_from(members).unwrap_or(u32::MAX);
+        if members < STRAGGLERS {
+            return None;
+        }
+        let mut books = self.books.lock();
+        let number = books.first + books.entries.len() as u64;
+        books.entries.push_back(Entry {
+            received,
+            handed: members,
+            left: members,
+        });
+        if books.entries.len() == 1 {
+            self.oldest_us
+                .store(self.pace.since_origin(received), Ordering::Release);
+        }
+        Some(number)
     }
 
-    /// The thread handled an event that had waited `lag` (or, with zero,
-    /// took events off its books): its lag now, and the signal to waiting
-    /// publishers when it falls to the limit.
-    fn measured(&self, lag: Duration) {
-        let lag_us = if self.busy() {
-            u64::try_from(lag.as_micros()).unwrap_or(u64::MAX)
-        } else {
-            0
+    /// A member's hold on event `number` (nothing for an unbooked event).
+    fn ticket(self: &Arc<Self>, number: Option<u64>) -> Ticket {
+        Ticket(number.map(|number| (self.clone(), number)))
+    }
+
+    /// A member no longer holds event `number`: the books move on past
+    /// every event no longer held, and publishers waiting for this thread
+    /// are woken when it is no longer behind.
+    fn done(&self, number: u64) {
+        let mut books = self.books.lock();
+        let Some(index) = number.checked_sub(books.first) else {
+            return;
         };
-        let was = self.lag_us.swap(lag_us, Ordering::AcqRel);
-        if was > self.pace.lag_limit_us && lag_us <= self.pace.lag_limit_us {
+        let Some(entry) = usize::try_from(index)
+            .ok()
+            .and_then(|i| books.entries.get_mut(i))
+        else {
+            return;
+        };
+        entry.left = entry.left.saturating_sub(1);
+        if index != 0 || entry.held() {
+            return;
+        }
+        let was_behind = self.behind();
+        while books.entries.front().is_some_and(|e| !e.held()) {
+            books.entries.pop_front();
+            books.first += 1;
+        }
+        if books.entries.is_empty() && books.entries.capacity() > 64 {
+            books.entries = std::collections::VecDeque::new();
+        }
+        let oldest = books
+            .entries
+            .front()
+            .map_or(NONE, |e| self.pace.since_origin(e.received));
+        self.oldest_us.store(oldest, Ordering::Release);
+        drop(books);
+        if was_behind && !self.behind() {
             self.pace.caught_up.notify_waiters();
         }
+    }
+
+    /// How long ago the oldest event on the books was received.
+    fn lag(&self) -> Duration {
+        match self.oldest_us.load(Ordering::Acquire) {
+            NONE => Duration::ZERO,
+            oldest => Duration::from_micros(
+                self.pace
+                    .since_origin(std::time::Instant::now())
+                    .saturating_sub(oldest),
+            ),
+        }
+    }
+
+    /// Whether publishers should wait for this thread.
+    fn behind(&self) -> bool {
+        self.lag() > self.pace.lag_limit
     }
 }
 
@@ -336,38 +443,37 @@ impl Handler<Deliver> for Hub {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
         self.repair_if_lost();
-        let mut handed = 0;
         REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
             let Registry { topics, slow, .. } = &mut *r;
             let Some(members) = topics.get_mut(&msg.0.topic) else {
                 return;
             };
+            let number = self.flags.open(msg.0.received, members.len());
             members.retain(|(id, member)| match member.deliver.try_send(msg.clone()) {
                 Ok(()) => {
-                    member.ledger.handed();
-                    handed += 1;
+                    member.ledger.handed(self.flags.ticket(number));
                     true
                 }
-                Err(SendError::Full(_)) => {
-                    // Once per connection: it stops receiving and is closed.
-                    if !slow.contains(id) {
+                Err(e) => {
+                    // Never handed: not held.
+                    if let Some(number) = number {
+                        self.flags.done(number);
+                    }
+                    if let SendError::Full(_) = e
+                        && !slow.contains(id)
+                    {
+                        // Once per connection: it stops receiving and is closed.
                         slow.push(*id);
                         member.slow.do_send(SlowConsumer);
                     }
                     false
                 }
-                Err(SendError::Closed(_)) => false,
             });
             if members.is_empty() {
                 r.forget(&msg.0.topic);
             }
         });
-        self.flags.in_flight.fetch_add(handed, Ordering::AcqRel);
-        self.flags.taken.fetch_add(1, Ordering::AcqRel);
-        if handed == 0 {
-            self.flags.measured(msg.0.received.elapsed());
-        }
     }
 }
 
@@ -427,9 +533,14 @@ impl Hubs {
             hubs: RwLock::default(),
             interest,
             pace: Arc::new(Pace {
-                lag_limit_us: u64::try_from(pacing.lag_limit.as_micros()).unwrap_or(u64::MAX),
+                lag_limit: pacing.lag_limit,
                 longest: pacing.longest,
                 caught_up: tokio::sync::Notify::new(),
+                // Before any event this node will receive (a minute
+                // earlier still, for receipts a test dates back).
+                origin: std::time::Instant::now()
+                    .checked_sub(Duration::from_secs(60))
+                    .unwrap_or_else(std::time::Instant::now),
             }),
         }
     }
@@ -472,9 +583,7 @@ impl Hubs {
     pub fn deliver(&self, event: Arc<Encoded>) {
         let _span = crate::telemetry::handing_over(&event).entered();
         for (addr, flags) in self.hubs.read().iter() {
-            flags.handed.fetch_add(1, Ordering::AcqRel);
             if addr.try_send(Deliver(event.clone())).is_err() {
-                flags.handed.fetch_sub(1, Ordering::AcqRel);
                 crate::telemetry::metrics::hub_overflow();
                 flags.lost.store(true, Ordering::Release);
             }
@@ -483,25 +592,20 @@ impl Hubs {
 }
 
 impl Hubs {
-    /// The largest fan-out lag of any thread (zero for a thread with nothing
-    /// left to handle).
+    /// The largest fan-out lag of any thread: how long ago the oldest event
+    /// on its books was received (zero for empty books).
     #[cfg(test)]
     pub fn fanout_lag(&self) -> Duration {
-        let lag_us = self
-            .hubs
-            .read()
-            .iter()
-            .map(|(_, flags)| flags.lag_us.load(Ordering::Acquire))
-            .max()
-            .unwrap_or(0);
-        Duration::from_micros(lag_us)
-    }
-
-    fn behind(&self) -> bool {
         self.hubs
             .read()
             .iter()
-            .any(|(_, flags)| flags.lag_us.load(Ordering::Acquire) > self.pace.lag_limit_us)
+            .map(|(_, flags)| flags.lag())
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn behind(&self) -> bool {
+        self.hubs.read().iter().any(|(_, flags)| flags.behind())
     }
 
     /// Waits while some thread's fan-out lags more than the limit behind
@@ -581,36 +685,29 @@ mod tests {
         }
     }
 
-    /// An event this node received `ago`, committed by a node whose wall
-    /// clock reads `time_ms`.
-    fn event(ago: Duration, time_ms: i64) -> Encoded {
-        let mut event = Encoded::new(
-            Topic::parse("pace").expect("a valid topic"),
-            1,
-            time_ms,
-            b"{}".to_vec(),
-        );
-        event.received = Instant::now()
-            .checked_sub(ago)
-            .expect("the monotonic clock started long enough ago");
-        event
+    /// This thread's books (the hub `Ledger::new` starts).
+    fn flags(hubs: &Hubs) -> Arc<HubFlags> {
+        drop(Ledger::new(hubs));
+        ensure_hub(hubs)
     }
 
-    /// Books `n` deliveries to `ledger`, as the hub does when it hands them.
-    fn hand(ledger: &Ledger, n: u64) {
-        for _ in 0..n {
-            ledger.handed();
-        }
-        ledger.0.flags.in_flight.fetch_add(n, Ordering::AcqRel);
+    /// An event this node received `ago`, handed to `members` members, as
+    /// the hub books it: one ticket per member.
+    fn hand(flags: &Arc<HubFlags>, ago: Duration, members: usize) -> Vec<Ticket> {
+        let received = Instant::now()
+            .checked_sub(ago)
+            .expect("the monotonic clock started long enough ago");
+        let number = flags.open(received, members);
+        (0..members).map(|_| flags.ticket(number)).collect()
     }
 
     #[actix_rt::test]
-    async fn a_publish_waits_while_a_thread_lags_and_wakes_as_it_catches_up() {
+    async fn a_publish_waits_while_most_members_hold_an_old_event_and_wakes_as_they_write_it() {
         let hubs = Hubs::new(pacing(50, 5_000));
-        let ledger = Ledger::new(&hubs);
-        hand(&ledger, 2);
-        ledger.handled(&event(Duration::from_millis(200), crate::event::now_ms()));
-        assert_eq!(hubs.fanout_lag(), Duration::from_millis(200));
+        let flags = flags(&hubs);
+        let mut old = hand(&flags, Duration::from_millis(200), 100);
+        let fresh = hand(&flags, Duration::from_millis(1), 100);
+        assert!(hubs.fanout_lag() >= Duration::from_millis(200));
         let hubs_for_publisher = hubs.clone();
         let publisher = actix_rt::spawn(async move { hubs_for_publisher.pace().await });
         // Let the publisher start waiting.
@@ -618,56 +715,86 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!publisher.is_finished(), "the thread is behind");
+        // Three quarters written: still a quarter of the members hold it.
+        old.truncate(25);
+        assert!(hubs.fanout_lag() >= Duration::from_millis(200));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !publisher.is_finished(),
+            "a quarter still hold the old event"
+        );
+        // One more written: fewer than a quarter hold it; the fresh one is
+        // the oldest on the books now.
+        old.truncate(24);
         let caught_up = Instant::now();
-        ledger.handled(&event(Duration::from_millis(1), crate::event::now_ms()));
-        assert_eq!(hubs.fanout_lag(), Duration::ZERO, "nothing left to handle");
         let waited = tokio::time::timeout(Duration::from_secs(5), publisher)
             .await
             .expect("woken as the thread catches up, not at the longest wait")
             .expect("the publisher task runs to its end");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         assert!(caught_up.elapsed() < Duration::from_secs(1));
+        assert!(hubs.fanout_lag() < Duration::from_millis(50));
+        drop(fresh);
+        assert_eq!(
+            hubs.fanout_lag(),
+            Duration::ZERO,
+            "nothing left on the books"
+        );
+        drop(old);
+    }
+
+    #[actix_rt::test]
+    async fn a_few_slow_members_never_hold_publishers_back() {
+        let hubs = Hubs::new(pacing(50, 5_000));
+        let flags = flags(&hubs);
+        // An event to 5 members, one of which never writes it.
+        let mut five = hand(&flags, Duration::from_secs(10), 5);
+        five.truncate(1);
+        // An event to 1,000 members, 7 of which never write it.
+        let mut many = hand(&flags, Duration::from_secs(10), 1_000);
+        many.truncate(7);
+        assert_eq!(hubs.fanout_lag(), Duration::ZERO);
+        assert_eq!(hubs.pace().await, Duration::ZERO);
+        drop((five, many));
     }
 
     #[actix_rt::test]
     async fn another_nodes_clock_and_a_slow_commit_are_not_fan_out_lag() {
         let hubs = Hubs::new(pacing(50, 5_000));
-        let ledger = Ledger::new(&hubs);
-        hand(&ledger, 2);
+        let flags = flags(&hubs);
         // Committed "a minute ago" by another node's clock (or after a
-        // minute-long commit), received just now.
-        let minute_ago = crate::event::now_ms() - 60_000;
-        ledger.handled(&event(Duration::from_millis(2), minute_ago));
+        // minute-long commit), received just now: the books use the receipt.
+        let held = hand(&flags, Duration::from_millis(2), 100);
         assert!(hubs.fanout_lag() < Duration::from_millis(50));
-        let waited = hubs.pace().await;
-        assert_eq!(waited, Duration::ZERO);
+        assert_eq!(hubs.pace().await, Duration::ZERO);
+        drop(held);
     }
 
     #[actix_rt::test]
-    async fn a_member_that_ends_with_events_in_its_mailbox_takes_them_off_the_books() {
+    async fn a_member_that_ends_with_events_in_its_mailbox_gives_their_tickets_back() {
         let hubs = Hubs::new(pacing(50, 5_000));
+        let flags = flags(&hubs);
         let ledger = Ledger::new(&hubs);
-        let other = Ledger::new(&hubs);
-        hand(&ledger, 1);
-        hand(&other, 3);
-        ledger.handled(&event(Duration::from_millis(300), 0));
-        assert_eq!(
-            hubs.fanout_lag(),
-            Duration::from_millis(300),
-            "3 still wait"
-        );
-        drop(other);
+        for ticket in hand(&flags, Duration::from_millis(300), 10) {
+            ledger.handed(ticket);
+        }
+        assert!(hubs.fanout_lag() >= Duration::from_millis(300));
+        let taken = ledger.take().expect("the oldest ticket");
+        drop(ledger);
+        assert_eq!(hubs.fanout_lag(), Duration::ZERO, "9 of 10 given back");
+        drop(taken);
         assert_eq!(hubs.fanout_lag(), Duration::ZERO);
-        assert_eq!(ledger.0.flags.in_flight.load(Ordering::Acquire), 0);
     }
 
     #[actix_rt::test]
     async fn without_a_longest_wait_publishes_never_wait() {
         let hubs = Hubs::new(pacing(1, 0));
-        let ledger = Ledger::new(&hubs);
-        hand(&ledger, 2);
-        ledger.handled(&event(Duration::from_secs(10), 0));
+        let flags = flags(&hubs);
+        let held = hand(&flags, Duration::from_secs(10), 100);
         assert!(hubs.fanout_lag() > Duration::from_secs(1));
         assert_eq!(hubs.pace().await, Duration::ZERO);
+        drop(held);
     }
 }

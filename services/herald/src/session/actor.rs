@@ -101,10 +101,22 @@ impl<T: Transport> Session<T> {
 
     /// Queues a frame; a full queue closes the session as a slow consumer.
     pub fn send(&mut self, frame: T::Frame, size: usize, ctx: &mut Context<Self>) -> bool {
+        self.send_held(frame, size, None, ctx)
+    }
+
+    /// [`send`](Self::send) for a live event, with its `ticket` on the
+    /// thread's books (given back once the socket takes the frame).
+    fn send_held(
+        &mut self,
+        frame: T::Frame,
+        size: usize,
+        ticket: Option<hub::Ticket>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         if self.is_closing() {
             return false;
         }
-        match self.out.push(frame, size) {
+        match self.out.push_held(frame, size, ticket) {
             Ok(()) => true,
             Err(outbound::Full::Full) => {
                 self.close(CloseReason::SlowConsumer, ctx);
@@ -207,6 +219,21 @@ impl<T: Transport> Session<T> {
     /// Sends what the subscriptions decided.
     pub fn apply(&mut self, actions: impl IntoIterator<Item = Action>, ctx: &mut Context<Self>) {
         for action in actions {
+            if !self.apply_one(action, None, ctx) {
+                return;
+            }
+        }
+    }
+
+    /// Sends one action (a live event's with its `ticket`); `false` once
+    /// the session no longer sends.
+    fn apply_one(
+        &mut self,
+        action: Action,
+        ticket: Option<hub::Ticket>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        {
             // The cursor as of this action: the subscriptions may already
             // stand further on (a whole page was read at once).
             let (topic, position) = match &action {
@@ -223,8 +250,8 @@ impl<T: Transport> Session<T> {
                 Action::Event(event) => self.transport.event(event, &cursor),
                 Action::Reset { topic, from } => self.transport.reset(topic, *from, &cursor),
             };
-            if !self.send(frame, size, ctx) {
-                return;
+            if !self.send_held(frame, size, ticket, ctx) {
+                return false;
             }
             match &action {
                 Action::Event(event) => {
@@ -234,6 +261,7 @@ impl<T: Transport> Session<T> {
                 Action::Reset { .. } => crate::telemetry::metrics::resets_sent(T::NAME, 1),
             }
         }
+        true
     }
 
     /// Reads the store for `request` once the queue has room for a page.
@@ -373,12 +401,12 @@ impl<T: Transport> Handler<Deliver> for Session<T> {
     type Result = ();
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
-        if let Some(member) = &self.member {
-            member.ledger.handled(&event);
-        }
+        // Held on the books until the frame is taken for the socket, or
+        // given back here when nothing is sent.
+        let ticket = self.member.as_ref().and_then(|m| m.ledger.take());
         let (action, read) = self.subs.on_live(&event);
         if let Some(action) = action {
-            self.apply(Some(action), ctx);
+            self.apply_one(action, ticket, ctx);
         }
         if let Some(read) = read {
             self.read(read, ctx);

@@ -13,6 +13,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
+use crate::hub::Ticket;
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
@@ -25,7 +27,9 @@ pub enum Full {
 /// The queue itself. An idle connection's holds no allocation: the
 /// frames' ring is given back whenever it empties.
 struct Queue<T> {
-    items: VecDeque<(T, usize)>,
+    /// Each frame, its size, and for a live event its hold on the thread's
+    /// books (given back as the frame is taken for the socket).
+    items: VecDeque<(T, usize, Option<Ticket>)>,
     /// The final frame, once set.
     last: Option<T>,
     /// The final frame was taken: nothing follows it.
@@ -47,6 +51,8 @@ struct Shared<T> {
     progress: Notify,
     /// Most items ever queued at once.
     high_water: AtomicUsize,
+    /// The writer's socket takes nothing now ([`Stall`]).
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl<T> Shared<T> {
@@ -56,6 +62,40 @@ impl<T> Shared<T> {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The writer's word to the queue about its socket: stalled (it takes
+/// nothing now: the client is not reading) or taking again. While stalled,
+/// the queue's frames hold no tickets on the thread's books: a client that
+/// does not read is slow on its own account, and its queue's bounds deal
+/// with it; publishers wait only for a node that cannot write.
+#[derive(Clone)]
+pub struct Stall(Arc<dyn Stalls>);
+
+impl Stall {
+    /// The socket stalled (`true`) or takes again.
+    pub fn set(&self, stalled: bool) {
+        self.0.set(stalled);
+    }
+}
+
+trait Stalls: Send + Sync {
+    fn set(&self, stalled: bool);
+}
+
+impl<T: Send> Stalls for Shared<T> {
+    fn set(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
+        if stalled {
+            let tickets: Vec<Ticket> = self
+                .lock()
+                .items
+                .iter_mut()
+                .filter_map(|(_, _, ticket)| ticket.take())
+                .collect();
+            drop(tickets);
+        }
     }
 }
 
@@ -88,6 +128,7 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
         bytes: AtomicUsize::new(0),
         progress: Notify::new(),
         high_water: AtomicUsize::new(0),
+        stalled: std::sync::atomic::AtomicBool::new(false),
     });
     (
         Outbound {
@@ -103,6 +144,15 @@ pub fn channel<T>(max_items: usize, max_bytes: usize) -> (Outbound<T>, OutboundR
 impl<T> Outbound<T> {
     /// Queues `item` of `size` bytes, or says the queue is full.
     pub fn push(&self, item: T, size: usize) -> Result<(), Full> {
+        self.push_held(item, size, None)
+    }
+
+    /// Queues a live event's `item` with its `ticket` on the thread's
+    /// books, which the queue gives back as the socket takes the frame (or
+    /// drops it).
+    pub fn push_held(&self, item: T, size: usize, ticket: Option<Ticket>) -> Result<(), Full> {
+        // Behind a stalled socket, a frame holds nothing on the books.
+        let ticket = ticket.filter(|_| !self.shared.stalled.load(Ordering::Acquire));
         let mut queue = self.shared.lock();
         if !queue.receiver {
             return Err(Full::Closed);
@@ -112,7 +162,7 @@ impl<T> Outbound<T> {
         if queue.items.len() >= self.max_items || (queued > 0 && queued + size > self.max_bytes) {
             return Err(Full::Full);
         }
-        queue.items.push_back((item, size));
+        queue.items.push_back((item, size, ticket));
         let len = queue.items.len();
         let waiting = queue.waiting.take();
         drop(queue);
@@ -201,6 +251,13 @@ impl<T> Drop for Outbound<T> {
     }
 }
 
+impl<T: Send + 'static> OutboundRx<T> {
+    /// The handle through which the writer says its socket stalled.
+    pub fn stall(&self) -> Stall {
+        Stall(self.shared.clone())
+    }
+}
+
 impl<T> OutboundRx<T> {
     /// The next frame: the final one as soon as it is set, else the oldest
     /// queued. `None` once the final frame was taken or the actor is gone.
@@ -224,7 +281,7 @@ impl<T> OutboundRx<T> {
             self.shared.progress.notify_waiters();
             return Poll::Ready(Some(last));
         }
-        if let Some((item, size)) = queue.items.pop_front() {
+        if let Some((item, size, ticket)) = queue.items.pop_front() {
             let len = queue.items.len();
             if len == 0 && queue.items.capacity() > 4 {
                 // Give the ring back while the connection is quiet.
@@ -234,6 +291,8 @@ impl<T> OutboundRx<T> {
             self.shared.items.store(len, Ordering::Release);
             self.shared.bytes.fetch_sub(size, Ordering::AcqRel);
             self.shared.progress.notify_waiters();
+            // Taken for the socket: off the books.
+            drop(ticket);
             return Poll::Ready(Some(item));
         }
         if !queue.sender {
@@ -246,7 +305,12 @@ impl<T> OutboundRx<T> {
 
 impl<T> Drop for OutboundRx<T> {
     fn drop(&mut self) {
-        self.shared.lock().receiver = false;
+        let mut queue = self.shared.lock();
+        queue.receiver = false;
+        // Never written: off the books now, not when the session goes.
+        let items = std::mem::take(&mut queue.items);
+        drop(queue);
+        drop(items);
         self.shared.progress.notify_waiters();
     }
 }

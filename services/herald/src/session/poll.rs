@@ -57,7 +57,8 @@ impl Waiter {
 impl Handler<Deliver> for Waiter {
     type Result = ();
     fn handle(&mut self, Deliver(event): Deliver, _: &mut Self::Context) {
-        self.ledger.handled(&event);
+        // A long poll keeps the event in its answer: off the books now.
+        drop(self.ledger.take());
         {
             let mut woken = self.woken.lock();
             if woken.events.len() < self.limit {

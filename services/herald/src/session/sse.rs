@@ -108,7 +108,8 @@ pub fn retry_ms() -> u64 {
 }
 
 /// Starts the session of an event stream for `principal` on `topics` from
-/// `since`. The stream is returned once the subscriptions are in place
+/// `since`, with the handle through which its writer says the socket
+/// stalled. The stream is returned once the subscriptions are in place
 /// (every event committed after the client sees the response is
 /// delivered); `None` when they could not be set up (the store is away).
 pub async fn open(
@@ -117,7 +118,10 @@ pub async fn open(
     since: Cursor,
     env: Arc<Env>,
     admission: Admission,
-) -> Option<impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static> {
+) -> Option<(
+    impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+    outbound::Stall,
+)> {
     let settings = &env.settings;
     let (out, rx) = outbound::channel(settings.queue_events, settings.queue_bytes);
     let _ = out.push(frame(format!("retry: {}\n\n", retry_ms())).0, 0);
@@ -140,7 +144,8 @@ pub async fn open(
     if subscribed.await != Ok(true) {
         return None;
     }
-    Some(body(rx, addr))
+    let stall = rx.stall();
+    Some((body(rx, addr), stall))
 }
 
 /// Tells the session when the response body is dropped: the client is gone.

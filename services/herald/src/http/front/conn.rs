@@ -364,7 +364,7 @@ impl Connection {
             (body, framing)
         };
         let mut pending = VecDeque::from([head]);
-        let mut source = BodySource::new(body, framing);
+        let mut source = BodySource::new(body, framing, None);
         std::future::poll_fn(|cx| drive(&self.io, &mut pending, &mut source, cx)).await
     }
 

@@ -28,6 +28,7 @@ use bytes::{Buf, Bytes};
 use super::Application;
 use super::head::Stream;
 use super::ws::{Upgrade, WsPump};
+use crate::session::outbound::Stall;
 
 /// Most pieces written in one `writev`.
 pub const MAX_BATCH: usize = 64;
@@ -115,6 +116,8 @@ pub async fn respond(
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let framing = Framing::of(response.status(), body.size(), wire);
     let head = response_head(&response, framing, wire);
+    // An event stream's word on a stalled socket (`http::sse`).
+    let stall = response.extensions().get::<Stall>().cloned();
     // Nothing of the response but its body stays with the connection.
     drop(response);
     if let Some(upgrade) = upgrade.filter(|_| upgraded) {
@@ -127,7 +130,7 @@ pub async fn respond(
         return Some(Streaming::WebSocket(pump));
     }
     // The head goes out with the first pieces of the body, in one write.
-    Some(Streaming::Body(Pump::new(io, head, body, framing)))
+    Some(Streaming::Body(Pump::new(io, head, body, framing, stall)))
 }
 
 /// A connection after its response head: what an idle one keeps.
@@ -257,24 +260,34 @@ pub(super) struct BodySource {
     framing: Framing,
     /// The body has ended; once `pending` is written, so has the response.
     ended: bool,
+    /// For an event stream: its queue's word on a stalled socket, and
+    /// whether it is stalled now.
+    stall: Option<(Stall, bool)>,
 }
 
 impl BodySource {
-    pub(super) fn new(body: BoxBody, framing: Framing) -> BodySource {
+    pub(super) fn new(body: BoxBody, framing: Framing, stall: Option<Stall>) -> BodySource {
         BodySource {
             body,
             framing,
             ended: false,
+            stall: stall.map(|stall| (stall, false)),
         }
     }
 }
 
 impl Pump {
-    fn new(io: TcpStream, head: Bytes, body: BoxBody, framing: Framing) -> Pump {
+    fn new(
+        io: TcpStream,
+        head: Bytes,
+        body: BoxBody,
+        framing: Framing,
+        stall: Option<Stall>,
+    ) -> Pump {
         Pump {
             io,
             pending: VecDeque::from([head]),
-            body: BodySource::new(body, framing),
+            body: BodySource::new(body, framing, stall),
         }
     }
 
@@ -297,9 +310,21 @@ pub trait Source {
     /// Queues what is ready, framed, onto `pending`; `true` once the last
     /// piece is queued.
     fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool>;
+    /// The socket takes nothing now (`true`: the client is not reading), or
+    /// takes again; called on each change.
+    fn stalled(&mut self, _stalled: bool) {}
 }
 
 impl Source for BodySource {
+    fn stalled(&mut self, stalled: bool) {
+        if let Some((stall, now)) = &mut self.stall
+            && *now != stalled
+        {
+            *now = stalled;
+            stall.set(stalled);
+        }
+    }
+
     fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut fresh = Vec::new();
         while !self.ended && pending.len() + fresh.len() < MAX_BATCH {
@@ -362,7 +387,16 @@ pub fn drive(
                 Poll::Pending
             };
         }
-        ready!(write(io, pending, cx))?;
+        match write(io, pending, cx) {
+            Poll::Ready(written) => {
+                written?;
+                source.stalled(false);
+            }
+            Poll::Pending => {
+                source.stalled(true);
+                return Poll::Pending;
+            }
+        }
     }
 }
 

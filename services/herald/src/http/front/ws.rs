@@ -28,7 +28,7 @@ use bytestring::ByteString;
 
 use super::input::{self, Feed, Input, Want};
 use super::lean::{MAX_BATCH, Source, drive, read};
-use crate::session::outbound::OutboundRx;
+use crate::session::outbound::{OutboundRx, Stall};
 use crate::session::ws::WsFrame;
 
 /// How long a close frame may wait for a client that is not reading, and
@@ -79,6 +79,7 @@ impl Upgrade {
             io,
             pending: VecDeque::from([head]),
             frames: FrameSource {
+                stall: (attached.frames.stall(), false),
                 frames: attached.frames,
                 closing: None,
                 ended: false,
@@ -110,6 +111,8 @@ pub struct WsPump {
 /// The session's frames as a pump's source.
 struct FrameSource {
     frames: OutboundRx<WsFrame>,
+    /// The queue's word on a stalled socket, and whether it is stalled now.
+    stall: (Stall, bool),
     /// Set once the close frame is queued: how long it may take to write.
     closing: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last frame is queued.
@@ -117,6 +120,13 @@ struct FrameSource {
 }
 
 impl Source for FrameSource {
+    fn stalled(&mut self, stalled: bool) {
+        if self.stall.1 != stalled {
+            self.stall.1 = stalled;
+            self.stall.0.set(stalled);
+        }
+    }
+
     fn fill(&mut self, pending: &mut VecDeque<Bytes>, cx: &mut Context<'_>) -> io::Result<bool> {
         while !self.ended && pending.len() < MAX_BATCH {
             match self.frames.poll_next(cx) {
