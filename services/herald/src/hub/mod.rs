@@ -295,8 +295,12 @@ impl Pace {
 
 /// One thread's hub, as the bus and publishers see it.
 struct HubFlags {
-    /// Set when the bus could not hand this hub an event.
+    /// Set when the bus could not hand this hub an event (its mailbox was
+    /// full).
     lost: AtomicBool,
+    /// Set when the bus asks every connection to resync (after it missed
+    /// events, or another node asked).
+    resync: AtomicBool,
     /// The events on the books.
     books: parking_lot::Mutex<Books>,
     /// When the oldest event on the books was received, in microseconds
@@ -312,6 +316,7 @@ impl HubFlags {
     fn new(pace: Arc<Pace>) -> HubFlags {
         HubFlags {
             lost: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
             books: parking_lot::Mutex::new(Books {
                 first: 0,
                 entries: std::collections::VecDeque::new(),
@@ -422,10 +427,16 @@ impl Actor for Hub {
 
 impl Hub {
     fn repair_if_lost(&self) {
-        if !self.flags.lost.swap(false, Ordering::AcqRel) {
+        let lost = self.flags.lost.swap(false, Ordering::AcqRel);
+        let asked = self.flags.resync.swap(false, Ordering::AcqRel);
+        if lost {
+            tracing::warn!("hub mailbox overflowed; resyncing its connections from the store");
+        } else if asked {
+            // The bus logged why.
+            tracing::debug!("resyncing this hub's connections from the store");
+        } else {
             return;
         }
-        tracing::warn!("hub mailbox overflowed; resyncing its connections from the store");
         REGISTRY.with(|r| {
             let r = r.borrow();
             let mut seen = std::collections::HashSet::new();
@@ -573,7 +584,7 @@ impl Hubs {
     /// bus outage).
     pub fn resync_all(&self) {
         for (_, flags) in self.hubs.read().iter() {
-            flags.lost.store(true, Ordering::Release);
+            flags.resync.store(true, Ordering::Release);
         }
     }
 }
