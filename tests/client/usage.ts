@@ -1,5 +1,15 @@
 // Uses the typed API of /client.js the way an application would; `tsc --noEmit` must accept it.
-import Default, { Herald, HeraldError, VERSION, type HeraldEvent, type State, type Subscription } from '../../services/herald/static/client.js';
+import Default, {
+  Herald,
+  HeraldError,
+  VERSION,
+  type FrameInfo,
+  type HeraldErrorCode,
+  type HeraldEvent,
+  type State,
+  type StateChange,
+  type Subscription,
+} from '../../services/herald/static/client.js';
 
 const version: string = VERSION;
 
@@ -41,6 +51,34 @@ h.on('reset', ({ topic, from }) => console.log(topic, from + 1));
 h.on('error', (err: HeraldError) => console.log(err.code, err.status, err.topics));
 offState();
 
+// Developer experience: lifecycle lines, frames, state context, readiness, typed codes.
+const debugging = new Herald('/', {
+  debug: true,
+  logger: console,
+  getToken: async () => (Math.random() > 0.5 ? 'a.b.c' : null), // null: logged out
+});
+debugging.on('frame', (frame: FrameInfo) => console.log(frame.direction, frame.transport, frame.data));
+debugging.on('state', (state: State, change: StateChange) => {
+  const previous: State = change.previous;
+  const retryIn: number | undefined = change.retryIn;
+  if (change.reason === 'logged_out' || change.reason === 'closed:1012') console.log(state, previous, retryIn);
+});
+debugging.on('error', (err) => {
+  const code: HeraldErrorCode | (string & {}) = err.code;
+  switch (err.code) {
+    case 'unsupported_protocol':
+    case 'logged_out':
+    case 'forbidden':
+      console.log(code);
+  }
+});
+const live: Promise<void> = s.ready;
+live.then(
+  () => console.log('live'),
+  (e: HeraldError) => console.log(e.code),
+);
+debugging.close();
+
 const position: number | undefined = s.seq;
 const active: boolean = s.active;
 void position, active;
@@ -57,3 +95,9 @@ new Herald('/', { ack: true });
 h.on('message', () => {});
 // @ts-expect-error: a state listener gets a State, not a number
 h.on('state', (state: number) => state);
+// @ts-expect-error: getToken returns a token or null
+new Herald('/', { getToken: () => 42 });
+// @ts-expect-error: the logger has debug, info, warn and error
+new Herald('/', { logger: { log: () => {} } });
+// @ts-expect-error: the change's previous state is a State
+h.on('state', (_s, change) => change.previous === 'asleep');

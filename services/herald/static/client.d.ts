@@ -7,6 +7,99 @@ export type Transport = 'websocket' | 'sse' | 'poll';
 
 export type State = 'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed';
 
+/**
+ * Why the state changed (the second argument of a `state` listener):
+ * `connect` (a transport opened), `closed:<code>` (a WebSocket close code,
+ * such as `closed:1012`), `network`, `timeout`, `token`, `forbidden`,
+ * `drain`, `missed`, `http:<status>`, `offline`, `leader` (this tab took over a shared connection),
+ * `close()`, `logged_out`, `unsupported_protocol`, or a server code.
+ */
+export type StateReason =
+  | 'connect'
+  | `closed:${number}`
+  | 'network'
+  | 'timeout'
+  | 'token'
+  | 'forbidden'
+  | 'drain'
+  | 'missed'
+  | `http:${number}`
+  | 'offline'
+  | 'leader'
+  | 'close()'
+  | 'logged_out'
+  | 'unsupported_protocol'
+  | (string & {});
+
+/** What a `state` listener gets besides the new state. */
+export interface StateChange {
+  /** The state before. */
+  previous: State;
+  reason: StateReason;
+  /** When a retry is scheduled: in how many ms. */
+  retryIn?: number;
+}
+
+/** A frame as the `frame` event reports it. */
+export interface FrameInfo {
+  direction: 'in' | 'out';
+  transport: Transport;
+  /**
+   * WebSocket: the frame (parsed JSON, or the text when it is not JSON;
+   * outgoing `auth` frames carry the token). SSE: `{event, id, data}` with
+   * the message's text, and the request line going out. Polling: the
+   * parsed answer, and the request line going out.
+   */
+  data: unknown;
+}
+
+/**
+ * Every `code` a HeraldError can have: the server's (problem documents,
+ * WebSocket `error` frames, SSE `event: error`) and the client's own.
+ */
+export type HeraldErrorCode =
+  // The server's.
+  | 'unauthorized'
+  | 'token_expired'
+  | 'revoked'
+  | 'forbidden'
+  | 'origin_not_allowed'
+  | 'invalid_topic'
+  | 'invalid_cursor'
+  | 'invalid_parameter'
+  | 'invalid_frame'
+  | 'unknown_op'
+  | 'too_many_topics'
+  | 'rate_limited'
+  | 'slow_consumer'
+  | 'unavailable'
+  | 'draining'
+  | 'not_found'
+  | 'unsupported_protocol'
+  | 'invalid_device'
+  | 'too_many_devices'
+  // An HTTP answer without a problem document (a proxy's).
+  | `http_${number}`
+  // The client's.
+  | 'token'
+  | 'logged_out'
+  | 'handler'
+  | 'bad_frame'
+  | 'bad_response'
+  | 'protocol'
+  | 'network'
+  | 'unsubscribed'
+  | 'closed'
+  | 'push_unsupported';
+
+/** Where lifecycle lines go (`console` fits). */
+export interface HeraldLogger {
+  debug(...args: unknown[]): void;
+  info(...args: unknown[]): void;
+  warn(...args: unknown[]): void;
+  error(...args: unknown[]): void;
+}
+
 /** An event as every transport delivers it. */
 export interface HeraldEvent<T = unknown> {
   topic: string;
@@ -35,8 +128,11 @@ export interface CursorStorage {
 export interface HeraldOptions {
   /** A bearer token (JWT). Without `token` and `getToken`, the session cookie authenticates. */
   token?: string;
-  /** Returns a fresh token; called before expiry and after the server refuses one; one call at a time. */
-  getToken?: () => string | Promise<string>;
+  /**
+   * Returns a fresh token; called before expiry and after the server refuses one; one call at a time.
+   * `null` means logged out: the client closes (state `closed`, reason `logged_out`) and asks no more.
+   */
+  getToken?: () => string | null | Promise<string | null>;
   /** Transports in order of preference. Default `['websocket', 'sse', 'poll']`. */
   transports?: Transport[];
   /** How long a transport may take to show that it works, in ms, before the next one is tried. Default 5000. */
@@ -69,6 +165,10 @@ export interface HeraldOptions {
    * Either way, topics without a position resume after the acknowledged seq.
    */
   ack?: 'auto' | 'manual';
+  /** Log connection lifecycle lines (transport tried, opened, closed, retries, token refreshes, fallbacks) with a `[herald]` prefix. Default: true when `logger` is given. */
+  debug?: boolean;
+  /** Where the client logs (lifecycle lines to `debug`, unhandled errors to `warn`) instead of `console`. */
+  logger?: HeraldLogger;
   /** Implementations to use instead of the global ones (React Native, Node, tests); `null` disables one. */
   WebSocket?: unknown;
   EventSource?: unknown;
@@ -85,9 +185,9 @@ export interface SubscribeOptions {
 }
 
 export class HeraldError extends Error {
-  constructor(code: string, message: string, extra?: { status?: number; topics?: string[]; cause?: unknown; retryAfter?: number });
-  /** The server's problem `code`, or `token`, `handler`, `bad_frame`, `bad_response`, `network`, `unauthorized`, `protocol`. */
-  code: string;
+  constructor(code: HeraldErrorCode | (string & {}), message: string, extra?: { status?: number; topics?: string[]; cause?: unknown; retryAfter?: number });
+  /** The server's problem `code`, or the client's: see HeraldErrorCode. */
+  code: HeraldErrorCode | (string & {});
   /** The HTTP status, for an HTTP answer. */
   status?: number;
   /** The topics it concerns. */
@@ -102,6 +202,14 @@ export class Subscription {
   readonly seq: number | undefined;
   /** False once unsubscribed or stopped by the server. */
   readonly active: boolean;
+  /**
+   * Resolves once the server confirmed the subscription (live: every event
+   * committed since is delivered); rejects with a HeraldError when the topic
+   * is refused (`forbidden`, `invalid_topic`, `too_many_topics`) or the
+   * subscription ends before (`unsubscribed`, `closed`, `logged_out`,
+   * `unsupported_protocol`). Ignoring it is safe (no unhandled rejection).
+   */
+  readonly ready: Promise<void>;
   unsubscribe(): void;
 }
 
@@ -109,6 +217,7 @@ export interface HeraldEventMap {
   state: State;
   reset: ResetInfo;
   error: HeraldError;
+  frame: FrameInfo;
 }
 
 export class Herald {
@@ -119,7 +228,8 @@ export class Herald {
   /** The transport in use; undefined while none is (or in a tab that follows another). */
   readonly transport: Transport | undefined;
   subscribe<T = unknown>(topic: string, handler: (event: HeraldEvent<T>) => void, options?: SubscribeOptions): Subscription;
-  /** Returns a function that removes the listener. */
+  /** Returns a function that removes the listener. A `state` listener also gets the change's context. */
+  on(name: 'state', listener: (state: State, change: StateChange) => void): () => void;
   on<K extends keyof HeraldEventMap>(name: K, listener: (value: HeraldEventMap[K]) => void): () => void;
   close(): void;
   /** Acknowledges `event` and everything before it on its topic. */

@@ -24,6 +24,8 @@ const after = (fn, ms) => setTimeout(fn, Math.min(MAX_MS, Math.max(0, ms) || 0))
 /** Transports that worked, per origin, for this page's life. */
 const worked = new Map();
 export const VERSION = '0.1.0';
+/** The version of the subscribing protocol this client speaks (`?protocol=`). */
+const PROTOCOL = 1;
 
 /** An error the client reports through its `error` event. */
 export class HeraldError extends Error {
@@ -98,6 +100,10 @@ export class Subscription {
     this.seq = seq;
     /** False once unsubscribed, or stopped by the server (`forbidden`). */
     this.active = true;
+    /** Resolves once the server confirmed the topic; rejects (HeraldError) if it never will. */
+    this.ready = new Promise((ok, no) => ((this._ok = ok), (this._no = no)));
+    // Pages that ignore it see no unhandled rejection.
+    this.ready.catch(() => {});
     this._h = h;
     this._fn = fn;
     this._o = o;
@@ -113,9 +119,11 @@ export class Subscription {
  * A connection to Herald, shared by every subscription of this instance (and,
  * with tab sharing, by every tab of the origin).
  *
- * Events: `state` (a State), `reset` (`{topic, from}`: events before seq
- * `from` are gone), `error` (a HeraldError). Listen with `on(name, fn)`,
- * which returns a function that removes the listener.
+ * Events: `state` (a State, then `{previous, reason, retryIn}`), `reset`
+ * (`{topic, from}`: events before seq `from` are gone), `error` (a
+ * HeraldError), `frame` (`{direction, transport, data}`: every frame, SSE
+ * message and poll answer). Listen with `on(name, fn)`, which returns a
+ * function that removes the listener.
  */
 export class Herald {
   /**
@@ -162,8 +170,13 @@ export class Herald {
     this._held = new Map();
     /** Per topic: the connection's position. @type {Map<string, number>} */
     this._cur = new Map();
+    /** Topics the server confirmed on the current connection. @type {Set<string>} */
+    this._live = new Set();
     /** @type {Record<string, Set<Function>>} */
-    this._l = { state: new Set(), reset: new Set(), error: new Set() };
+    this._l = { state: new Set(), reset: new Set(), error: new Set(), frame: new Set() };
+    // Lifecycle lines go to `logger` (console by default) when `debug` is on (by default with a logger).
+    this._lg = o.logger || g.console;
+    this._dbg = (o.debug ?? !!o.logger) && this._lg;
     /** @type {State} */
     this._state = 'connecting';
     this._tries = this._probes = 0;
@@ -222,7 +235,7 @@ export class Herald {
     return this._conn ? this._conn.kind : undefined;
   }
 
-  /** Listens to `state`, `reset` or `error`; returns a function that removes the listener. */
+  /** Listens to `state`, `reset`, `error` or `frame`; returns a function that removes the listener. */
   on(name, fn) {
     const set = this._l[name];
     if (!set) throw new TypeError('herald: no event ' + name);
@@ -253,6 +266,7 @@ export class Herald {
     if (seq === undefined && this._leader) seq = this._cur.get(topic);
     const s = new Subscription(this, topic, handler, options, seq);
     this._add(s);
+    if (this._leader && this._live.has(topic)) s._ok();
     this._announce(topic);
     this._later();
     return s;
@@ -260,12 +274,17 @@ export class Herald {
 
   /** Closes the connection and every subscription. The state becomes `closed`. */
   close() {
+    this._close('close()', new HeraldError('closed', 'the client was closed'));
+  }
+
+  /** Closes for `reason`; subscriptions not live yet reject with `err`. */
+  _close(reason, err) {
     if (this._closed) return;
     this._closed = true;
     clearInterval(this._iv);
-    clearTimeout(this._timer);
-    clearTimeout(this._refreshT);
-    clearTimeout(this._probeT);
+    for (const t of [this._timer, this._refreshT, this._probeT, this._q, this._gapT]) clearTimeout(t);
+    // Closed by the page: pending acknowledgments still go. Otherwise (logged out, refused) nothing more is sent.
+    if (reason !== 'close()') clearTimeout(this._ackT);
     if (this._conn) this._conn.close();
     this._conn = null;
     for (const f of this._un) f();
@@ -275,9 +294,15 @@ export class Herald {
       if (this._release) this._release();
       this._ch.close();
     }
-    for (const set of this._subs.values()) for (const s of set) s.active = false;
+    for (const set of this._subs.values()) for (const s of set) (s.active = false), s._no(err);
     this._subs.clear();
-    this._setState('closed');
+    this._setState('closed', reason);
+  }
+
+  /** Stops for good (logged out, a protocol the server does not speak). */
+  _end(reason, err) {
+    if (err) this._emit('error', err);
+    this._close(reason, err || new HeraldError(reason, 'closed: ' + reason));
   }
 
   /** Web Push for this browser: see client-push.js (loaded on first use). */
@@ -296,6 +321,7 @@ export class Herald {
   _remove(s) {
     const set = this._subs.get(s.topic);
     s.active = false;
+    s._no(new HeraldError('unsubscribed', 'unsubscribed from ' + s.topic + ' before the server confirmed it'));
     if (!set || !set.delete(s)) return;
     if (!set.size) this._subs.delete(s.topic);
     this._announce(s.topic);
@@ -418,9 +444,11 @@ export class Herald {
     for (const t of topics) {
       for (const s of this._subs.get(t)) {
         s.active = false;
+        s._no(err);
         if (s._o && s._o.onError) s._o.onError(err);
       }
       this._subs.delete(t);
+      this._live.delete(t);
     }
     this._post({ t: 'stop', topics, code: err.code, message: err.message });
     err.topics = topics;
@@ -438,11 +466,15 @@ export class Herald {
 
   // ---- events ----
 
-  _emit(name, arg) {
-    if (name === 'error' && !this._l.error.size && g.console) g.console.warn('herald:', arg.message);
+  _emit(name, arg, more) {
+    if (name === 'error') {
+      // A closed client has nothing more to report.
+      if (this._closed) return;
+      if (!this._l.error.size && this._lg) this._lg.warn('[herald] ' + arg.code + ': ' + arg.message);
+    }
     for (const fn of [...this._l[name]])
       try {
-        fn(arg);
+        fn(arg, more);
       } catch (x) {
         setTimeout(() => {
           throw x;
@@ -454,11 +486,35 @@ export class Herald {
     this._emit('error', new HeraldError(code, message, extra));
   }
 
-  _setState(s) {
-    if (s === this._state) return;
+  /** `reason`: why (`connect`, `closed:1012`, `network`, ...); `retryIn`: ms until the next try. */
+  _setState(s, reason, retryIn) {
+    const previous = this._state;
+    if (s === previous) return;
     this._state = s;
-    this._post({ t: 'state', s });
-    this._emit('state', s);
+    this._log('state ' + previous + ' -> ' + s + ' (' + reason + ')');
+    this._post({ t: 'state', s, r: reason });
+    this._emit('state', s, { previous, reason, retryIn });
+  }
+
+  /** A lifecycle line, with `debug`. */
+  _log(text) {
+    if (this._dbg) this._dbg.debug('[herald] ' + text);
+  }
+
+  /** A frame for `frame` listeners: `direction` 'in' or 'out'. */
+  _frame(direction, transport, data) {
+    if (this._l.frame.size) this._emit('frame', { direction, transport, data });
+  }
+
+  /** The server confirmed `topics`: their subscriptions are live (also in follower tabs). */
+  _confirm(topics) {
+    if (!Array.isArray(topics)) return;
+    topics = topics.filter((t) => this._held.has(t));
+    for (const t of topics) {
+      this._live.add(t);
+      for (const s of this._subs.get(t) || []) s._ok();
+    }
+    if (topics.length) this._post({ t: 'live', topics });
   }
 
   // ---- tokens ----
@@ -475,9 +531,15 @@ export class Herald {
     return (this._tokP ||= (async () => {
       try {
         const t = await o.getToken();
+        if (t === null) {
+          // Logged out: stop for good.
+          this._end('logged_out');
+          throw new HeraldError('logged_out', 'getToken() returned null: logged out');
+        }
         if (!t || typeof t !== 'string') throw new HeraldError('token', 'getToken() returned no token');
         this._tok = t;
         this._expires(jwtExp(t));
+        this._log('token refreshed');
         return t;
       } catch (e) {
         const err = e instanceof HeraldError ? e : new HeraldError('token', 'getToken() failed: ' + ((e && e.message) || e), { cause: e });
@@ -530,16 +592,18 @@ export class Herald {
   /** GET /v1/poll for the held topics, from the connection's positions. */
   async _poll(wait, signal, record) {
     const topics = [...this._held.keys()];
-    let q = '/v1/poll?topic=' + topics.map(encodeURIComponent).join(',') + '&wait=' + wait + '&limit=' + this._o.pollLimit;
+    let q = '/v1/poll?protocol=' + PROTOCOL + '&topic=' + topics.map(encodeURIComponent).join(',') + '&wait=' + wait + '&limit=' + this._o.pollLimit;
     const since = this._since(topics, record);
     if (since) q += '&since=' + encodeURIComponent(since);
     if (this._o.ack) q += '&resume=ack';
+    this._frame('out', 'poll', 'GET ' + q);
     const res = await this._fetch(this.url + q, await this._init(signal));
     if (!res.ok) throw await problem(res);
     let b;
     try {
       b = await res.json();
     } catch {}
+    this._frame('in', 'poll', b);
     if (!b || !Array.isArray(b.events) || !Array.isArray(b.resets) || typeof b.cursor !== 'string')
       throw new HeraldError('bad_response', 'the poll answer is not {"events","resets","cursor"}');
     return b;
@@ -559,26 +623,28 @@ export class Herald {
   /** What to do after a failed HTTP request or a network error. */
   _how(e, opened) {
     const s = e && e.status;
+    const why = s ? 'http:' + s : 'network';
     // Not Herald's answer (a proxy refusing) before the transport worked: try the next one.
-    if (s && e.alien && !opened) return { fallback: true };
+    if (s && e.alien && !opened) return { fallback: true, why };
     if (!s) {
       if (e instanceof HeraldError) {
         if (e.code !== 'token') this._emit('error', e);
-        return {};
+        return { why: e.code };
       }
-      return { net: true };
+      return { net: true, why };
     }
-    if (s === 401) return { auth: e };
+    if (e.code === 'unsupported_protocol') return this._end(e.code, e), {};
+    if (s === 401) return { auth: e, why: 'token' };
     if (s === 403 && e.code === 'forbidden') {
       const held = [...this._held.keys()];
       const words = e.message.split(/[\s,]+/).map((w) => w.replace(/\.$/, ''));
       const named = held.filter((t) => words.includes(t));
       this._stop(named.length ? named : held, e);
-      return { prompt: true };
+      return { prompt: true, why: 'forbidden' };
     }
-    if (s === 503 || s === 429) return { after: (e.retryAfter || 1) * 1000 };
+    if (s === 503 || s === 429) return { after: (e.retryAfter || 1) * 1000, why };
     this._emit('error', e);
-    return {};
+    return { why };
   }
 
   _hidden() {
@@ -592,7 +658,7 @@ export class Herald {
 
   /** Soon: bring the connection in line with the subscriptions. */
   _later() {
-    if (!this._q) this._q = setTimeout(() => ((this._q = 0), this._sync()));
+    if (!this._q && !this._closed) this._q = setTimeout(() => ((this._q = 0), this._sync()));
   }
 
   _sync() {
@@ -619,6 +685,7 @@ export class Herald {
     for (const t of del) {
       this._held.delete(t);
       this._cur.delete(t);
+      this._live.delete(t);
     }
     for (const t of add) {
       const p = want.get(t);
@@ -636,7 +703,9 @@ export class Herald {
     // Even if navigator.onLine is false: it lies behind VPNs, in WebViews.
     this._held.clear();
     this._cur.clear();
+    this._live.clear();
     const kind = this._order[this._ti];
+    this._log(kind + ': connecting to ' + this.url);
     this._conn = (kind === 'websocket' ? ws : kind === 'sse' ? sse : poll)(this);
     this._sync();
   }
@@ -657,7 +726,8 @@ export class Herald {
     }
     this._slow = false;
     this._upgrade(c);
-    this._setState('open');
+    this._log(c.kind + ': open');
+    this._setState('open', 'connect');
   }
 
   /** After a fallback, tries the WebSocket again later. */
@@ -679,6 +749,7 @@ export class Herald {
       if (!ok) return this._probes++, this._upgrade(c);
       this._probes = 0;
       this._ti = this._ti0 = 0;
+      this._log('upgrading from ' + c.kind + ' to websocket');
       c.close();
       this._conn = null;
       this._connect();
@@ -686,7 +757,7 @@ export class Herald {
     try {
       const token = this._auth ? await this._token() : null;
       if (c !== this._conn) return;
-      sock = new this._WS(this.url.replace(/^http/, 'ws') + '/v1/ws');
+      sock = new this._WS(this.url.replace(/^http/, 'ws') + '/v1/ws?protocol=' + PROTOCOL);
       t = after(() => end(false), this._o.openTimeout);
       sock.onopen = () => sock.send(JSON.stringify(token ? { op: 'auth', token } : { op: 'ping' }));
       sock.onmessage = () => end(true);
@@ -706,7 +777,9 @@ export class Herald {
     if (c !== this._conn) return;
     c.close();
     this._conn = null;
+    this._live.clear();
     if (this._closed) return;
+    const why = how.why || 'network';
     const o = this._o;
     if (this._openAt && now() - this._openAt >= o.stableAfter) this._tries = 0;
     this._openAt = 0;
@@ -717,6 +790,7 @@ export class Herald {
       this._ti++;
       this._slow ||= !!how.slow;
       delay = 0;
+      this._log(c.kind + ' failed (' + why + '): falling back to ' + this._order[this._ti]);
     } else {
       this._ti = this._ti0;
       this._slow = false;
@@ -727,9 +801,11 @@ export class Herald {
           this._emit('error', how.auth instanceof HeraldError ? how.auth : new HeraldError('unauthorized', 'the server refused the credentials'));
       }
       const backoff = rand(Math.min(o.maxDelay, o.minDelay * 2 ** this._tries++));
-      delay = how.prompt ? rand(o.minDelay * 2) : how.after ? how.after + rand(o.minDelay) : backoff;
+      delay = Math.round(how.prompt ? rand(o.minDelay * 2) : how.after ? how.after + rand(o.minDelay) : backoff);
+      this._log(c.kind + ' lost (' + why + '): retry in ' + delay + ' ms');
     }
-    this._setState(g.navigator && g.navigator.onLine === false ? 'offline' : 'reconnecting');
+    const off = g.navigator && g.navigator.onLine === false;
+    this._setState(off ? 'offline' : 'reconnecting', off ? 'offline' : why, delay);
     this._timer = after(() => this._connect(), delay);
   }
 
@@ -773,7 +849,7 @@ export class Herald {
               this._release = release;
               this._leader = true;
               // The state mirrored from the previous leader no longer holds.
-              if (this._state === 'open') this._setState('reconnecting');
+              if (this._state === 'open') this._setState('reconnecting', 'leader');
               this._post({ t: 'lead' });
               this._later();
             }),
@@ -833,6 +909,7 @@ export class Herald {
         s._r = m.id;
         this._add(s);
         this._post({ t: 'seat', topic: m.topic, seq: c });
+        if (this._live.has(m.topic)) this._post({ t: 'live', topics: [m.topic] });
       }
       this._post({ t: 'state', s: this._state });
       this._later();
@@ -843,7 +920,8 @@ export class Herald {
     this._pingAt = 0;
     if (m.t === 'lead') this._announce();
     else if (m.t === 'seat') this._seat(m.topic, m.seq);
-    else if (m.t === 'state') this._setState(m.s);
+    else if (m.t === 'state') this._setState(m.s, m.r || 'leader');
+    else if (m.t === 'live') for (const t of m.topics || []) for (const s of this._subs.get(t) || []) s._ok();
     else if (m.t === 'ev') this._deliver(m.e);
     else if (m.t === 'reset') this._reset(m.topic, m.from, m.sent);
     else if (m.t === 'stop') this._stop(m.topics, new HeraldError(m.code, m.message));
@@ -863,6 +941,7 @@ function ws(h) {
   let pingAt = 0;
   let timer;
   const send = (f) => {
+    h._frame('out', 'websocket', f);
     try {
       sock.send(JSON.stringify(f));
     } catch {}
@@ -893,7 +972,7 @@ function ws(h) {
   c.check = (force) => {
     const n = now();
     if (pingAt > last) {
-      if (n - pingAt > o.pongTimeout) fail({});
+      if (n - pingAt > o.pongTimeout) fail({ why: 'timeout' });
     } else if (c.ready && (force || n - last > o.heartbeat)) {
       pingAt = n;
       send({ op: 'ping' });
@@ -909,7 +988,7 @@ function ws(h) {
       case 'subscribed':
         // Where each topic starts (with resume=ack the heads are not).
         if (f.cursor || !o.ack) for (const [t, s] of parseCursor(f.cursor || f.heads)) h._seat(t, s);
-        return;
+        return h._confirm(f.topics);
       case 'reset':
         return h._reset(f.topic, f.from);
       case 'error':
@@ -926,16 +1005,16 @@ function ws(h) {
       try {
         token = await h._token();
       } catch {
-        return fail({});
+        return fail({ why: 'token' });
       }
     if (dead) return;
     try {
-      sock = new h._WS(h.url.replace(/^http/, 'ws') + '/v1/ws');
+      sock = new h._WS(h.url.replace(/^http/, 'ws') + '/v1/ws?protocol=' + PROTOCOL);
     } catch (e) {
       h._err('network', 'cannot open a WebSocket: ' + e);
       return fail({ fallback: true });
     }
-    timer = after(() => fail({ fallback: !opened, slow: true }), o.openTimeout);
+    timer = after(() => fail({ fallback: !opened, slow: true, why: 'timeout' }), o.openTimeout);
     sock.onopen = () => {
       if (token) send({ op: 'auth', token });
       c.ready = true;
@@ -948,8 +1027,10 @@ function ws(h) {
       try {
         f = JSON.parse(m.data);
       } catch {}
+      h._frame('in', 'websocket', f || m.data);
       if (!f || typeof f !== 'object' || Array.isArray(f) || typeof f.op !== 'string')
         return h._err('bad_frame', 'the server sent a frame that is not a JSON object with an "op"');
+      if (f.op === 'error' && f.code === 'unsupported_protocol') return h._end(f.code, new HeraldError(f.code, String(f.message)));
       if (!opened) {
         opened = true;
         clearTimeout(timer);
@@ -962,12 +1043,15 @@ function ws(h) {
     sock.onclose = (e) => {
       const code = e.code;
       const why = e.reason || 'closed with ' + code;
-      if (code === 1012) return fail({ prompt: true });
-      if (code === 4001) return fail({ auth: new HeraldError('unauthorized', why) });
+      const r = 'closed:' + code;
+      h._log('websocket: ' + r + (e.reason ? ' ' + e.reason : ''));
+      if (code === 4426) return h._end('unsupported_protocol', new HeraldError('unsupported_protocol', why));
+      if (code === 1012) return fail({ prompt: true, why: r });
+      if (code === 4001) return fail({ auth: new HeraldError('unauthorized', why), why: r });
       if (code === 4003) h._stop([...h._held.keys()], new HeraldError('forbidden', why));
       else if (code === 4400 || code === 1009 || code === 1011) h._err(code === 1011 ? 'unavailable' : 'protocol', why);
       // Closed before any frame, not by Herald: a proxy blocking WebSockets.
-      fail({ fallback: !opened && code < 4000 && ![1009, 1011, 1012, 1013].includes(code) });
+      fail({ fallback: !opened && code < 4000 && ![1009, 1011, 1012, 1013].includes(code), why: r });
     };
   })();
   return c;
@@ -1009,7 +1093,8 @@ function sse(h) {
   };
   const msg = (type, data, id) => {
     last = now();
-    if (type === 'drain') return fail({ prompt: true });
+    h._frame('in', 'sse', { event: type, id, data });
+    if (type === 'drain') return fail({ prompt: true, why: 'drain' });
     let d;
     try {
       d = JSON.parse(data);
@@ -1018,24 +1103,27 @@ function sse(h) {
     }
     if (type === 'error') {
       const code = d && d.code;
-      if (AUTH_CODES.includes(code)) return fail({ auth: code === 'token_expired' ? true : new HeraldError(code, d.message) });
+      if (AUTH_CODES.includes(code)) return fail({ auth: code === 'token_expired' ? true : new HeraldError(code, d.message), why: 'token' });
       if (code !== 'slow_consumer') h._serverError(code, d && d.message);
-      return fail({});
+      return fail({ why: String(code) });
     }
     if (type === 'reset') h._reset(d && d.topic, d && d.from);
     else if (type === 'message') h._event(d);
     if (id) for (const [t, s] of parseCursor(id)) h._seat(t, s);
+    if (type === 'subscribed') h._confirm(d && d.topics);
   };
   const start = async () => {
     stop();
     const my = gen;
     const topics = [...h._held.keys()];
     if (!topics.length) return;
-    let url = h.url + '/v1/sse?topic=' + topics.map(encodeURIComponent).join(',');
+    let url = '/v1/sse?protocol=' + PROTOCOL + '&topic=' + topics.map(encodeURIComponent).join(',');
     const since = h._since(topics, true);
     if (since) url += '&since=' + encodeURIComponent(since);
     if (o.ack) url += '&resume=ack';
-    timer = after(() => fail({ fallback: !opened, slow: true }), o.openTimeout);
+    h._frame('out', 'sse', 'GET ' + url);
+    url = h.url + url;
+    timer = after(() => fail({ fallback: !opened, slow: true, why: 'timeout' }), o.openTimeout);
     try {
       if (h._ES) {
         if (h._auth) {
@@ -1051,7 +1139,7 @@ function sse(h) {
         s.addEventListener('error', async (m) => {
           if (m.data !== undefined) return msg('error', m.data);
           // Failed; EventSource would retry with a used ticket: we retry ourselves.
-          if (opened) return fail({});
+          if (opened) return fail({ why: 'network' });
           // EventSource hides the status: a poll tells whether Herald refuses.
           stop();
           const mine = gen;
@@ -1073,7 +1161,7 @@ function sse(h) {
       const reader = res.body && res.body.getReader && res.body.getReader();
       if (!reader || !/event-stream/.test(res.headers.get('content-type'))) {
         h._err('bad_response', 'GET /v1/sse did not answer an event stream');
-        return fail({ fallback: !opened });
+        return fail({ fallback: !opened, why: 'bad_response' });
       }
       up();
       const dec = new TextDecoder();
@@ -1082,7 +1170,7 @@ function sse(h) {
       for (;;) {
         const { value, done } = await reader.read();
         if (my !== gen) return;
-        if (done) return fail({});
+        if (done) return fail({ why: 'network' });
         last = now();
         buf += dec.decode(value, { stream: true });
         let i;
@@ -1112,10 +1200,10 @@ function sse(h) {
     if (!h._held.size || probing) return;
     const quiet = now() - last > 2 * o.heartbeat + 5000;
     if (!es) {
-      if (quiet) fail({});
+      if (quiet) fail({ why: 'timeout' });
       return;
     }
-    if (es.readyState === 2) return fail({});
+    if (es.readyState === 2) return fail({ why: 'network' });
     if (!force && !quiet) return;
     // EventSource hides the server's keepalive comments: ask a poll whether
     // anything was published that this stream did not bring.
@@ -1124,10 +1212,10 @@ function sse(h) {
     try {
       const b = await h._poll(0, g.AbortSignal && AbortSignal.timeout && AbortSignal.timeout(o.pongTimeout));
       if (my !== gen) return;
-      if (b.events.some((e) => !(e.seq <= h._cur.get(e.topic)))) fail({ prompt: true });
+      if (b.events.some((e) => !(e.seq <= h._cur.get(e.topic)))) fail({ prompt: true, why: 'missed' });
       else last = now();
     } catch (e) {
-      if (my === gen && !(e && e.status)) fail({});
+      if (my === gen && !(e && e.status)) fail({ why: 'timeout' });
     } finally {
       probing = false;
     }
@@ -1166,7 +1254,7 @@ function poll(h) {
     try {
       b = await h._poll(wait, a.signal, true);
     } catch (e) {
-      if (my === gen && !dead) h._lost(c, a.signal.aborted ? {} : h._how(e, opened));
+      if (my === gen && !dead) h._lost(c, a.signal.aborted ? { why: 'timeout' } : h._how(e, opened));
       return;
     }
     if (my !== gen) return;
@@ -1175,6 +1263,7 @@ function poll(h) {
       opened = true;
       h._open(c);
     }
+    h._confirm([...h._held.keys()]);
     quick = false;
     for (const r of b.resets) h._reset(r && r.topic, r && r.from);
     for (const e of b.events) h._event(e);

@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdtempSync } from 'node:fs';
 import net from 'node:net';
+import { Transform } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,9 +119,12 @@ export async function until(check, ms, what) {
  * `freeze()` silently stops forwarding on them,
  * `target` can be changed (a restarted server), and `block` refuses
  * ('refuse': 403) or swallows ('swallow': never answers) requests whose
- * head matches it (a WebSocket upgrade, an SSE request).
+ * head matches it (a WebSocket upgrade, an SSE request). `rewrite`
+ * ([pattern, replacement]) changes what clients send, chunk by chunk (each
+ * request of a kept-alive connection too), on its way to the server.
+ * `connections` counts the connections it was asked for.
  */
-export async function startProxy(targetPort, { block = null, mode = 'refuse' } = {}) {
+export async function startProxy(targetPort, { block = null, mode = 'refuse', rewrite = null } = {}) {
   const sockets = new Set();
   const pairs = [];
   const proxy = {
@@ -129,6 +133,7 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
     mode,
     url: '',
     cuts: 0,
+    connections: 0,
     frozen: false,
     /**
      * Stops forwarding on every open connection without closing it (a dead
@@ -162,6 +167,7 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
     },
   };
   const server = net.createServer((client) => {
+    proxy.connections++;
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     client.on('error', () => {});
@@ -177,10 +183,12 @@ export async function startProxy(targetPort, { block = null, mode = 'refuse' } =
       upstream.on('close', () => (sockets.delete(upstream), client.destroy()));
       upstream.on('error', () => client.destroy());
       client.on('close', () => upstream.destroy());
-      upstream.write(head);
-      client.pipe(upstream);
+      const edit = (chunk) => (rewrite ? Buffer.from(chunk.toString('latin1').replace(...rewrite), 'latin1') : chunk);
+      upstream.write(edit(head));
+      const from = rewrite ? client.pipe(new Transform({ transform: (chunk, _, done) => done(null, edit(chunk)) })) : client;
+      from.pipe(upstream);
       upstream.pipe(client);
-      pairs.push([client, upstream]);
+      pairs.push([from, upstream]);
     });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));

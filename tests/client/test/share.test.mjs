@@ -6,7 +6,7 @@
 // must hand over without loss.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { collector, publish, range, startHerald, uniqueTopic, until } from './helpers.mjs';
+import { collector, mint, publish, range, startHerald, uniqueTopic, until, withTimeout } from './helpers.mjs';
 
 /** Exclusive named locks granted in request order, like the Web Locks API. */
 function webLocks() {
@@ -96,6 +96,34 @@ for (const transport of transports) {
         assert.deepEqual(g.problems, []);
       }
       assert.deepEqual(got[0].seqs, range(1, 10), 'a closed client gets nothing more');
+    } finally {
+      for (const h of tabs) h.close();
+    }
+  });
+}
+
+for (const transport of transports) {
+  test(`${transport}: a tab that shares another tab's connection learns from it when a subscription is live or refused`, async () => {
+    const allowed = uniqueTopic('ok');
+    const token = mint({ subscribe: ['ok.>'] });
+    const share = `ready-${transport}-${allowed}`;
+    const tabs = [0, 1].map(() => new Herald(server.url, { ...FAST, share, token, transports: [transport] }));
+    for (const h of tabs) h.on('error', () => {});
+    try {
+      const leading = tabs[0].subscribe(allowed, () => {});
+      await withTimeout(leading.ready, WAIT_MS, "the leader's subscription");
+      const got = collector();
+      // A topic the leader already holds, then one it does not.
+      const following = tabs[1].subscribe(allowed, got.handler);
+      await withTimeout(following.ready, WAIT_MS, "the follower's subscription to a live topic");
+      const other = uniqueTopic('ok');
+      const second = tabs[1].subscribe(other, () => {});
+      await withTimeout(second.ready, WAIT_MS, "the follower's subscription to a new topic");
+      assert.equal(tabs[1].transport, undefined, 'the follower holds no connection');
+      await publish(server, allowed, [1]);
+      await until(() => got.seqs.length >= 1, WAIT_MS, 'the event, through the leader');
+      const refused = tabs[1].subscribe(uniqueTopic('no'), () => {});
+      await assert.rejects(withTimeout(refused.ready, WAIT_MS, 'the refusal'), { code: 'forbidden' });
     } finally {
       for (const h of tabs) h.close();
     }

@@ -1,12 +1,20 @@
 //! The files a browser loads from Herald itself: `/client.js`,
-//! `/client-push.js`, `/client.d.ts` and the console at `/`, served with their content types,
-//! a strong `ETag`, `Cache-Control: no-cache`, and `304` on `If-None-Match`.
+//! `/client-push.js` (the minified build of the client's source), their
+//! source maps, `/client.d.ts` and the console at `/`, served with their
+//! content types, a strong `ETag`, `Cache-Control: no-cache`, and `304` on
+//! `If-None-Match`.
 
 use herald_tests::app::spawn_app;
 
-const CLIENT_JS: &str = include_str!("../../../services/herald/static/client.js");
+const CLIENT_JS: &str = include_str!("../../../services/herald/static/dist/client.js");
+const CLIENT_JS_MAP: &str = include_str!("../../../services/herald/static/dist/client.js.map");
 const CLIENT_DTS: &str = include_str!("../../../services/herald/static/client.d.ts");
-const CLIENT_PUSH_JS: &str = include_str!("../../../services/herald/static/client-push.js");
+const CLIENT_PUSH_JS: &str = include_str!("../../../services/herald/static/dist/client-push.js");
+const CLIENT_PUSH_JS_MAP: &str =
+    include_str!("../../../services/herald/static/dist/client-push.js.map");
+/// The sources the maps lead back to.
+const CLIENT_SOURCE: &str = include_str!("../../../services/herald/static/client.js");
+const CLIENT_PUSH_SOURCE: &str = include_str!("../../../services/herald/static/client-push.js");
 
 fn header(response: &reqwest::Response, name: &str) -> String {
     response
@@ -27,9 +35,19 @@ async fn assets_are_served_with_their_types_a_strong_etag_and_304_on_revalidatio
             Some(CLIENT_JS),
         ),
         (
+            "/client.js.map",
+            "application/json; charset=utf-8",
+            Some(CLIENT_JS_MAP),
+        ),
+        (
             "/client-push.js",
             "text/javascript; charset=utf-8",
             Some(CLIENT_PUSH_JS),
+        ),
+        (
+            "/client-push.js.map",
+            "application/json; charset=utf-8",
+            Some(CLIENT_PUSH_JS_MAP),
         ),
         (
             "/client.d.ts",
@@ -101,7 +119,9 @@ async fn the_client_and_its_typings_are_importable_from_any_origin_and_gzipped_w
     let app = spawn_app().await;
     for (path, file) in [
         ("/client.js", CLIENT_JS),
+        ("/client.js.map", CLIENT_JS_MAP),
         ("/client-push.js", CLIENT_PUSH_JS),
+        ("/client-push.js.map", CLIENT_PUSH_JS_MAP),
         ("/client.d.ts", CLIENT_DTS),
     ] {
         let url = format!("{}{path}", app.base_url);
@@ -171,5 +191,50 @@ async fn the_client_and_its_typings_are_importable_from_any_origin_and_gzipped_w
                 "{path} {accept:?}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_modules_are_minified_and_lead_to_their_source_through_a_relative_map() {
+    let app = spawn_app().await;
+    for (path, source) in [
+        ("/client.js", CLIENT_SOURCE),
+        ("/client-push.js", CLIENT_PUSH_SOURCE),
+    ] {
+        let module = app
+            .http
+            .get(format!("{}{path}", app.base_url))
+            .send()
+            .await
+            .expect("the module answers")
+            .text()
+            .await
+            .expect("the module has a body");
+        assert!(
+            module.len() < source.len() * 2 / 3,
+            "{path}: minified, {} bytes from {}",
+            module.len(),
+            source.len()
+        );
+        let name = path.trim_start_matches('/');
+        assert!(
+            module.ends_with(&format!("\n//# sourceMappingURL={name}.map\n")),
+            "{path} names its map relatively, so it is found through proxies and from any origin"
+        );
+        let map: serde_json::Value = app
+            .http
+            .get(format!("{}{path}.map", app.base_url))
+            .send()
+            .await
+            .expect("the map answers")
+            .json()
+            .await
+            .expect("the map is JSON");
+        assert_eq!(map["version"], 3, "{path}.map");
+        assert_eq!(
+            map["sourcesContent"][0].as_str(),
+            Some(source),
+            "{path}.map carries the source it was built from (scripts/build-client regenerates it)"
+        );
     }
 }

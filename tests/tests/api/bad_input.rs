@@ -658,6 +658,123 @@ async fn poll_refuses_bad_input_with_the_status_and_code_of_the_contract() {
     }
 }
 
+// The protocol version a client speaks (`?protocol=`).
+
+/// `POST /v1/tickets` with `token`: the ticket.
+async fn ticket(app: &TestApp, token: &str) -> String {
+    let body: Value = app
+        .http
+        .post(format!("{}/v1/tickets", app.base_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("a ticket is minted")
+        .json()
+        .await
+        .expect("the ticket answer is JSON");
+    body["ticket"]
+        .as_str()
+        .expect("the answer has a ticket")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_version_the_server_does_not_speak_is_refused_on_every_transport_and_the_server_keeps_serving()
+ {
+    let app = spawn_app().await;
+    let topic = unique_topic("ok");
+    let token = app.token("u", &["ok.>"], &[], 3600);
+    for protocol in ["2", "0", "v1", ""] {
+        let query = format!("protocol={protocol}&topic={topic}&access_token={token}");
+        for path in ["/v1/sse", "/v1/poll"] {
+            assert_eq!(
+                get(&app, path, &query, &[]).await,
+                problem(400, "unsupported_protocol"),
+                "{path}?{query}"
+            );
+        }
+        // Upgraded, then told: browser code never sees a refused handshake's status.
+        let mut ws = app
+            .try_ws_query(&format!("protocol={protocol}"), Some(&token))
+            .await
+            .expect("the upgrade is accepted");
+        let frame = expect_error(&mut ws, "unsupported_protocol").await;
+        assert!(
+            frame["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("protocol 1")),
+            "the error names the version the server speaks: {frame}"
+        );
+        expect_close(&mut ws, 4426, "an unsupported protocol").await;
+    }
+
+    // Refused before the credentials are looked at: the ticket is still good.
+    for path in ["/v1/sse", "/v1/ws"] {
+        let ticket = ticket(&app, &token).await;
+        if path == "/v1/ws" {
+            let mut ws = app
+                .try_ws_query(&format!("protocol=2&ticket={ticket}"), None)
+                .await
+                .expect("the upgrade is accepted");
+            expect_error(&mut ws, "unsupported_protocol").await;
+            expect_close(&mut ws, 4426, "an unsupported protocol").await;
+            let mut ws = app
+                .try_ws_query(&format!("protocol=1&ticket={ticket}"), None)
+                .await
+                .expect("the ticket opens a connection");
+            assert_eq!(ws.next_json().await["op"], "authenticated");
+        } else {
+            let refused = get(
+                &app,
+                path,
+                &format!("protocol=2&topic={topic}&ticket={ticket}"),
+                &[],
+            )
+            .await;
+            assert_eq!(refused, problem(400, "unsupported_protocol"));
+            let opened = get(
+                &app,
+                path,
+                &format!("protocol=1&topic={topic}&ticket={ticket}"),
+                &[],
+            )
+            .await;
+            assert_eq!(
+                (opened.status, opened.content_type.as_str()),
+                (200, "text/event-stream")
+            );
+        }
+    }
+
+    // Version 1, named or implied (clients older than the parameter), is served.
+    for version in ["protocol=1&", ""] {
+        let query = format!("{version}topic={topic}&access_token={token}");
+        let sse = get(&app, "/v1/sse", &query, &[]).await;
+        assert_eq!(
+            (sse.status, sse.content_type.as_str()),
+            (200, "text/event-stream"),
+            "{query}"
+        );
+        let (status, body) = app.poll(&query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let mut ws = app
+            .try_ws_query(version.trim_end_matches('&'), Some(&token))
+            .await
+            .expect("the upgrade is accepted");
+        assert_eq!(ws.next_json().await["op"], "authenticated");
+        ws.subscribe(&[&topic], None).await;
+        assert_eq!(ws.next_json().await["op"], "subscribed");
+        assert_still_usable(&mut ws).await;
+    }
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base_url))
+        .send()
+        .await
+        .expect("/healthz answers");
+    assert_eq!(health.status(), 200);
+}
+
 // Limits and robustness.
 
 /// Opens `/v1/sse?{query}`; the answer's head must come within `WAIT`.

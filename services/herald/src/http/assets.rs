@@ -1,13 +1,18 @@
 //! The files a browser loads from Herald itself: `GET /client.js` (the
 //! browser client), `GET /client-push.js` (its Web Push part, which
-//! `registerPush` imports on first use), `GET /client.d.ts` (its typings) and `GET /` (the web
-//! console). They are built into the binary, so every node serves the same
-//! bytes; each answer carries a strong `ETag` (a hash of the bytes, computed
-//! once) and `Cache-Control: no-cache`, so browsers revalidate and get `304
-//! Not Modified` until the binary changes. The client and its typings are
-//! compressed once (gzip, sent when `Accept-Encoding` allows it) and carry
-//! `Access-Control-Allow-Origin: *`, so a page on any origin can import the
-//! module (it is public code; no credentials are involved).
+//! `registerPush` imports on first use), their source maps
+//! (`/client.js.map`, `/client-push.js.map`), `GET /client.d.ts` (its
+//! typings) and `GET /` (the web console). The two modules are the minified
+//! build of `static/client.js` and `static/client-push.js` that
+//! `scripts/build-client` writes to `static/dist/` (committed, so building
+//! the binary needs no Node). They are built into the binary, so every node
+//! serves the same bytes; each answer carries a strong `ETag` (a hash of the
+//! bytes, computed once) and `Cache-Control: no-cache`, so browsers
+//! revalidate and get `304 Not Modified` until the binary changes. The
+//! client, its maps and its typings are compressed once (gzip, sent when
+//! `Accept-Encoding` allows it) and carry `Access-Control-Allow-Origin: *`,
+//! so a page on any origin can import the module (it is public code; no
+//! credentials are involved).
 
 use std::io::Write;
 use std::sync::LazyLock;
@@ -79,14 +84,26 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 static CLIENT_JS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::shared(
-        include_bytes!("../../static/client.js"),
+        include_bytes!("../../static/dist/client.js"),
         "text/javascript; charset=utf-8",
+    )
+});
+static CLIENT_JS_MAP: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::shared(
+        include_bytes!("../../static/dist/client.js.map"),
+        "application/json; charset=utf-8",
     )
 });
 static CLIENT_PUSH_JS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::shared(
-        include_bytes!("../../static/client-push.js"),
+        include_bytes!("../../static/dist/client-push.js"),
         "text/javascript; charset=utf-8",
+    )
+});
+static CLIENT_PUSH_JS_MAP: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::shared(
+        include_bytes!("../../static/dist/client-push.js.map"),
+        "application/json; charset=utf-8",
     )
 });
 static CLIENT_DTS: LazyLock<Asset> = LazyLock::new(|| {
@@ -106,7 +123,9 @@ static INDEX_HTML: LazyLock<Asset> = LazyLock::new(|| {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // Compressed once, as the routes are set up, not on a first request.
     LazyLock::force(&CLIENT_JS);
+    LazyLock::force(&CLIENT_JS_MAP);
     LazyLock::force(&CLIENT_PUSH_JS);
+    LazyLock::force(&CLIENT_PUSH_JS_MAP);
     LazyLock::force(&CLIENT_DTS);
     cfg.service(super::only(
         "/",
@@ -119,9 +138,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(|req: HttpRequest| serve(req, &CLIENT_JS)),
     ))
     .service(super::only(
+        "/client.js.map",
+        "GET",
+        web::get().to(|req: HttpRequest| serve(req, &CLIENT_JS_MAP)),
+    ))
+    .service(super::only(
         "/client-push.js",
         "GET",
         web::get().to(|req: HttpRequest| serve(req, &CLIENT_PUSH_JS)),
+    ))
+    .service(super::only(
+        "/client-push.js.map",
+        "GET",
+        web::get().to(|req: HttpRequest| serve(req, &CLIENT_PUSH_JS_MAP)),
     ))
     .service(super::only(
         "/client.d.ts",

@@ -56,6 +56,10 @@ pub enum ApiError {
     Store(#[source] Arc<StoreError>),
     #[error("{0}")]
     Unavailable(String),
+    /// A subscribing request in a version of the protocol this server does
+    /// not speak (`?protocol=`).
+    #[error("{0}")]
+    UnsupportedProtocol(String),
     /// A WebSocket handshake in a version Herald does not speak (or none):
     /// answered with the one it does.
     #[error("{0}")]
@@ -117,6 +121,7 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Draining { .. } => "draining",
             ApiError::UpgradeRequired(_) => "upgrade_required",
+            ApiError::UnsupportedProtocol(_) => "unsupported_protocol",
             ApiError::NotServed(_) => "not_served",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::HeadTooLarge(_) => "head_too_large",
@@ -201,6 +206,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidParameter(_)
             | ApiError::TooManyTopics(_)
             | ApiError::BadRequest(_)
+            | ApiError::UnsupportedProtocol(_)
             | ApiError::InvalidDevice(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,

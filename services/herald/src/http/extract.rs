@@ -1,6 +1,7 @@
 //! What handlers extract from a request: the caller ([`Bearer`],
 //! [`Admin`]), a subscriber's credentials in the contract's order of
-//! preference, and a subscribing request's query.
+//! preference, a subscribing request's query, and the version of the
+//! protocol it speaks ([`check_protocol`]).
 
 use std::future::{Ready, ready};
 
@@ -17,6 +18,25 @@ pub const MAX_WAIT_SECS: u64 = 60;
 /// Default and largest `limit` of a poll.
 pub const DEFAULT_POLL_LIMIT: usize = 100;
 pub const MAX_POLL_LIMIT: usize = 1_000;
+
+/// The version of the subscribing protocol (WebSocket frames, SSE messages,
+/// poll answers) this server speaks. A client names the one it speaks with
+/// `?protocol=` on `/v1/ws`, `/v1/sse` and `/v1/poll`; without it, 1.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// Checks the `protocol` parameters of a subscribing request's query: each
+/// must name [`PROTOCOL_VERSION`]; none is version 1 (clients that predate
+/// the parameter).
+pub fn check_protocol(query: &str) -> Result<(), ApiError> {
+    match form_urlencoded::parse(query.as_bytes())
+        .find(|(key, value)| key == "protocol" && value != PROTOCOL_VERSION)
+    {
+        Some((_, value)) => Err(ApiError::UnsupportedProtocol(format!(
+            "this server speaks protocol {PROTOCOL_VERSION}, not {value:?}: use a client made for it"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// The query of a subscribing request (SSE, poll), checked in the contract's
 /// order: credentials, then topics, cursor and parameters, then permission.

@@ -30,7 +30,7 @@ use crate::auth::OriginPolicy;
 use error::ApiError;
 pub use extract::{
     Admin, Bearer, DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT, MAX_WAIT_SECS, SubscribeParams,
-    SubscribeQuery, subscriber_credential,
+    SubscribeQuery, check_protocol, subscriber_credential,
 };
 
 /// Registers every route. The endpoints that act for a subscriber check the

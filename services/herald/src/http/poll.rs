@@ -6,13 +6,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::SubscribeQuery;
 use super::error::ApiError;
+use super::{SubscribeQuery, check_protocol};
 use crate::node::Node;
 use crate::session::poll::{self, Answer, PollError};
 
 /// `GET /v1/poll?topic=...&since=...&wait=...&limit=...`
 pub async fn poll(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    check_protocol(req.query_string())?;
     if node.gate.is_draining() {
         return Err(ApiError::Draining {
             retry_after_secs: 1,

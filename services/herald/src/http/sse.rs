@@ -7,14 +7,17 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::SubscribeQuery;
 use super::error::ApiError;
+use super::{SubscribeQuery, check_protocol};
 use crate::node::Node;
 use crate::session::gate::Refused;
 use crate::topic::Cursor;
 
 /// `GET /v1/sse?topic=...&topic=...`
 pub async fn sse(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    // A client that speaks another protocol gets a 400 (which stops an
+    // EventSource), not a `drain` it would come back from.
+    check_protocol(req.query_string())?;
     // A full node says so before a ticket is spent on it; the place itself
     // is taken once the credentials hold.
     if node.gate.is_draining() {
