@@ -233,43 +233,74 @@ async fn eight_publishers_saturating_a_node_lose_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_that_stop_reading_never_pace_publishers() {
-    // Queues large enough that the stalled subscribers stay connected
-    // throughout, holding old events; a limit far below how long they hold
-    // them, far above a busy machine's scheduling.
-    let app = spawn_with(
+/// A node whose subscribers of one topic read nothing: queues large
+/// enough that they stay connected throughout, holding old events; a
+/// pacing limit far below how long they hold them, far above a busy
+/// machine's scheduling.
+async fn node_for_stalled_subscribers() -> TestApp {
+    spawn_with(
         Options::new(Backend::Sqlite)
             .env("HERALD_PACE_LAG_MS", 250)
             .env("HERALD_QUEUE_EVENTS", 4_096)
             .env("HERALD_QUEUE_BYTES", 64 * 1024 * 1024),
     )
-    .await;
-    let topic = unique_topic("stalled");
-    // Far more than a node would call stragglers on each of its stream
-    // threads, and every member of the topic: they read nothing, so their
-    // sockets stall.
-    let stalled = subscribers(&app, &topic, 40).await;
-    // 19 MB to each: more than the kernel's socket buffers on both ends hold.
+    .await
+}
+
+/// Publishes 19 MB to `topic`'s stalled subscribers (more than the
+/// kernel's socket buffers on both ends hold), then more a second later,
+/// and checks that no publish waited for them and none was closed.
+async fn publish_past_stalled_subscribers(app: &TestApp, topic: &str, transport: &str) {
     let payload = "x".repeat(48 * 1024);
     for n in 0..400 {
-        app.publish(&topic, json!({"n": n, "pad": payload})).await;
+        app.publish(topic, json!({"n": n, "pad": payload})).await;
     }
     // Long after the oldest of them was received, more publishes.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     for n in 400..410 {
-        app.publish(&topic, json!({"n": n, "pad": payload})).await;
+        app.publish(topic, json!({"n": n, "pad": payload})).await;
     }
     let metrics = app.metrics().await;
     assert_eq!(
         metrics.get(PACED),
         0.0,
-        "publishers were paced by clients that do not read"
+        "publishers were paced by {transport} clients that do not read"
     );
     assert_eq!(
-        metrics.get("herald_slow_consumer_closes_total{transport=\"ws\"}"),
+        metrics.get(&format!(
+            "herald_slow_consumer_closes_total{{transport=\"{transport}\"}}"
+        )),
         0.0,
         "the stalled subscribers stayed (their queues hold what they did not read)"
     );
+}
+
+// Far more subscribers than a node would call stragglers on each of its
+// stream threads, and every member of the topic: they read nothing, so
+// their sockets stall.
+const STALLED: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_that_stop_reading_never_pace_publishers() {
+    let app = node_for_stalled_subscribers().await;
+    let topic = unique_topic("stalled.ws");
+    let stalled = subscribers(&app, &topic, STALLED).await;
+    publish_past_stalled_subscribers(&app, &topic, "ws").await;
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_subscribers_that_stop_reading_never_pace_publishers() {
+    let app = node_for_stalled_subscribers().await;
+    let topic = unique_topic("stalled.sse");
+    let token = app.token("reader", &[&topic], &[], 600);
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(
+            app.sse(&format!("topic={topic}&access_token={token}"), None)
+                .await,
+        );
+    }
+    publish_past_stalled_subscribers(&app, &topic, "sse").await;
     drop(stalled);
 }
