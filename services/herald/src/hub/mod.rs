@@ -31,7 +31,6 @@ pub mod interest;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,10 +50,21 @@ const HUB_MAILBOX: usize = 65_536;
 /// those it was handed to: slow clients, not a slow node.
 pub const STRAGGLERS: u32 = 8;
 
-/// A committed event for a connection.
-#[derive(Message, Clone)]
+/// A committed event for a connection, with the connection's hold on it in
+/// its thread's books: the connection keeps the ticket beside the frame
+/// until its writer takes the frame for the socket, or drops it when it
+/// sends nothing (a message never handled drops it too).
+#[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Arc<Encoded>);
+pub struct Deliver {
+    pub event: Arc<Encoded>,
+    pub ticket: Ticket,
+}
+
+/// A committed event for a thread's hub, from the bus.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Committed(Arc<Encoded>);
 
 /// Tells a connection that events may have been lost on the way to it: it
 /// re-reads its topics from the store after its cursor.
@@ -73,47 +83,6 @@ pub struct Member {
     pub deliver: Recipient<Deliver>,
     pub resync: Recipient<Resync>,
     pub slow: Recipient<SlowConsumer>,
-    /// What the hub handed it that it has not handled yet.
-    pub ledger: Ledger,
-}
-
-/// A member's deliveries in its mailbox, each with its [`Ticket`] on the
-/// thread's books: the hub adds one as it hands the member an event, the
-/// member takes it ([`Ledger::take`]) as it handles that event. A member
-/// that ends with events still in its mailbox gives their tickets back when
-/// its last handle goes.
-#[derive(Clone)]
-pub struct Ledger(Rc<LedgerInner>);
-
-struct LedgerInner {
-    waiting: RefCell<std::collections::VecDeque<Ticket>>,
-}
-
-impl Ledger {
-    /// A ledger on this thread's books (starting the thread's hub if need be).
-    pub fn new(hubs: &Hubs) -> Ledger {
-        ensure_hub(hubs);
-        Ledger(Rc::new(LedgerInner {
-            waiting: RefCell::default(),
-        }))
-    }
-
-    /// The ticket of the event the member handles now (the oldest it was
-    /// handed): it keeps the event on the books until it is dropped, when
-    /// the event is written to the socket or not sent at all.
-    pub fn take(&self) -> Option<Ticket> {
-        let mut waiting = self.0.waiting.borrow_mut();
-        let ticket = waiting.pop_front();
-        if waiting.is_empty() && waiting.capacity() > 4 {
-            // Give the ring back while the connection is quiet.
-            *waiting = std::collections::VecDeque::new();
-        }
-        ticket
-    }
-
-    fn handed(&self, ticket: Ticket) {
-        self.0.waiting.borrow_mut().push_back(ticket);
-    }
 }
 
 /// One member's hold on one event of its thread's books: dropped once the
@@ -449,10 +418,10 @@ impl Hub {
     }
 }
 
-impl Handler<Deliver> for Hub {
+impl Handler<Committed> for Hub {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
         self.repair_if_lost();
         REGISTRY.with(|r| {
             let mut r = r.borrow_mut();
@@ -461,25 +430,23 @@ impl Handler<Deliver> for Hub {
                 return;
             };
             let number = self.flags.open(msg.0.received, members.len());
-            members.retain(|(id, member)| match member.deliver.try_send(msg.clone()) {
-                Ok(()) => {
-                    member.ledger.handed(self.flags.ticket(number));
-                    true
+            members.retain(|(id, member)| {
+                let deliver = Deliver {
+                    event: msg.0.clone(),
+                    ticket: self.flags.ticket(number),
+                };
+                // Refused, the message and its ticket are dropped: not held.
+                let Err(e) = member.deliver.try_send(deliver) else {
+                    return true;
+                };
+                if let SendError::Full(_) = e
+                    && !slow.contains(id)
+                {
+                    // Once per connection: it stops receiving and is closed.
+                    slow.push(*id);
+                    member.slow.do_send(SlowConsumer);
                 }
-                Err(e) => {
-                    // Never handed: not held.
-                    if let Some(number) = number {
-                        self.flags.done(number);
-                    }
-                    if let SendError::Full(_) = e
-                        && !slow.contains(id)
-                    {
-                        // Once per connection: it stops receiving and is closed.
-                        slow.push(*id);
-                        member.slow.do_send(SlowConsumer);
-                    }
-                    false
-                }
+                false
             });
             if members.is_empty() {
                 r.forget(&msg.0.topic);
@@ -594,7 +561,7 @@ impl Hubs {
     pub fn deliver(&self, event: Arc<Encoded>) {
         let _span = crate::telemetry::handing_over(&event).entered();
         for (addr, flags) in self.hubs.read().iter() {
-            if addr.try_send(Deliver(event.clone())).is_err() {
+            if addr.try_send(Committed(event.clone())).is_err() {
                 crate::telemetry::metrics::hub_overflow();
                 flags.lost.store(true, Ordering::Release);
             }
@@ -696,9 +663,8 @@ mod tests {
         }
     }
 
-    /// This thread's books (the hub `Ledger::new` starts).
+    /// This thread's books.
     fn flags(hubs: &Hubs) -> Arc<HubFlags> {
-        drop(Ledger::new(hubs));
         ensure_hub(hubs)
     }
 
@@ -787,15 +753,23 @@ mod tests {
     async fn a_member_that_ends_with_events_in_its_mailbox_gives_their_tickets_back() {
         let hubs = Hubs::new(pacing(50, 5_000));
         let flags = flags(&hubs);
-        let ledger = Ledger::new(&hubs);
-        for ticket in hand(&flags, Duration::from_millis(300), 10) {
-            ledger.handed(ticket);
-        }
+        let event = Arc::new(Encoded::new(
+            Topic::parse("pace").expect("a valid topic"),
+            1,
+            0,
+            b"{}".to_vec(),
+        ));
+        // Ten deliveries in a mailbox, as the hub hands them.
+        let mailbox: Vec<Deliver> = hand(&flags, Duration::from_millis(300), 10)
+            .into_iter()
+            .map(|ticket| Deliver {
+                event: event.clone(),
+                ticket,
+            })
+            .collect();
         assert!(hubs.fanout_lag() >= Duration::from_millis(300));
-        let taken = ledger.take().expect("the oldest ticket");
-        drop(ledger);
-        assert_eq!(hubs.fanout_lag(), Duration::ZERO, "9 of 10 given back");
-        drop(taken);
+        // The member ends without handling them.
+        drop(mailbox);
         assert_eq!(hubs.fanout_lag(), Duration::ZERO);
     }
 

@@ -233,33 +233,31 @@ impl<T: Transport> Session<T> {
         ticket: Option<hub::Ticket>,
         ctx: &mut Context<Self>,
     ) -> bool {
-        {
-            // The cursor as of this action: the subscriptions may already
-            // stand further on (a whole page was read at once).
-            let (topic, position) = match &action {
-                Action::Event(event) => (&event.topic, event.seq),
-                Action::Reset { topic, from } => (topic, from - 1),
-            };
-            let subs = &self.subs;
-            let cursor = || {
-                let mut cursor = subs.cursor();
-                cursor.set(topic.clone(), position);
-                cursor
-            };
-            let (frame, size) = match &action {
-                Action::Event(event) => self.transport.event(event, &cursor),
-                Action::Reset { topic, from } => self.transport.reset(topic, *from, &cursor),
-            };
-            if !self.send_held(frame, size, ticket, ctx) {
-                return false;
+        // The cursor as of this action: the subscriptions may already
+        // stand further on (a whole page was read at once).
+        let (topic, position) = match &action {
+            Action::Event(event) => (&event.topic, event.seq),
+            Action::Reset { topic, from } => (topic, from - 1),
+        };
+        let subs = &self.subs;
+        let cursor = || {
+            let mut cursor = subs.cursor();
+            cursor.set(topic.clone(), position);
+            cursor
+        };
+        let (frame, size) = match &action {
+            Action::Event(event) => self.transport.event(event, &cursor),
+            Action::Reset { topic, from } => self.transport.reset(topic, *from, &cursor),
+        };
+        if !self.send_held(frame, size, ticket, ctx) {
+            return false;
+        }
+        match &action {
+            Action::Event(event) => {
+                self.events_sent += 1;
+                crate::telemetry::delivered(T::NAME, self.id, event);
             }
-            match &action {
-                Action::Event(event) => {
-                    self.events_sent += 1;
-                    crate::telemetry::delivered(T::NAME, self.id, event);
-                }
-                Action::Reset { .. } => crate::telemetry::metrics::resets_sent(T::NAME, 1),
-            }
+            Action::Reset { .. } => crate::telemetry::metrics::resets_sent(T::NAME, 1),
         }
         true
     }
@@ -355,7 +353,6 @@ impl<T: Transport> Actor for Session<T> {
             deliver: addr.clone().recipient(),
             resync: addr.clone().recipient(),
             slow: addr.recipient(),
-            ledger: hub::Ledger::new(&self.env.hubs),
         });
         ctx.run_interval(self.env.settings.heartbeat, |session, ctx| {
             session.heartbeat(ctx)
@@ -400,13 +397,12 @@ impl<T: Transport> Actor for Session<T> {
 impl<T: Transport> Handler<Deliver> for Session<T> {
     type Result = ();
 
-    fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
+    fn handle(&mut self, Deliver { event, ticket }: Deliver, ctx: &mut Self::Context) {
         // Held on the books until the frame is taken for the socket, or
         // given back here when nothing is sent.
-        let ticket = self.member.as_ref().and_then(|m| m.ledger.take());
         let (action, read) = self.subs.on_live(&event);
         if let Some(action) = action {
-            self.apply_one(action, ticket, ctx);
+            self.apply_one(action, Some(ticket), ctx);
         }
         if let Some(read) = read {
             self.read(read, ctx);

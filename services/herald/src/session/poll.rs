@@ -40,7 +40,6 @@ struct Waiter {
     wake: Arc<Notify>,
     woken: Arc<Mutex<Woken>>,
     limit: usize,
-    ledger: hub::Ledger,
 }
 
 impl Actor for Waiter {
@@ -56,9 +55,9 @@ impl Waiter {
 
 impl Handler<Deliver> for Waiter {
     type Result = ();
-    fn handle(&mut self, Deliver(event): Deliver, _: &mut Self::Context) {
+    fn handle(&mut self, Deliver { event, ticket }: Deliver, _: &mut Self::Context) {
         // A long poll keeps the event in its answer: off the books now.
-        drop(self.ledger.take());
+        drop(ticket);
         {
             let mut woken = self.woken.lock();
             if woken.events.len() < self.limit {
@@ -322,19 +321,16 @@ pub async fn answer(
     let _admission = gate.enter()?;
     let wake = Arc::new(Notify::new());
     let woken = Arc::new(Mutex::new(Woken::default()));
-    let ledger = hub::Ledger::new(&env.hubs);
     let waiter = Waiter {
         wake: wake.clone(),
         woken: woken.clone(),
         limit,
-        ledger: ledger.clone(),
     }
     .start();
     let member = Member {
         deliver: waiter.clone().recipient(),
         resync: waiter.clone().recipient(),
         slow: waiter.clone().recipient(),
-        ledger,
     };
     let id = hub::connection_id();
     let ready = hub::register(&env.hubs, id, topics, &member);
