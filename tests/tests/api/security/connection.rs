@@ -439,20 +439,8 @@ async fn sockets_that_never_authenticate_do_not_keep_a_subscriber_out_on_any_tra
         })
     };
     // The long poll is waiting once the node counts it.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app
-        .metrics()
-        .await
-        .value(r#"herald_connections_open{transport="poll"}"#)
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the long poll never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_for_metric(r#"herald_connections_open{transport="poll"}"#, 1.0, WAIT)
+        .await;
     app.publish(&topic, json!({"n": 1})).await;
     let event = ws.next_event().await;
     assert_eq!(event["data"], json!({"n": 1}));

@@ -323,19 +323,10 @@ async fn every_violation_closes_with_its_rfc_6455_code_and_the_server_waits_for_
     );
     // Counted as protocol errors, not as normal ends.
     let series = r#"herald_disconnects_total{reason="protocol_error",transport="ws"}"#;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let metrics = loop {
-        let metrics = app.metrics().await;
-        if metrics.value(series).unwrap_or(0.0) >= cases.len() as f64
-            || tokio::time::Instant::now() > deadline
-        {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(metrics.get(series), cases.len() as f64);
+    app.wait_for_metric(series, cases.len() as f64, WAIT).await;
     assert_eq!(
-        metrics
+        app.metrics()
+            .await
             .value(r#"herald_disconnects_total{reason="normal",transport="ws"}"#)
             .unwrap_or(0.0),
         0.0,
@@ -362,20 +353,8 @@ async fn a_clients_close_is_answered_with_its_own_code_and_then_the_connection_e
     assert_eq!(conn.close_payload().await, b"");
     assert!(conn.ends_within(WAIT).await);
     let series = r#"herald_disconnects_total{reason="normal",transport="ws"}"#;
-    let expected = (codes.len() + 1) as f64;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let now = app.metrics().await.value(series).unwrap_or(0.0);
-        if now >= expected {
-            assert_eq!(now, expected);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} is {now}, not {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_metric(series, (codes.len() + 1) as f64, WAIT)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
